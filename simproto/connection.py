@@ -1,0 +1,168 @@
+"""How simctl and the worker agents reach the broker: address, credentials, TLS, sessions.
+
+Both sides build their paho client here, so the MQTT version, callback API, reconnect
+backoff and session handling are decided once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from simproto.protocol import DEFAULT_TOPIC_PREFIX, Topics
+
+DEFAULT_PORT = 1883
+"""Plain MQTT port used when an address names none."""
+
+DEFAULT_TLS_PORT = 8883
+"""MQTT over TLS port used for ``mqtts://`` addresses that name none."""
+
+RECONNECT_MIN_DELAY_S = 0.5
+"""First reconnect delay after the broker goes away; doubles on each failure."""
+
+RECONNECT_MAX_DELAY_S = 30
+"""Ceiling of the reconnect backoff."""
+
+DEFAULT_KEEPALIVE_S = 10
+"""MQTT keepalive; the broker fires the Last Will about 1.5 keepalives after silence."""
+
+_HOST_PORT_RE = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s]+)(?::(?P<port>\d{1,5}))?$")
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker listens. Parsed from ``HOST``, ``HOST:PORT``, ``mqtt://`` or ``mqtts://``."""
+
+    host: str
+    port: int = DEFAULT_PORT
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> BrokerAddress:
+        """Parse an address; raises ValueError naming the accepted forms."""
+        text = text.strip()
+        forms = "HOST, HOST:PORT, mqtt://HOST:PORT or mqtts://HOST:PORT"
+        if "://" in text:
+            parts = urlsplit(text)
+            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path not in (
+                "",
+                "/",
+            ):
+                raise ValueError(f"invalid broker address {text!r}: use {forms}")
+            tls = parts.scheme == "mqtts"
+            try:
+                port = parts.port
+            except ValueError as e:
+                raise ValueError(f"invalid broker address {text!r}: {e}") from e
+            return cls(parts.hostname, port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT), tls)
+        match = _HOST_PORT_RE.match(text)
+        if not match:
+            raise ValueError(f"invalid broker address {text!r}: use {forms}")
+        port = int(match["port"]) if match["port"] else DEFAULT_PORT
+        if not 0 < port < 65536:
+            raise ValueError(f"invalid broker port {port} in {text!r}: use 1 to 65535")
+        return cls(match["host"].strip("[]"), port, False)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Everything needed to open an MQTT connection to one cluster."""
+
+    broker: BrokerAddress
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    username: str | None = None
+    password_file: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    keepalive_s: int = DEFAULT_KEEPALIVE_S
+
+    @property
+    def topics(self) -> Topics:
+        """The topic tree under this cluster's prefix."""
+        return Topics(self.topic_prefix)
+
+    @property
+    def uses_tls(self) -> bool:
+        """TLS is on for ``mqtts://`` addresses or when a CA is given."""
+        return self.broker.tls or self.tls_ca is not None
+
+    def read_password(self) -> str | None:
+        """The password from ``password_file`` (first line), or None without one."""
+        if self.password_file is None:
+            return None
+        try:
+            lines = Path(self.password_file).read_text().splitlines()
+        except OSError as e:
+            raise ValueError(f"cannot read password file {self.password_file}: {e}") from e
+        if not lines or not lines[0]:
+            raise ValueError(f"password file {self.password_file} is empty")
+        return lines[0]
+
+
+def make_client(
+    settings: ConnectionSettings,
+    client_id: str,
+    *,
+    will: tuple[str, bytes] | None = None,
+) -> mqtt.Client:
+    """A paho client (MQTT v5, callback API 2) with credentials, TLS, backoff and Last Will.
+
+    ``will`` is (topic, payload), published retained at QoS 1 when the client vanishes.
+    Call :func:`connect` afterwards, then ``loop_start()``.
+    """
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)  # type: ignore[arg-type]
+    if settings.username:
+        client.username_pw_set(settings.username, settings.read_password())
+    if settings.uses_tls:
+        client.tls_set(
+            ca_certs=str(settings.tls_ca) if settings.tls_ca else None,
+            certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            keyfile=str(settings.tls_key) if settings.tls_key else None,
+        )
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    return client
+
+
+def connect(
+    client: mqtt.Client,
+    settings: ConnectionSettings,
+    *,
+    session_expiry_s: int = 0,
+    asynchronous: bool = True,
+) -> None:
+    """Open the connection; ``session_expiry_s > 0`` asks for a persistent session.
+
+    A persistent session is resumed (clean start off) on every connect and reconnect, so
+    QoS 1 messages queued by the broker while this client was away are delivered. paho
+    sends no session expiry unless asked, and the session would then end at disconnect.
+    """
+    properties = Properties(PacketTypes.CONNECT)
+    if session_expiry_s > 0:
+        properties.SessionExpiryInterval = session_expiry_s
+    clean_start = session_expiry_s <= 0
+    do_connect = client.connect_async if asynchronous else client.connect
+    do_connect(
+        settings.broker.host,
+        settings.broker.port,
+        keepalive=settings.keepalive_s,
+        clean_start=clean_start,
+        properties=properties,
+    )

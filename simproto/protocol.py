@@ -1,0 +1,579 @@
+"""The wire protocol between simctl and the worker agents: every topic and every message.
+
+No topic string is spelled out anywhere else in the project. Each message is a frozen
+dataclass with ``encode() -> bytes`` and ``decode(bytes) -> message``; anything that is not
+a well-formed message of the expected type and protocol version raises :class:`DecodeError`
+(or its subclass :class:`VersionMismatch`). Nothing received is ever unpickled or executed.
+
+Encoding: UTF-8 JSON objects, ``{"v": PROTOCOL_VERSION, "type": "<type>", ...}``. Float series
+in results (observables) are encoded as base64 of little-endian float64 (``{"f64": "..."}``):
+about half the size of JSON text and bit-exact. NaN and infinities are refused on encode.
+
+The topic tree, under a prefix (default ``sim``)::
+
+    {p}/workers/{id}/status      retained, QoS 1  worker -> all     WorkerStatus (also the Last Will)
+    {p}/workers/{id}/heartbeat   QoS 0            worker -> simctl  Heartbeat
+    {p}/workers/{id}/result      QoS 1            worker -> simctl  Result
+    {p}/workers/{id}/event       QoS 1            worker -> simctl  Event (errors, rejections)
+    {p}/workers/{id}/assign      QoS 1            simctl -> worker  Assignment
+    {p}/workers/{id}/control     QoS 1            simctl -> worker  Cancel, Ack, Drain
+    {p}/ping                     QoS 0            anyone -> workers Ping (MQTT v5 response topic
+                                                                    and correlation data)
+    {p}/replies/{client}         QoS 0            worker -> asker   Pong
+    {p}/runs/{run_id}/progress   retained, QoS 1  simctl -> all     RunProgress
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import struct
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any, ClassVar, TypeVar
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible change of a topic or payload."""
+
+DEFAULT_TOPIC_PREFIX = "sim"
+"""Topic prefix used when none is configured; lets several clusters share one broker."""
+
+MAX_CONTROL_BYTES = 1 << 20
+"""Largest control message accepted (assignments, acks, status, heartbeats): 1 MiB."""
+
+MAX_RESULT_BYTES = 64 << 20
+"""Largest result message accepted: 64 MiB. The broker's message size limit is set above it."""
+
+MAX_ID_LENGTH = 64
+"""Longest worker, run, task or client id."""
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,%d}$" % (MAX_ID_LENGTH - 1))
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+
+
+class DecodeError(ValueError):
+    """A received payload is not a valid message of the expected type."""
+
+
+class VersionMismatch(DecodeError):
+    """A peer speaks another protocol version than this one."""
+
+    def __init__(self, peer_version: object) -> None:
+        self.peer_version = peer_version
+        super().__init__(
+            f"peer speaks protocol version {peer_version!r}, this side speaks "
+            f"{PROTOCOL_VERSION}: upgrade simctl and the worker agents to the same release"
+        )
+
+
+def check_id(value: object, what: str = "id") -> str:
+    """Return ``value`` if it is a valid id (letters, digits, ``_.-``; at most 64), else raise."""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1 to {MAX_ID_LENGTH} letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- topics
+
+
+class Channel(str, Enum):
+    """The per-worker topics, by direction."""
+
+    STATUS = "status"
+    HEARTBEAT = "heartbeat"
+    RESULT = "result"
+    EVENT = "event"
+    ASSIGN = "assign"
+    CONTROL = "control"
+
+
+class Topics:
+    """Every topic of one cluster, under a prefix."""
+
+    def __init__(self, prefix: str = DEFAULT_TOPIC_PREFIX) -> None:
+        if not _PREFIX_RE.match(prefix):
+            raise ValueError(
+                f"invalid topic prefix {prefix!r}: use letters, digits, '_', '.', '-' and '/' "
+                "between levels; no wildcards, no leading or trailing '/'"
+            )
+        self.prefix = prefix
+
+    def worker(self, worker_id: str, channel: Channel) -> str:
+        """The topic of one worker's channel."""
+        return f"{self.prefix}/workers/{check_id(worker_id, 'worker id')}/{channel.value}"
+
+    def all_workers(self, channel: Channel) -> str:
+        """A subscription filter matching ``channel`` of every worker."""
+        return f"{self.prefix}/workers/+/{channel.value}"
+
+    def parse_worker_topic(self, topic: str) -> tuple[str, Channel]:
+        """Split ``{p}/workers/{id}/{channel}`` into (worker id, channel); DecodeError otherwise."""
+        head = f"{self.prefix}/workers/"
+        if not topic.startswith(head):
+            raise DecodeError(f"not a worker topic: {topic!r}")
+        parts = topic[len(head) :].split("/")
+        if len(parts) != 2:
+            raise DecodeError(f"not a worker topic: {topic!r}")
+        try:
+            return check_id(parts[0], "worker id"), Channel(parts[1])
+        except ValueError as e:
+            raise DecodeError(f"not a worker topic: {topic!r}: {e}") from e
+
+    @property
+    def ping(self) -> str:
+        """Where ping requests go; every worker subscribes."""
+        return f"{self.prefix}/ping"
+
+    def replies(self, client_id: str) -> str:
+        """The response topic of one requesting client."""
+        return f"{self.prefix}/replies/{check_id(client_id, 'client id')}"
+
+    def run_progress(self, run_id: str) -> str:
+        """The retained progress of one run."""
+        return f"{self.prefix}/runs/{check_id(run_id, 'run id')}/progress"
+
+    @property
+    def all_run_progress(self) -> str:
+        """A subscription filter matching the progress of every run."""
+        return f"{self.prefix}/runs/+/progress"
+
+
+# ------------------------------------------------------------------ float series
+
+
+def encode_series(values: Any) -> dict[str, str]:
+    """Encode a 1-D sequence of floats as ``{"f64": base64(little-endian float64)}``."""
+    data = [float(v) for v in values]
+    if not all(math.isfinite(v) for v in data):
+        raise ValueError("a series holds NaN or infinity")
+    return {"f64": base64.b64encode(struct.pack(f"<{len(data)}d", *data)).decode("ascii")}
+
+
+def decode_series(obj: Any) -> list[float]:
+    """Inverse of :func:`encode_series`; raises DecodeError on anything else."""
+    if not isinstance(obj, dict) or set(obj) != {"f64"} or not isinstance(obj["f64"], str):
+        raise DecodeError('a series must be {"f64": "<base64>"}')
+    try:
+        raw = base64.b64decode(obj["f64"], validate=True)
+    except ValueError as e:
+        raise DecodeError(f"bad base64 in series: {e}") from e
+    if len(raw) % 8:
+        raise DecodeError("series length is not a multiple of 8 bytes")
+    values = list(struct.unpack(f"<{len(raw) // 8}d", raw))
+    if not all(math.isfinite(v) for v in values):
+        raise DecodeError("a series holds NaN or infinity")
+    return values
+
+
+# ----------------------------------------------------------------------- messages
+
+M = TypeVar("M", bound="Message")
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+    except ValueError as e:
+        raise ValueError(f"cannot encode message: {e}") from e
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    """Check a decoded JSON value against the (string) annotation of a message field."""
+    if "|" in annotation:
+        return any(_type_ok(value, a.strip()) for a in annotation.split("|"))
+    base = annotation.split("[", 1)[0]
+    if base == "None":
+        return value is None
+    if base == "str":
+        return isinstance(value, str)
+    if base == "bool":
+        return isinstance(value, bool)
+    if base == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base == "float":
+        return (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        )
+    if base == "list":
+        return isinstance(value, list)
+    if base == "dict":
+        return isinstance(value, dict)
+    if base == "Any":
+        return True
+    raise TypeError(f"unsupported field annotation {annotation!r}")  # programming error
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every message: JSON with a protocol version and a type tag."""
+
+    TYPE: ClassVar[str] = ""
+    MAX_BYTES: ClassVar[int] = MAX_CONTROL_BYTES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object for this message (without ``v`` and ``type``)."""
+        return asdict(self)
+
+    def encode(self) -> bytes:
+        """Serialize to the wire format."""
+        payload = _dumps({"v": PROTOCOL_VERSION, "type": self.TYPE, **self.to_dict()})
+        if len(payload) > self.MAX_BYTES:
+            raise ValueError(f"{self.TYPE} message of {len(payload)} bytes exceeds {self.MAX_BYTES}")
+        return payload
+
+    @classmethod
+    def from_dict(cls: type[M], obj: dict[str, Any]) -> M:
+        """Build from a decoded JSON object (``v`` and ``type`` already checked)."""
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in obj:
+                if f.default is not MISSING or f.default_factory is not MISSING:
+                    continue  # optional field, its default applies
+                raise DecodeError(f"{cls.TYPE}: missing field {f.name!r}")
+            value = obj[f.name]
+            if not _type_ok(value, str(f.type)):
+                raise DecodeError(f"{cls.TYPE}: field {f.name!r} must be {f.type}, got {value!r:.80}")
+            kwargs[f.name] = value
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise DecodeError(f"{cls.TYPE}: {e}") from e
+
+    @classmethod
+    def decode(cls: type[M], payload: bytes) -> M:
+        """Parse and validate a payload; raises DecodeError (or VersionMismatch)."""
+        obj = parse_envelope(payload, cls.MAX_BYTES)
+        if obj["type"] != cls.TYPE:
+            raise DecodeError(f"expected a {cls.TYPE!r} message, got {obj['type']!r}")
+        return cls.from_dict(obj)
+
+
+def parse_envelope(payload: bytes, max_bytes: int = MAX_CONTROL_BYTES) -> dict[str, Any]:
+    """Check size, JSON, protocol version and type tag; return the JSON object."""
+    if not isinstance(payload, bytes | bytearray):
+        raise DecodeError("payload is not bytes")
+    if len(payload) > max_bytes:
+        raise DecodeError(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise DecodeError(f"payload is not JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise DecodeError("payload is not a JSON object")
+    if obj.get("v") != PROTOCOL_VERSION:
+        raise VersionMismatch(obj.get("v"))
+    if not isinstance(obj.get("type"), str):
+        raise DecodeError("payload has no 'type'")
+    return obj
+
+
+class WorkerState(str, Enum):
+    """What a worker's retained status says."""
+
+    ONLINE = "online"
+    DRAINING = "draining"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True)
+class WorkerStatus(Message):
+    """Retained on ``status``; the same message with state offline is the Last Will.
+
+    ``session`` is unique per agent process: a status with a new session means the agent
+    restarted and holds none of the tasks assigned to the old one.
+    """
+
+    TYPE: ClassVar[str] = "status"
+    worker_id: str
+    state: str
+    session: str
+    ts: float
+    host: str = ""
+    version: str = ""
+    slots: int = 0
+    free_slots: int = 0
+    running: list[str] = field(default_factory=list)
+    started_at: float = 0.0
+    http_port: int | None = None
+    heartbeat_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_id(self.worker_id, "worker id")
+        WorkerState(self.state)
+        if not all(isinstance(t, str) for t in self.running):
+            raise ValueError("running must be a list of task ids")
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Sent every heartbeat interval; renews the leases of the tasks it lists.
+
+    ``progress`` maps every task the worker holds (running or with a result not yet
+    acknowledged) to its progress fraction in [0, 1].
+    """
+
+    TYPE: ClassVar[str] = "heartbeat"
+    worker_id: str
+    session: str
+    seq: int
+    ts: float
+    free_slots: int
+    progress: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_id(self.worker_id, "worker id")
+        for k, v in self.progress.items():
+            if not isinstance(k, str) or not _type_ok(v, "float"):
+                raise ValueError("progress must map task ids to fractions")
+
+
+@dataclass(frozen=True)
+class Assignment(Message):
+    """One attempt of one task, sent to one worker."""
+
+    TYPE: ClassVar[str] = "assign"
+    run_id: str
+    task_id: str
+    attempt: int
+    kind: str
+    params: dict[str, Any]
+    seed: int
+    assigned_at: float
+
+    def __post_init__(self) -> None:
+        check_id(self.run_id, "run id")
+        check_id(self.task_id, "task id")
+        if self.attempt < 1:
+            raise ValueError("attempt must be >= 1")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError("seed must be in [0, 2**63)")
+
+
+class ResultState(str, Enum):
+    """How one attempt ended."""
+
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Result(Message):
+    """The outcome of one attempt; kept by the worker until acknowledged.
+
+    ``retryable`` is false for deterministic failures (bad parameters, a simulation that
+    blows up with this seed): retrying them would fail the same way.
+    """
+
+    TYPE: ClassVar[str] = "result"
+    MAX_BYTES: ClassVar[int] = MAX_RESULT_BYTES
+    worker_id: str
+    session: str
+    run_id: str
+    task_id: str
+    attempt: int
+    state: str
+    started_at: float
+    finished_at: float
+    summary: dict[str, float] = field(default_factory=dict)
+    observables: dict[str, list[float]] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    retryable: bool = True
+
+    def __post_init__(self) -> None:
+        check_id(self.worker_id, "worker id")
+        check_id(self.run_id, "run id")
+        check_id(self.task_id, "task id")
+        ResultState(self.state)
+
+    def to_dict(self) -> dict[str, Any]:
+        obj = asdict(self)
+        obj["observables"] = {k: encode_series(v) for k, v in self.observables.items()}
+        return obj
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Result:
+        series = obj.get("observables", {})
+        if not isinstance(series, dict):
+            raise DecodeError("result: observables must be an object")
+        obj = {**obj, "observables": {str(k): decode_series(v) for k, v in series.items()}}
+        summary = obj.get("summary", {})
+        if not isinstance(summary, dict) or not all(_type_ok(v, "float") for v in summary.values()):
+            raise DecodeError("result: summary must map names to finite numbers")
+        return super().from_dict(obj)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(task id, attempt): what an Ack names."""
+        return (self.task_id, self.attempt)
+
+
+class EventKind(str, Enum):
+    """What a worker event reports."""
+
+    ERROR = "error"
+    """A message the worker received was invalid; ``detail`` says why."""
+    REJECTED = "rejected"
+    """An assignment was refused (no free slot, draining, invalid params); back to pending."""
+
+
+@dataclass(frozen=True)
+class Event(Message):
+    """Something simctl should know that is not a result: errors and rejections."""
+
+    TYPE: ClassVar[str] = "event"
+    worker_id: str
+    kind: str
+    detail: str
+    ts: float
+    topic: str | None = None
+    task_id: str | None = None
+    attempt: int | None = None
+
+    def __post_init__(self) -> None:
+        check_id(self.worker_id, "worker id")
+        EventKind(self.kind)
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    """simctl -> worker: stop these tasks (the child is terminated and replaced)."""
+
+    TYPE: ClassVar[str] = "cancel"
+    task_ids: list[str]
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """simctl -> worker: these results are stored; forget them. Items are [task_id, attempt]."""
+
+    TYPE: ClassVar[str] = "ack"
+    results: list[list[Any]]
+
+    def __post_init__(self) -> None:
+        for item in self.results:
+            if not (
+                isinstance(item, list)
+                and len(item) == 2
+                and isinstance(item[0], str)
+                and _type_ok(item[1], "int")
+            ):
+                raise ValueError("ack items must be [task_id, attempt]")
+
+
+@dataclass(frozen=True)
+class Drain(Message):
+    """simctl -> worker: take no new tasks (as on SIGTERM), optionally exit when idle."""
+
+    TYPE: ClassVar[str] = "drain"
+    exit_when_idle: bool = False
+
+
+CONTROL_MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Cancel, Ack, Drain)}
+"""The messages that may arrive on a worker's ``control`` topic, by type tag."""
+
+
+def decode_control(payload: bytes) -> Cancel | Ack | Drain:
+    """Decode any message of the ``control`` topic."""
+    obj = parse_envelope(payload)
+    cls = CONTROL_MESSAGES.get(obj["type"])
+    if cls is None:
+        raise DecodeError(f"unknown control message type {obj['type']!r}")
+    return cls.from_dict(obj)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    """Request on ``ping``; the MQTT v5 response topic and correlation data say where to answer."""
+
+    TYPE: ClassVar[str] = "ping"
+    sent_at: float
+    sender: str = ""
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    """A worker's answer to a Ping, sent to the request's response topic."""
+
+    TYPE: ClassVar[str] = "pong"
+    worker_id: str
+    state: str
+    session: str
+    ts: float
+    slots: int
+    free_slots: int
+    version: str
+    running: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_id(self.worker_id, "worker id")
+
+
+@dataclass(frozen=True)
+class RunProgress(Message):
+    """Retained per run by the dispatcher, so a newcomer sees every run's state at once."""
+
+    TYPE: ClassVar[str] = "run_progress"
+    run_id: str
+    name: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    running: int
+    pending: int
+    updated_at: float
+
+    def __post_init__(self) -> None:
+        check_id(self.run_id, "run id")
+
+
+def package_version() -> str:
+    """The installed version of this project (shown in status and ping)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("particle-sim")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__all__ = [
+    "DEFAULT_TOPIC_PREFIX",
+    "MAX_CONTROL_BYTES",
+    "MAX_RESULT_BYTES",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Assignment",
+    "Cancel",
+    "Channel",
+    "DecodeError",
+    "Drain",
+    "Event",
+    "EventKind",
+    "Heartbeat",
+    "Message",
+    "Ping",
+    "Pong",
+    "Result",
+    "ResultState",
+    "RunProgress",
+    "Topics",
+    "VersionMismatch",
+    "WorkerState",
+    "WorkerStatus",
+    "check_id",
+    "decode_control",
+    "decode_series",
+    "encode_series",
+    "package_version",
+    "parse_envelope",
+]

@@ -1,0 +1,1 @@
+"""The agent on every worker machine: takes tasks from the broker and runs kernels."""
