@@ -146,18 +146,24 @@ def connect(
     settings: ConnectionSettings,
     *,
     session_expiry_s: int = 0,
+    resume_session: bool = False,
     asynchronous: bool = True,
 ) -> None:
     """Open the connection; ``session_expiry_s > 0`` asks for a persistent session.
 
-    A persistent session is resumed (clean start off) on every connect and reconnect, so
-    QoS 1 messages queued by the broker while this client was away are delivered. paho
-    sends no session expiry unless asked, and the session would then end at disconnect.
+    paho sends no session expiry unless asked, and the session would then end at
+    disconnect. With a persistent session, QoS 1 messages queued by the broker while this
+    client was away are delivered when it comes back. ``resume_session`` also resumes a
+    session left by an earlier process with the same client id (the dispatcher after
+    ``--resume``); without it the first connect starts clean (a restarted worker must not
+    run assignments queued for its previous life) and only reconnects resume.
     """
     properties = Properties(PacketTypes.CONNECT)
     if session_expiry_s > 0:
         properties.SessionExpiryInterval = session_expiry_s
-    clean_start = session_expiry_s <= 0
+        clean_start: bool | int = False if resume_session else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+    else:
+        clean_start = True
     do_connect = client.connect_async if asynchronous else client.connect
     do_connect(
         settings.broker.host,
