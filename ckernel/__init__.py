@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ckernel.errors import CkernelError, ParamError, SimulationError
-from ckernel.validate import KINDS, validate
+from ckernel.params import KINDS, validate
 
 __all__ = ["KINDS", "CkernelError", "ParamError", "SimulationError", "simulate", "validate"]
 

@@ -1,0 +1,284 @@
+"""Parameter validation for every kind, in pure Python (no compiled extension, no numpy).
+
+simctl validates task files with this module before anything is sent, so it must import
+without the extension. Each kind is a table of :class:`Field` specs (type, default, range);
+cross-field rules (lattice or explicit positions, cutoff against the box, stability limits,
+size bounds) follow in one function per kind. Every error names the field, the value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ckernel.errors import ParamError
+
+KINDS: tuple[str, ...] = ("lj", "nbody", "brownian", "sleep")
+"""The simulation kinds, in documentation order."""
+
+MAX_LJ_ATOMS = 256_000
+"""Largest Lennard-Jones system (n_cells = 40); bounds memory and a task's result size."""
+MAX_BODIES = 20_000
+"""Largest N-body system; direct summation is O(N^2) per step."""
+MAX_PARTICLES = 1_000_000
+"""Largest Brownian system (particles are independent; memory is the bound)."""
+MAX_STEPS = 100_000_000
+"""Most time steps in one task."""
+MAX_SAMPLES = 10_001
+"""Most samples per observable (steps // sample_every + 1); bounds the result payload."""
+MAX_SLEEP_SECONDS = 86_400.0
+"""Longest diagnostic sleep."""
+MAX_DENSITY = 1.5
+"""Highest Lennard-Jones number density (well beyond the fcc solid at T = 1)."""
+
+POTENTIALS = ("truncated", "shifted", "force_shifted")
+ENSEMBLES = ("nve", "nvt")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One parameter: its type, default and allowed range (``None`` bound = unbounded)."""
+
+    type: str  # "int", "float", "bool", "choice", "vectors" (list of [x, y, z]), "bodies"
+    default: Any
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: the value must be strictly above ``low``
+    choices: tuple[str, ...] = ()
+
+    def allowed(self) -> str:
+        """Human-readable range or type, used in error messages and docs."""
+        if self.type == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.type == "bool":
+            return "true or false"
+        if self.type == "vectors":
+            return "a list of [x, y, z] number triples"
+        if self.type == "bodies":
+            return 'a list of {"mass": m > 0, "position": [x, y, z], "velocity": [vx, vy, vz]}'
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        bracket = "(" if self.low_open else "["
+        return f"{'an integer' if self.type == 'int' else 'a number'} in {bracket}{low}, {high}]"
+
+
+def _steps_fields(dt_default: float, dt_high: float, steps_default: int) -> dict[str, Field]:
+    return {
+        "dt": Field("float", dt_default, "time step", 0.0, dt_high, low_open=True),
+        "steps": Field("int", steps_default, "number of time steps", 1, MAX_STEPS),
+        "sample_every": Field("int", 10, "steps between samples of the observables", 1, MAX_STEPS),
+    }
+
+
+SPECS: dict[str, dict[str, Field]] = {
+    "lj": {
+        "n_cells": Field("int", 5, "fcc unit cells per box side (N = 4 n^3); "
+                         "not with positions", 1, 40),
+        "density": Field("float", 0.8, "number density N / V of the fcc start", 0.0, MAX_DENSITY,
+                         low_open=True),
+        "positions": Field("vectors", None, "explicit start positions (needs box)"),
+        "velocities": Field("vectors", None, "explicit start velocities (needs positions)"),
+        "box": Field("float", None, "cubic box side for explicit positions", 0.0, 1000.0,
+                     low_open=True),
+        "temperature": Field("float", 1.0, "start temperature; thermostat target for nvt",
+                             0.0, 100.0, low_open=True),
+        **_steps_fields(0.005, 0.05, 1000),
+        "rc": Field("float", 2.5, "cutoff radius (at most half the box)", 1.0, 6.0),
+        "potential": Field("choice", "shifted", "how the pair potential is cut at rc",
+                           choices=POTENTIALS),
+        "skin": Field("float", 0.3, "neighbour-list skin", 0.0, 2.0),
+        "rebuild_every": Field("int", 0, "rebuild the neighbour list every k steps (0: only "
+                               "when an atom moved more than skin/2)", 0, 100_000),
+        "ensemble": Field("choice", "nve", "nve (velocity Verlet) or nvt (Langevin BAOAB)",
+                          choices=ENSEMBLES),
+        "gamma": Field("float", 1.0, "Langevin friction (nvt only)", 0.0, 1000.0,
+                       low_open=True),
+    },
+    "nbody": {
+        "n_bodies": Field("int", 256, "bodies in the Plummer sphere (with bodies: their "
+                          "count)", 2, MAX_BODIES),
+        "bodies": Field("bodies", None, "explicit bodies instead of a Plummer sphere"),
+        "softening": Field("float", 0.05, "Plummer softening length epsilon", 0.0, 100.0),
+        "G": Field("float", 1.0, "gravitational constant", 0.0, 1e6, low_open=True),
+        **_steps_fields(0.01, 10.0, 1000),
+    },
+    "brownian": {
+        "n_particles": Field("int", 1000, "independent particles", 1, MAX_PARTICLES),
+        "temperature": Field("float", 1.0, "bath temperature kT", 0.0, 1e4, low_open=True),
+        "gamma": Field("float", 1.0, "friction coefficient", 0.0, 1e6, low_open=True),
+        "mass": Field("float", 1.0, "particle mass", 0.0, 1e6, low_open=True),
+        "trap_k": Field("float", 0.0, "harmonic trap stiffness (0: free particles)", 0.0, 1e6),
+        "overdamped": Field("bool", False, "Euler-Maruyama on positions only (no inertia)"),
+        **_steps_fields(0.01, 100.0, 1000),
+    },
+    "sleep": {
+        "seconds": Field("float", 0.0, "how long to wait", 0.0, MAX_SLEEP_SECONDS),
+        "fail": Field("bool", False, "raise SimulationError after waiting"),
+    },
+}
+"""Parameter tables per kind: the single source for defaults, ranges and docs."""
+
+
+def validate(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Return ``params`` with defaults filled in, or raise ParamError naming the field."""
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ParamError(f"unknown kind {kind!r}: allowed kinds are {', '.join(KINDS)}")
+    if not isinstance(params, dict):
+        raise ParamError(f"params for {kind!r} must be a mapping, got {type(params).__name__}")
+    spec = SPECS[kind]
+    unknown = sorted(str(name) for name in set(params) - set(spec))
+    if unknown:
+        raise ParamError(f"{kind}: unknown parameter {unknown[0]!r}: allowed are "
+                         f"{', '.join(sorted(spec))}")
+    # None means "not given", so validating an already validated dict is a no-op.
+    given = {name: value for name, value in params.items() if value is not None}
+    out = {name: _check(kind, name, field, given[name]) if name in given else field.default
+           for name, field in spec.items()}
+    _CROSS_CHECKS[kind](out, given)
+    return out
+
+
+def _check(kind: str, name: str, field: Field, value: Any) -> Any:
+    where = f"{kind}.{name}"
+    if field.type == "bool":
+        if not isinstance(value, bool):
+            raise ParamError(f"{where} = {value!r}: must be true or false")
+        return value
+    if field.type == "choice":
+        if value not in field.choices:
+            raise ParamError(f"{where} = {value!r}: must be {field.allowed()}")
+        return value
+    if field.type == "vectors":
+        return _vectors(where, value)
+    if field.type == "bodies":
+        return _bodies(where, value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ParamError(f"{where} = {value!r}: must be {field.allowed()}")
+    if field.type == "int":
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ParamError(f"{where} = {value!r}: must be {field.allowed()}")
+            value = int(value)
+    else:
+        value = float(value)
+    too_low = field.low is not None and (value <= field.low if field.low_open
+                                         else value < field.low)
+    too_high = field.high is not None and value > field.high
+    if not math.isfinite(value) or too_low or too_high:
+        raise ParamError(f"{where} = {value!r} out of range: must be {field.allowed()}")
+    return value
+
+
+def _number(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ParamError(f"{where} = {value!r}: must be a finite number")
+    return float(value)
+
+
+def _vectors(where: str, value: Any) -> list[list[float]]:
+    if not isinstance(value, list | tuple) or not value:
+        raise ParamError(f"{where}: must be a non-empty list of [x, y, z] number triples, "
+                         f"got {type(value).__name__}")
+    return [_triple(f"{where}[{i}]", row) for i, row in enumerate(value)]
+
+
+def _triple(where: str, value: Any) -> list[float]:
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise ParamError(f"{where} = {value!r}: must be a list of 3 numbers")
+    return [_number(where, c) for c in value]
+
+
+def _bodies(where: str, value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list | tuple) or not 2 <= len(value) <= MAX_BODIES:
+        n = len(value) if isinstance(value, list | tuple) else type(value).__name__
+        raise ParamError(f"{where}: must be a list of 2 to {MAX_BODIES} bodies, got {n}")
+    out = []
+    for i, body in enumerate(value):
+        here = f"{where}[{i}]"
+        if not isinstance(body, dict) or set(body) != {"mass", "position", "velocity"}:
+            raise ParamError(f"{here} = {body!r}: must be a mapping with exactly the keys "
+                             "mass, position, velocity")
+        mass = _number(f"{here}.mass", body["mass"])
+        if mass <= 0.0:
+            raise ParamError(f"{here}.mass = {mass!r} out of range: must be > 0")
+        out.append({"mass": mass, "position": _triple(f"{here}.position", body["position"]),
+                    "velocity": _triple(f"{here}.velocity", body["velocity"])})
+    return out
+
+
+def _check_samples(kind: str, p: dict[str, Any]) -> None:
+    samples = p["steps"] // p["sample_every"] + 1
+    if samples > MAX_SAMPLES:
+        least = math.ceil(p["steps"] / (MAX_SAMPLES - 1))
+        raise ParamError(f"{kind}.sample_every = {p['sample_every']} gives {samples} samples for "
+                         f"steps = {p['steps']}; at most {MAX_SAMPLES} are allowed: "
+                         f"use sample_every >= {least}")
+
+
+def _lj_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
+    if p["positions"] is None:
+        for name in ("box", "velocities"):
+            if p[name] is not None:
+                raise ParamError(f"lj.{name}: only allowed together with lj.positions")
+        n_atoms = 4 * p["n_cells"] ** 3
+        p["box"] = None
+    else:
+        if p["box"] is None:
+            raise ParamError("lj.box: required with lj.positions (a number > 0)")
+        for name in ("n_cells", "density"):
+            if name in given:
+                raise ParamError(f"lj.{name}: not allowed with lj.positions "
+                                 "(N and the density follow from positions and box)")
+        n_atoms = len(p["positions"])
+        if not 2 <= n_atoms <= MAX_LJ_ATOMS:
+            raise ParamError(f"lj.positions: {n_atoms} atoms, allowed 2 to {MAX_LJ_ATOMS}")
+        if p["velocities"] is not None and len(p["velocities"]) != n_atoms:
+            raise ParamError(f"lj.velocities: {len(p['velocities'])} rows, must match the "
+                             f"{n_atoms} positions")
+        density = n_atoms / p["box"] ** 3
+        if density > MAX_DENSITY:
+            raise ParamError(f"lj.positions: density N/box^3 = {density:.4g} out of "
+                             f"range: must be at most {MAX_DENSITY:g}")
+        # In this mode N and the density follow from positions and box.
+        p["n_cells"] = None
+        p["density"] = None
+    box = p["box"] if p["box"] is not None else (n_atoms / p["density"]) ** (1.0 / 3.0)
+    if p["rc"] > box / 2.0:
+        raise ParamError(f"lj.rc = {p['rc']!r} out of range: must be at most half the box "
+                         f"side ({box / 2.0:.6g}) for the minimum-image convention")
+    _check_samples("lj", p)
+
+
+def _nbody_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
+    if p["bodies"] is not None:
+        if "n_bodies" in given and given["n_bodies"] != len(p["bodies"]):
+            raise ParamError(f"nbody.n_bodies = {given['n_bodies']!r}: must match the "
+                             f"{len(p['bodies'])} bodies given (or be left out)")
+        p["n_bodies"] = len(p["bodies"])
+    _check_samples("nbody", p)
+
+
+def _brownian_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
+    # Both schemes are linear in a harmonic trap; beyond these time steps they diverge.
+    if p["trap_k"] > 0.0:
+        if p["overdamped"]:
+            limit = 2.0 * p["mass"] * p["gamma"] / p["trap_k"]
+            rule = "2 m gamma / trap_k"
+        else:
+            limit = 2.0 * math.sqrt(p["mass"] / p["trap_k"])
+            rule = "2 sqrt(m / trap_k)"
+        if p["dt"] >= limit:
+            raise ParamError(f"brownian.dt = {p['dt']!r} out of range: must be below "
+                             f"{rule} = {limit:.6g} for a stable integration in the trap")
+    _check_samples("brownian", p)
+
+
+def _sleep_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
+    """Sleep has no cross-field rules."""
+
+
+_CROSS_CHECKS = {"lj": _lj_cross, "nbody": _nbody_cross, "brownian": _brownian_cross,
+                 "sleep": _sleep_cross}
