@@ -1,0 +1,54 @@
+"""The dispatcher (``simctl run``) killed with SIGKILL mid-run, then ``simctl run --resume``."""
+
+from __future__ import annotations
+
+import signal
+
+import procs
+from conftest import wait_for
+from procs import Cluster, assert_run_complete, sleep_tasks
+
+cluster = procs.cluster
+
+
+def test_dispatcher_killed_then_resumed_runs_nothing_twice(cluster: Cluster) -> None:
+    cluster.start_agents({"w1": 1, "w2": 1})
+    tasks = cluster.task_file("resume", sleep_tasks(8, 0.6))
+    run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json")
+    run_id = cluster.run_id_of("resume")
+
+    def two_done_and_busy() -> dict | None:
+        run.check_alive()
+        if not any(cluster.watcher.running(w) for w in ("w1", "w2")):
+            return None
+        done = cluster.done_tasks(run_id)
+        return done if len(done) >= 2 else None
+
+    done_before = wait_for(two_done_and_busy, 30, interval=0.1,
+                           what="two tasks done in the ledger while others run")
+    assert isinstance(done_before, dict)
+    run.signal(signal.SIGKILL)
+    run.wait(10)
+
+    # The tasks that were running finish while no dispatcher listens: their results must
+    # wait in simctl's persistent session (and in the agents) until the resume.
+    wait_for(lambda: not (cluster.watcher.running("w1") or cluster.watcher.running("w2")),
+             30, what="the agents idle after the dispatcher died")
+    finished_while_dead = {r.task_id for r in cluster.watcher.results} - set(done_before)
+
+    summary = cluster.simctl_json("run", "--resume", run_id, "--json", timeout=90)
+    assert summary["run_id"] == run_id, summary
+    rows = cluster.results(run_id)
+    assert_run_complete(summary, rows, 8)
+    for task_id, before in done_before.items():
+        after = rows[task_id]
+        assert after["attempts"] == before["attempts"] == 1, (before, after)
+        assert after["worker_id"] == before["worker_id"], (before, after)
+        for stamp in ("started_at", "finished_at"):
+            assert after.get(stamp) == before.get(stamp), (stamp, before, after)
+    # Nothing ran twice: neither what was done before the kill nor what finished meanwhile.
+    for task_id in rows:
+        assert len(cluster.watcher.executions(task_id)) == 1, \
+            (task_id, sorted(cluster.watcher.executions(task_id)))
+    for task_id in finished_while_dead:
+        assert rows[task_id]["attempts"] == 1, rows[task_id]
