@@ -252,20 +252,24 @@ class Cluster:
         return proc
 
     def start_agent(self, worker_id: str, slots: int = 1, *extra: str,
-                    heartbeat: float = TEST_HEARTBEAT_S) -> Proc:
+                    heartbeat: float = TEST_HEARTBEAT_S,
+                    keepalive: int = TEST_KEEPALIVE_S) -> Proc:
         """Start ``worker-agent`` (does not wait; see :meth:`wait_online`)."""
         argv = [*agent_command(), "--broker", self.broker_address, "--topic-prefix", self.prefix,
                 "--worker-id", worker_id, "--slots", str(slots), "--heartbeat", str(heartbeat),
-                "--keepalive", str(TEST_KEEPALIVE_S), "--http-port", "0", *extra]
+                "--keepalive", str(keepalive), "--http-port", "0", *extra]
         proc = self._spawn(f"agent-{worker_id}-{len(self.procs)}", argv)
         self.agents[worker_id] = proc
         self.slots[worker_id] = slots
         return proc
 
-    def start_agents(self, slots: dict[str, int]) -> None:
-        """Start agents (worker id -> slots) together and wait until all are online."""
+    def start_agents(self, slots: dict[str, int], **options: Any) -> None:
+        """Start agents (worker id -> slots) together and wait until all are online.
+
+        ``options`` go to :meth:`start_agent` (heartbeat, keepalive).
+        """
         for worker_id, n in slots.items():
-            self.start_agent(worker_id, n)
+            self.start_agent(worker_id, n, **options)
         self.wait_online(slots)
 
     def wait_online(self, worker_ids: Iterable[str]) -> None:
@@ -359,11 +363,14 @@ class Cluster:
 
     # -------------------------------------------------------------------- teardown
 
-    def close(self) -> None:
-        """Kill every process started here, then print their logs (shown on failure)."""
+    def close(self, show_logs: bool = True) -> None:
+        """Kill every process started here, then print their logs (pytest shows them on
+        failure only)."""
         for proc in self.procs:
             proc.kill()
         self.watcher.close()
+        if not show_logs:
+            return
         for proc in self.procs:
             print(proc.describe())
         if self.watcher.undecodable:
