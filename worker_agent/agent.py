@@ -1,0 +1,605 @@
+"""The worker agent: takes assignments from the broker, runs them on child processes, reports.
+
+Threads: paho's network thread only decodes messages and puts them on the inbox; the HTTP
+thread only reads the latest :class:`~worker_agent.http.View`; everything else (children,
+results, publishing, the stop sequence) happens in the main thread, in :meth:`Agent.run`.
+The behaviour is the runtime contract documented in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+import ckernel
+from simproto.connection import connect, make_client
+from simproto.protocol import (
+    Ack,
+    Assignment,
+    Cancel,
+    Channel,
+    DecodeError,
+    Drain,
+    Event,
+    EventKind,
+    Heartbeat,
+    Message,
+    Ping,
+    Pong,
+    Result,
+    ResultState,
+    WorkerState,
+    WorkerStatus,
+    decode_control,
+    package_version,
+)
+from worker_agent.config import AgentConfig
+from worker_agent.errors import ConfigError, WorkerIdInUse
+from worker_agent.http import HealthServer, View
+from worker_agent.pool import ChildPool, Job
+
+log = logging.getLogger("worker_agent")
+
+SESSION_EXPIRY_S = 3600
+"""The broker keeps the agent's session (and QoS 1 messages for it) this long while it is away."""
+
+MAX_QUEUED_MESSAGES = 10_000
+"""Bound of paho's outgoing QoS 1 queue; results that do not fit are re-sent later."""
+
+MAX_INFLIGHT_MESSAGES = 100
+"""QoS 1 publishes awaiting PUBACK at once (paho's default of 20 throttles fast task streams)."""
+
+CHILD_START_TIMEOUT_S = 60.0
+"""How long the children may take to import the kernels before the agent goes online anyway."""
+
+FLUSH_TIMEOUT_S = 5.0
+"""At exit, how long to wait for the broker to take the last results and the offline status."""
+
+MAX_EVENT_DETAIL_CHARS = 1000
+"""Error details are cut to this length (a hostile payload must not be echoed in full)."""
+
+BROKER_WAIT_LOG_S = 10.0
+"""While the broker is unreachable at start-up, how often to say so."""
+
+
+class StopMode(str, Enum):
+    """How the agent is stopping, if it is."""
+
+    WARM = "warm"
+    """No new tasks; running ones get the grace period, then are handed back."""
+    COLD = "cold"
+    """Hand running tasks back at once."""
+
+
+@dataclass
+class Held:
+    """A result kept until the dispatcher acknowledges it."""
+
+    result: Result
+    payload: bytes
+    sent: bool = False
+
+
+class Agent:
+    """One worker agent process (see the module docstring)."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.topics = config.topics
+        self.session = uuid.uuid4().hex
+        self.version = package_version()
+        self.host = socket.gethostname()
+        self.started_at = time.time()
+        self.state = WorkerState.ONLINE
+        self.pool = ChildPool(config.slots)
+        wid = config.worker_id
+        self._assign_topic = self.topics.worker(wid, Channel.ASSIGN)
+        self._control_topic = self.topics.worker(wid, Channel.CONTROL)
+        self._replies_topic = self.topics.replies(wid)
+        self.held: dict[tuple[str, int], Held] = {}
+        self.counters = dict.fromkeys(
+            ("tasks_done", "tasks_failed", "tasks_cancelled", "tasks_rejected",
+             "child_restarts", "invalid_messages"), 0)
+        self.connected = False
+        self.http: HealthServer | None = None
+        self.client: mqtt.Client | None = None
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stop_mode: StopMode | None = None
+        self._signals = 0
+        self._stop_deadline: float | None = None
+        self._done = False
+        self._status_dirty = True
+        self._heartbeat_seq = 0
+        self._next_heartbeat = time.monotonic()
+        self._last_flush_info: mqtt.MQTTMessageInfo | None = None
+
+    # ================================================================== main loop
+
+    def run(self) -> int:
+        """Start, serve until stopped, tear down; the process exit code."""
+        self._install_signal_handlers()
+        try:
+            if not self._start():
+                return 0  # stopped by a signal while waiting for the broker
+            while not self._done:
+                self._supervise_children()
+                self._take_messages()
+                self._heartbeat()
+                self._maintenance()
+            return 0
+        finally:
+            self._teardown()
+
+    def _start(self) -> bool:
+        self.pool.start()  # children import the kernels while the id check runs
+        if not self._check_worker_id():
+            return False
+        try:
+            self.http = HealthServer(self.config.http_port, self._view())
+        except OSError as e:
+            raise ConfigError(f"cannot listen on HTTP port {self.config.http_port}: {e}") from e
+        self.http.start()
+        log.info("http listening on %d", self.http.port)
+        if not self.pool.wait_ready(CHILD_START_TIMEOUT_S):
+            log.warning("task children are not ready after %.0f s; going online anyway",
+                        CHILD_START_TIMEOUT_S)
+        self.client = self._make_client()
+        connect(self.client, self.config.connection, session_expiry_s=SESSION_EXPIRY_S)
+        self.client.loop_start()
+        log.info("worker %s (%d slots, session %s) connecting to %s", self.config.worker_id,
+                 self.config.slots, self.session, self.config.connection.broker)
+        return True
+
+    def _supervise_children(self) -> None:
+        """Wait for a child message, a child death or the inbox; finish ended tasks."""
+        now = time.monotonic()
+        timeout = max(0.0, self._next_heartbeat - now)
+        if self._stop_deadline is not None:
+            timeout = min(timeout, max(0.0, self._stop_deadline - now))
+        for outcome in self.pool.poll(timeout, [self._wake_r]):
+            if outcome.error and outcome.error.startswith("worker process died"):
+                log.warning("task %s attempt %d lost with its child: %s",
+                            outcome.job.assignment.task_id, outcome.job.assignment.attempt,
+                            outcome.error)
+            self._finish(outcome.job, outcome.state, outcome.started_at, outcome.finished_at,
+                         payload=outcome.payload, error=outcome.error,
+                         retryable=outcome.retryable)
+
+    def _take_messages(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._handle(item)
+            except Exception as e:
+                log.exception("error handling %s", item[0])
+                self._error_event(None, f"internal error handling {item[0]}: {e}")
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = max(self._next_heartbeat + self.config.heartbeat_s, now)
+        if not self.connected:
+            return
+        progress = {key[0]: 1.0 for key in self.held}
+        progress.update({job.assignment.task_id: job.progress for job in self.pool.jobs()})
+        self._heartbeat_seq += 1
+        beat = Heartbeat(self.config.worker_id, self.session, self._heartbeat_seq, time.time(),
+                         self.pool.free, progress)
+        self._publish(Channel.HEARTBEAT, beat, qos=0)
+        for held in self.held.values():  # results the bounded queue could not take earlier
+            if not held.sent:
+                self._send_result(held)
+
+    def _maintenance(self) -> None:
+        """Advance a stop, and publish the status and the HTTP view if they changed."""
+        if self._stop_mode is not None:
+            deadline_passed = (self._stop_deadline is not None
+                               and time.monotonic() >= self._stop_deadline)
+            if self._stop_mode is StopMode.COLD or deadline_passed:
+                for slot in [s for s in self.pool.slots if s.job is not None]:
+                    job, started_at = self.pool.kill(slot, "agent stopping")
+                    self._finish(job, ResultState.FAILED, started_at, time.time(),
+                                 error="handed back: agent stopping", retryable=True)
+            if not self.pool.jobs():
+                self._done = True
+        if self._status_dirty and self.connected:
+            self._status_dirty = False
+            self._publish(Channel.STATUS, self._status(self.state), retain=True)
+        if self.http is not None:
+            self.http.view = self._view()  # cheap; the HTTP thread reads it as a whole
+
+    def _teardown(self) -> None:
+        client = self.client
+        if client is not None:
+            if self.connected:
+                self._flush()
+                info = self._publish(Channel.STATUS, self._status(WorkerState.OFFLINE),
+                                     retain=True)
+                with contextlib.suppress(RuntimeError, ValueError):
+                    if info is not None:
+                        info.wait_for_publish(FLUSH_TIMEOUT_S)
+                # A clean exit needs no session: the broker may drop it now.
+                props = Properties(PacketTypes.DISCONNECT)
+                props.SessionExpiryInterval = 0
+                client.disconnect(properties=props)
+            client.loop_stop()
+        self.pool.close()
+        if self.http is not None:
+            self.http.stop()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        log.info("worker %s stopped", self.config.worker_id)
+
+    def _flush(self) -> None:
+        """Wait (bounded) until the broker has every result this agent published."""
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        for held in self.held.values():
+            if not held.sent:
+                self._send_result(held)
+        info = self._last_flush_info
+        if info is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+
+    # ============================================================ stopping (signals)
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only live in the main thread
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._signals += 1
+        cold = self._signals > 1
+        log.info("%s: %s stop", signal.Signals(signum).name, "cold" if cold else "warm")
+        self.request_stop(StopMode.COLD if cold else StopMode.WARM, self.config.grace_s)
+
+    def request_stop(self, mode: StopMode, grace_s: float | None) -> None:
+        """Stop taking tasks; end when running ones finish (or ``grace_s`` is up, or at once)."""
+        if self._stop_mode is None or mode is StopMode.COLD:
+            self._stop_mode = mode
+        if grace_s is not None:
+            deadline = time.monotonic() + grace_s
+            if self._stop_deadline is None or deadline < self._stop_deadline:
+                self._stop_deadline = deadline
+        self._set_state(WorkerState.DRAINING)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    # ======================================================= messages (main thread)
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "connected":
+            self._on_connected()
+        elif kind == "disconnected":
+            self.connected = False
+            for held in self.held.values():
+                held.sent = False  # re-sent on the next connect
+            log.warning("disconnected from the broker: %s", item[1])
+        elif kind == "assign":
+            self.handle_assignment(item[1])
+        elif kind == "control":
+            message = item[1]
+            handler: Callable[[Any], None] = {
+                Cancel: self.handle_cancel, Ack: self.handle_ack, Drain: self.handle_drain,
+            }[type(message)]
+            handler(message)
+        elif kind == "ping":
+            self.handle_ping(item[1], item[2], item[3])
+        elif kind == "invalid":
+            self.counters["invalid_messages"] += 1
+            self._status_dirty = True
+            log.warning("invalid message on %s: %s", item[1], item[2])
+            self._error_event(item[1], item[2])
+
+    def _on_connected(self) -> None:
+        self.connected = True
+        log.info("connected to %s", self.config.connection.broker)
+        for held in self.held.values():
+            self._send_result(held)
+        if self.held:
+            log.info("re-sent %d unacknowledged results", len(self.held))
+        self._status_dirty = True
+
+    def handle_assignment(self, a: Assignment) -> None:
+        """Run an assignment, or reject it (no free slot, draining), or fail it (bad params)."""
+        key = (a.task_id, a.attempt)
+        if key in self.held or any(job.key == key for job in self.pool.jobs()):
+            log.debug("ignoring duplicate assignment %s attempt %d", *key)
+            return
+        refusal = None
+        if self.state is not WorkerState.ONLINE:
+            refusal = f"worker {self.config.worker_id} is {self.state.value}"
+        elif self.pool.free == 0:
+            refusal = f"no free slot: all {self.config.slots} slots are busy"
+        if refusal is not None:
+            self.counters["tasks_rejected"] += 1
+            log.info("rejected %s attempt %d: %s", a.task_id, a.attempt, refusal)
+            self._publish(Channel.EVENT, Event(self.config.worker_id, EventKind.REJECTED.value,
+                                               refusal, time.time(), task_id=a.task_id,
+                                               attempt=a.attempt))
+            return
+        try:
+            ckernel.validate(a.kind, a.params)
+        except (ckernel.ParamError, TypeError, ValueError) as e:
+            now = time.time()
+            self._finish(Job(a, now), ResultState.FAILED, now, now, error=str(e),
+                         retryable=False)
+            return
+        self.pool.submit(a)
+        self._status_dirty = True
+
+    def handle_cancel(self, cancel: Cancel) -> None:
+        """Terminate the children running these tasks; report them cancelled."""
+        for task_id in cancel.task_ids:
+            slot = self.pool.find(task_id)
+            if slot is None:
+                log.debug("cancel: %s is not running here", task_id)
+                continue
+            job, started_at = self.pool.kill(slot, "cancelled")
+            self._finish(job, ResultState.CANCELLED, started_at, time.time(),
+                         error="cancelled on request", retryable=False)
+
+    def handle_ack(self, ack: Ack) -> None:
+        """Forget results the dispatcher has stored."""
+        for task_id, attempt in ack.results:
+            self.held.pop((task_id, attempt), None)
+
+    def handle_drain(self, drain: Drain) -> None:
+        """Take no new tasks; with ``exit_when_idle``, stop once the running ones are done."""
+        log.info("drain requested%s", " (exit when idle)" if drain.exit_when_idle else "")
+        if drain.exit_when_idle:
+            self.request_stop(StopMode.WARM, None)
+        else:
+            self._set_state(WorkerState.DRAINING)
+
+    def handle_ping(self, ping: Ping, response_topic: str, correlation: bytes | None) -> None:
+        """Answer on the asker's response topic with its correlation data."""
+        pong = Pong(self.config.worker_id, self.state.value, self.session, time.time(),
+                    self.config.slots, self.pool.free, self.version,
+                    [job.assignment.task_id for job in self.pool.jobs()])
+        props = Properties(PacketTypes.PUBLISH)
+        if correlation is not None:
+            props.CorrelationData = correlation
+        assert self.client is not None
+        self.client.publish(response_topic, pong.encode(), qos=0, properties=props)
+
+    # ================================================================ task endings
+
+    def _finish(self, job: Job, state: ResultState, started_at: float, finished_at: float, *,
+                payload: dict[str, Any] | None = None, error: str | None = None,
+                retryable: bool = False) -> None:
+        """The one way every task ends: build the result, keep it until acked, send it."""
+        a = job.assignment
+        payload = payload or {}
+
+        def result(state: ResultState, error: str | None, retryable: bool,
+                   body: dict[str, Any]) -> Result:
+            return Result(self.config.worker_id, self.session, a.run_id, a.task_id, a.attempt,
+                          state.value, started_at, finished_at, error=error,
+                          retryable=retryable, **body)
+
+        try:
+            message = result(state, error, retryable, payload)
+            encoded = message.encode()
+        except (TypeError, ValueError) as e:
+            state, error = ResultState.FAILED, f"result not encodable: {e}"
+            message = result(state, error, False, {})
+            encoded = message.encode()
+        counter = {ResultState.DONE: "tasks_done", ResultState.FAILED: "tasks_failed",
+                   ResultState.CANCELLED: "tasks_cancelled"}[state]
+        self.counters[counter] += 1
+        log.debug("task %s attempt %d %s%s", a.task_id, a.attempt, state.value,
+                  f": {error}" if error else "")
+        held = Held(message, encoded)
+        self.held[message.key] = held
+        self._send_result(held)
+        self._status_dirty = True
+
+    def _send_result(self, held: Held) -> None:
+        if not self.connected or self.client is None:
+            return
+        info = self.client.publish(self.topics.worker(self.config.worker_id, Channel.RESULT),
+                                   held.payload, qos=1)
+        held.sent = info.rc == mqtt.MQTT_ERR_SUCCESS
+        if held.sent:
+            self._last_flush_info = info
+
+    # ===================================================================== helpers
+
+    def _status(self, state: WorkerState) -> WorkerStatus:
+        """The retained status; with state offline it is also the Last Will."""
+        return WorkerStatus(
+            worker_id=self.config.worker_id, state=state.value, session=self.session,
+            ts=time.time(), host=self.host, version=self.version, slots=self.config.slots,
+            free_slots=self.pool.free,
+            running=[job.assignment.task_id for job in self.pool.jobs()],
+            started_at=self.started_at,
+            http_port=self.http.port if self.http is not None else None,
+            heartbeat_s=self.config.heartbeat_s,
+        )
+
+    def _set_state(self, state: WorkerState) -> None:
+        if self.state is not state:
+            log.info("state %s -> %s", self.state.value, state.value)
+            self.state = state
+            self._status_dirty = True
+
+    def _view(self) -> View:
+        return View(
+            worker_id=self.config.worker_id, state=self.state.value,
+            running=tuple(job.assignment.task_id for job in self.pool.jobs()),
+            slots=self.config.slots, connected=self.connected,
+            children=tuple((s.index, s.pid, s.job.assignment.task_id if s.job else None)
+                           for s in self.pool.slots),
+            counters={**self.counters, "results_unacked": len(self.held),
+                      "child_restarts": sum(s.restarts for s in self.pool.slots)},
+        )
+
+    def _publish(self, channel: Channel, message: Message, *, qos: int = 1,
+                 retain: bool = False) -> mqtt.MQTTMessageInfo | None:
+        if self.client is None:
+            return None
+        info = self.client.publish(self.topics.worker(self.config.worker_id, channel),
+                                   message.encode(), qos=qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            log.warning("outgoing queue full: %s message dropped", message.TYPE)
+        return info
+
+    def _error_event(self, topic: str | None, detail: str) -> None:
+        if len(detail) > MAX_EVENT_DETAIL_CHARS:
+            detail = detail[:MAX_EVENT_DETAIL_CHARS] + "..."
+        self._publish(Channel.EVENT, Event(self.config.worker_id, EventKind.ERROR.value, detail,
+                                           time.time(), topic=topic))
+
+    # =============================================================== MQTT (paho)
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        will = (self.topics.worker(cfg.worker_id, Channel.STATUS),
+                self._status(WorkerState.OFFLINE).encode())
+        client = make_client(cfg.connection, cfg.client_id, will=will)
+        client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
+        client.max_inflight_messages_set(MAX_INFLIGHT_MESSAGES)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _enqueue(self, *item: Any) -> None:
+        self._inbox.put(item)
+        self._wake()
+
+    # The callbacks below run in paho's thread: they decode and enqueue, nothing else.
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
+                    _props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        client.subscribe([(self._assign_topic, 1), (self._control_topic, 1),
+                          (self.topics.ping, 0), (self._replies_topic, 0)])
+        self._enqueue("connected")
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
+                       _props: Any) -> None:
+        self._enqueue("disconnected", str(reason))
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        try:
+            if topic == self._assign_topic:
+                self._enqueue("assign", Assignment.decode(msg.payload))
+            elif topic == self._control_topic:
+                self._enqueue("control", decode_control(msg.payload))
+            elif topic == self.topics.ping:
+                ping = Ping.decode(msg.payload)
+                props = msg.properties
+                response_topic = getattr(props, "ResponseTopic", None)
+                if not response_topic or any(c in response_topic for c in "+#"):
+                    raise DecodeError("ping without a valid MQTT v5 response topic")
+                self._enqueue("ping", ping, response_topic, getattr(props, "CorrelationData",
+                                                                    None))
+            elif topic == self._replies_topic:
+                Pong.decode(msg.payload)  # our own answer to an id check: nothing to do
+        except DecodeError as e:
+            self._enqueue("invalid", topic, str(e))
+        except Exception as e:
+            self._enqueue("invalid", topic, f"{type(e).__name__}: {e}")
+
+    # ======================================================= start-up: the id check
+
+    def _check_worker_id(self) -> bool:
+        """Refuse to start if a live agent answers a ping under this worker id.
+
+        Only a live answer counts: a retained status left by a killed agent does not. The
+        retained status is read only to name the other agent's host in the message.
+        Returns False if a stop was requested while waiting for the broker.
+        """
+        cfg, t = self.config, self.topics
+        reply_topic = t.replies(cfg.worker_id)
+        status_topic = t.worker(cfg.worker_id, Channel.STATUS)
+        token = uuid.uuid4().bytes
+        subscribed = threading.Event()
+        answers: queue.SimpleQueue[Pong] = queue.SimpleQueue()
+        hosts: list[str] = []
+        probe_id = f"{cfg.client_id[:40]}-idcheck-{uuid.uuid4().hex[:8]}"
+        client = make_client(cfg.connection, probe_id)
+
+        def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            if reason.is_failure:
+                log.error("broker refused the connection: %s", reason)
+            else:
+                c.subscribe([(reply_topic, 0), (status_topic, 0)])
+
+        def on_subscribe(c: mqtt.Client, _u: Any, _mid: Any, _codes: Any, _p: Any) -> None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = reply_topic
+            props.CorrelationData = token
+            c.publish(t.ping, Ping(time.time(), probe_id).encode(), qos=0, properties=props)
+            subscribed.set()
+
+        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            with contextlib.suppress(DecodeError):
+                if msg.topic == status_topic:
+                    hosts.append(WorkerStatus.decode(msg.payload).host)
+                elif getattr(msg.properties, "CorrelationData", None) == token:
+                    pong = Pong.decode(msg.payload)
+                    if pong.worker_id == cfg.worker_id:
+                        answers.put(pong)
+
+        client.on_connect, client.on_subscribe, client.on_message = (
+            on_connect, on_subscribe, on_message)
+        connect(client, cfg.connection)
+        client.loop_start()
+        try:
+            waited = 0.0
+            while not subscribed.wait(0.1):
+                if self._stop_mode is not None:
+                    return False
+                waited += 0.1
+                if waited >= BROKER_WAIT_LOG_S:
+                    waited = 0.0
+                    log.warning("broker %s not reachable yet; retrying", cfg.connection.broker)
+            try:
+                pong = answers.get(timeout=max(1.0, 3 * cfg.heartbeat_s))
+            except queue.Empty:
+                return True
+            host = hosts[-1] if hosts and hosts[-1] else "unknown"
+            raise WorkerIdInUse(
+                f"worker id {cfg.worker_id} is already in use by a live agent on host {host} "
+                f"(session {pong.session}); choose another --worker-id or stop that agent"
+            )
+        finally:
+            client.disconnect()
+            client.loop_stop()

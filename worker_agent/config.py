@@ -1,0 +1,158 @@
+"""The agent's settings and defaults; precedence: flag > environment > config file > default.
+
+The command line (``worker_agent.cli``) resolves the sources; this module holds the
+defaults (one line of documentation each), the checks, and the YAML config-file reader.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simproto.connection import DEFAULT_KEEPALIVE_S, BrokerAddress, ConnectionSettings
+from simproto.protocol import DEFAULT_TOPIC_PREFIX, Topics, check_id
+from worker_agent.errors import ConfigError
+
+DEFAULT_BROKER = "127.0.0.1:1883"
+"""Broker used when none is configured: the local quick-start broker."""
+
+DEFAULT_HEARTBEAT_S = 2.0
+"""Seconds between heartbeats; the dispatcher's leases expire after three missed ones."""
+
+MIN_HEARTBEAT_S = 0.2
+"""Shortest heartbeat interval accepted (tests use it for quick fault detection)."""
+
+DEFAULT_GRACE_S = 30.0
+"""Seconds running tasks may take to finish after SIGTERM before they are handed back."""
+
+DEFAULT_HTTP_PORT = 8000
+"""Port of the HTTP health endpoint (``/ping``, ``/metrics``); 0 picks any free port."""
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""Accepted ``--log-level`` values."""
+
+CONFIG_KEYS = (
+    "broker", "worker_id", "slots", "http_port", "topic_prefix", "username", "password_file",
+    "tls_ca", "tls_cert", "tls_key", "heartbeat", "grace", "keepalive", "log_level",
+)
+"""Keys a YAML config file may set (the long flag names; '-' and '_' are interchangeable)."""
+
+
+def default_worker_id() -> str:
+    """The host name, which is what a machine's single agent is naturally called."""
+    return socket.gethostname().split(".", 1)[0] or "worker"
+
+
+def default_slots() -> int:
+    """One slot per CPU this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything one agent process needs, already checked."""
+
+    connection: ConnectionSettings
+    worker_id: str
+    slots: int
+    http_port: int
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    grace_s: float = DEFAULT_GRACE_S
+
+    @property
+    def topics(self) -> Topics:
+        return self.connection.topics
+
+    @property
+    def client_id(self) -> str:
+        """The agent's MQTT client id: stable per worker id, so its session survives reconnects."""
+        return f"{self.connection.topic_prefix.replace('/', '_')}-worker-{self.worker_id}"
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        broker: str = DEFAULT_BROKER,
+        worker_id: str | None = None,
+        slots: int | None = None,
+        http_port: int = DEFAULT_HTTP_PORT,
+        topic_prefix: str = DEFAULT_TOPIC_PREFIX,
+        username: str | None = None,
+        password_file: str | Path | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT_S,
+        grace: float = DEFAULT_GRACE_S,
+        keepalive: int = DEFAULT_KEEPALIVE_S,
+    ) -> AgentConfig:
+        """Check every value and build the config; raises ConfigError naming the bad one."""
+        try:
+            address = BrokerAddress.parse(broker)
+            Topics(topic_prefix)
+            wid = check_id(worker_id or default_worker_id(), "worker id")
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        n_slots = default_slots() if slots is None else slots
+        checks = [
+            (n_slots >= 1, f"--slots must be at least 1, got {n_slots}"),
+            (0 <= http_port <= 65535, f"--http-port must be in 0..65535, got {http_port}"),
+            (heartbeat >= MIN_HEARTBEAT_S,
+             f"--heartbeat must be at least {MIN_HEARTBEAT_S} s, got {heartbeat}"),
+            (grace >= 0, f"--grace must not be negative, got {grace}"),
+            (keepalive >= 1, f"--keepalive must be an integer >= 1, got {keepalive}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        paths = {"password_file": password_file, "tls_ca": tls_ca, "tls_cert": tls_cert,
+                 "tls_key": tls_key}
+        for name, path in paths.items():
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"--{name.replace('_', '-')}: no such file: {path}")
+        connection = ConnectionSettings(
+            broker=address,
+            topic_prefix=topic_prefix,
+            username=username,
+            password_file=Path(password_file) if password_file else None,
+            tls_ca=Path(tls_ca) if tls_ca else None,
+            tls_cert=Path(tls_cert) if tls_cert else None,
+            tls_key=Path(tls_key) if tls_key else None,
+            keepalive_s=keepalive,
+        )
+        try:
+            connection.read_password()
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        return cls(connection, wid, n_slots, http_port, heartbeat, grace)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a YAML config file, keys normalised to ``CONFIG_KEYS``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in CONFIG_KEYS:
+            raise ConfigError(
+                f"config file {path}: unknown setting {key!r}; known: {', '.join(CONFIG_KEYS)}"
+            )
+        settings[name] = value
+    return settings

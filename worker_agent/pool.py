@@ -1,0 +1,285 @@
+"""The agent's task children: one long-lived process per slot, replaced when it dies.
+
+Children start with the multiprocessing "spawn" context (a fresh interpreter: no copy of
+the agent's MQTT threads or sockets) and with one BLAS/OpenMP thread each, so N slots use
+N cores. Nothing is forked per task: a task is one message down a child's pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from simproto.protocol import Assignment, ResultState
+from worker_agent.child import child_main
+
+log = logging.getLogger(__name__)
+
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+"""Set to 1 for the children: one slot is one core, and oversubscribed BLAS threads are slower."""
+
+JOIN_TIMEOUT_S = 2.0
+"""How long a stopping or killed child may take to exit before it is SIGKILLed / abandoned."""
+
+RESPAWN_DELAY_S = 1.0
+"""Pause before replacing a child that died before it was ready (a broken install would
+otherwise respawn in a tight loop)."""
+
+
+@dataclass
+class Job:
+    """One attempt of one task while it is on a slot."""
+
+    assignment: Assignment
+    received_at: float
+    progress: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.assignment.task_id, self.assignment.attempt)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job left its slot."""
+
+    job: Job
+    state: ResultState
+    started_at: float
+    finished_at: float
+    payload: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    retryable: bool = False
+
+
+@dataclass
+class Slot:
+    """One child process and the job it runs (if any)."""
+
+    index: int
+    process: BaseProcess | None = None
+    conn: Connection | None = None
+    pid: int | None = None
+    ready: bool = False
+    job: Job | None = None
+    job_sent: bool = False
+    job_started_at: float | None = None
+    respawn_at: float | None = None
+    restarts: int = 0
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """'killed by signal 9 (SIGKILL)' or 'exit code 3'."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-exitcode} ({name})"
+    return f"exit code {exitcode}"
+
+
+class ChildPool:
+    """A fixed number of slots, each served by a long-lived child process."""
+
+    def __init__(self, size: int) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self.slots = [Slot(i) for i in range(size)]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start every child (returns at once; see :meth:`wait_ready`)."""
+        for var in THREAD_ENV_VARS:
+            # Spawned children inherit this environment before they import numpy.
+            os.environ[var] = "1"
+        for slot in self.slots:
+            self._spawn(slot)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until every child has imported the kernels; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while not all(s.ready for s in self.slots):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.poll(min(remaining, 0.5))
+        return True
+
+    def close(self) -> None:
+        """Stop every child (asked politely, then SIGKILL) and reap it."""
+        for slot in self.slots:
+            if slot.conn is not None and slot.process is not None and slot.process.is_alive():
+                try:
+                    slot.conn.send(("stop",))
+                except OSError:
+                    slot.process.kill()
+        for slot in self.slots:
+            self._reap(slot)
+
+    def _spawn(self, slot: Slot) -> None:
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=child_main, args=(child,), name=f"worker-slot-{slot.index}", daemon=True
+        )
+        process.start()
+        child.close()
+        slot.process, slot.conn, slot.pid, slot.ready = process, parent, None, False
+        slot.respawn_at = None
+        log.debug("slot %d: child process %d starting", slot.index, process.pid)
+
+    def _reap(self, slot: Slot) -> None:
+        process = slot.process
+        if process is not None:
+            process.join(JOIN_TIMEOUT_S)
+            if process.is_alive():
+                process.kill()
+                process.join(JOIN_TIMEOUT_S)
+            if not process.is_alive():
+                process.close()
+        if slot.conn is not None:
+            slot.conn.close()
+        slot.process, slot.conn, slot.pid, slot.ready = None, None, None, False
+
+    # ------------------------------------------------------------------------ jobs
+
+    @property
+    def free(self) -> int:
+        return sum(1 for s in self.slots if s.job is None)
+
+    def jobs(self) -> list[Job]:
+        return [s.job for s in self.slots if s.job is not None]
+
+    def find(self, task_id: str) -> Slot | None:
+        for slot in self.slots:
+            if slot.job is not None and slot.job.assignment.task_id == task_id:
+                return slot
+        return None
+
+    def submit(self, assignment: Assignment) -> Job:
+        """Put an assignment on a free slot (the caller checked :attr:`free`)."""
+        slot = next(s for s in self.slots if s.job is None)
+        slot.job = Job(assignment, time.time())
+        slot.job_sent = False
+        slot.job_started_at = None
+        if slot.ready:
+            self._send_job(slot)
+        return slot.job
+
+    def _send_job(self, slot: Slot) -> None:
+        assert slot.job is not None and slot.conn is not None
+        a = slot.job.assignment
+        slot.job_started_at = time.time()
+        slot.job_sent = True
+        with contextlib.suppress(OSError):  # a dead child's sentinel reports it on the next poll
+            slot.conn.send(("run", a.task_id, a.kind, a.params, a.seed))
+
+    def kill(self, slot: Slot, reason: str) -> tuple[Job, float]:
+        """Terminate the slot's child (cancel, hand back), start a fresh one.
+
+        Returns the job it ran and when that job started.
+        """
+        assert slot.job is not None
+        job, started_at = slot.job, slot.job_started_at or time.time()
+        log.info("slot %d: killing child %s running %s (%s)", slot.index, slot.pid,
+                 job.assignment.task_id, reason)
+        if slot.process is not None:
+            slot.process.kill()
+        self._reap(slot)
+        slot.restarts += 1
+        slot.job = None
+        self._spawn(slot)
+        return job, started_at
+
+    # --------------------------------------------------------------------- polling
+
+    def poll(self, timeout: float, extra: list[int] | None = None) -> list[Outcome]:
+        """Wait up to ``timeout`` for a child message, a child death or an ``extra`` fd.
+
+        Returns the jobs that ended (finished, failed, or lost with their child).
+        """
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.process is None and slot.respawn_at is not None and slot.respawn_at <= now:
+                self._spawn(slot)
+        waitables: list[Any] = list(extra or [])
+        for slot in self.slots:
+            if slot.process is not None and slot.conn is not None:
+                waitables += [slot.conn, slot.process.sentinel]
+            elif slot.respawn_at is not None:
+                timeout = min(timeout, max(0.0, slot.respawn_at - now))
+        ready = set(wait(waitables, timeout))
+        outcomes: list[Outcome] = []
+        for slot in self.slots:
+            if slot.conn is not None and slot.conn in ready:
+                outcomes += self._drain(slot)
+            if slot.process is not None and slot.process.sentinel in ready:
+                outcomes += self._drain(slot)  # a last message may precede the death
+                outcome = self._replace_dead(slot)
+                if outcome is not None:
+                    outcomes.append(outcome)
+        return outcomes
+
+    def _drain(self, slot: Slot) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        conn = slot.conn
+        try:
+            while conn is not None and conn.poll():
+                message = conn.recv()
+                outcome = self._handle(slot, message)
+                if outcome is not None:
+                    outcomes.append(outcome)
+        except (EOFError, OSError):
+            pass  # the child is gone; the sentinel path replaces it
+        return outcomes
+
+    def _handle(self, slot: Slot, message: tuple[Any, ...]) -> Outcome | None:
+        tag = message[0]
+        if tag == "ready":
+            slot.ready, slot.pid = True, message[1]
+            log.info("slot %d: child process %d ready", slot.index, slot.pid)
+            if slot.job is not None and not slot.job_sent:
+                self._send_job(slot)
+            return None
+        job = slot.job
+        if job is None or job.assignment.task_id != message[1]:
+            return None  # a late message about a job this slot no longer holds
+        if tag == "progress":
+            job.progress = message[2]
+            return None
+        slot.job = None
+        if tag == "done":
+            _, _, started_at, finished_at, payload = message
+            job.progress = 1.0
+            return Outcome(job, ResultState.DONE, started_at, finished_at, payload)
+        _, _, started_at, finished_at, error, retryable = message
+        return Outcome(job, ResultState.FAILED, started_at, finished_at, error=error,
+                       retryable=retryable)
+
+    def _replace_dead(self, slot: Slot) -> Outcome | None:
+        assert slot.process is not None
+        slot.process.join(JOIN_TIMEOUT_S)
+        how = describe_exit(slot.process.exitcode)
+        was_ready = slot.ready
+        log.warning("slot %d: child process %s died: %s", slot.index, slot.process.pid, how)
+        self._reap(slot)
+        slot.restarts += 1
+        outcome = None
+        if slot.job is not None:
+            now = time.time()
+            outcome = Outcome(slot.job, ResultState.FAILED, slot.job_started_at or now, now,
+                              error=f"worker process died: {how}", retryable=True)
+            slot.job = None
+        if was_ready:
+            self._spawn(slot)
+        else:
+            slot.respawn_at = time.monotonic() + RESPAWN_DELAY_S
+        return outcome
