@@ -30,6 +30,8 @@ MAX_SAMPLES = 10_001
 """Most samples per observable (steps // sample_every + 1); bounds the result payload."""
 MAX_SLEEP_SECONDS = 86_400.0
 """Longest diagnostic sleep."""
+MAX_NEIGHBOUR_PAIRS = 50_000_000
+"""Largest expected Lennard-Jones neighbour list, N/2 * rho * 4/3 pi (rc + skin)^3 (200 MB)."""
 MAX_DENSITY = 1.5
 """Highest Lennard-Jones number density (well beyond the fcc solid at T = 1)."""
 
@@ -246,6 +248,11 @@ def _lj_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
         p["n_cells"] = None
         p["density"] = None
     box = p["box"] if p["box"] is not None else (n_atoms / p["density"]) ** (1.0 / 3.0)
+    pairs = n_atoms / 2.0 * n_atoms / box**3 * 4.0 / 3.0 * math.pi * (p["rc"] + p["skin"]) ** 3
+    if pairs > MAX_NEIGHBOUR_PAIRS:
+        raise ParamError(f"lj: {n_atoms} atoms with rc + skin = {p['rc'] + p['skin']:g} need "
+                         f"about {pairs:.3g} neighbour pairs, above the bound of "
+                         f"{MAX_NEIGHBOUR_PAIRS:.3g}: reduce n_cells, rc or skin")
     if p["rc"] > box / 2.0:
         raise ParamError(f"lj.rc = {p['rc']!r} out of range: must be at most half the box "
                          f"side ({box / 2.0:.6g}) for the minimum-image convention")

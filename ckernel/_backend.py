@@ -1,0 +1,47 @@
+"""Choice between the compiled kernels and the numpy reference.
+
+The compiled extension is optional at import time: without it ckernel runs on the numpy
+reference and warns once. ``CKERNEL_REQUIRE_EXT=1`` (set in CI and in the worker image)
+turns a missing extension into an ImportError, so a broken build cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from types import ModuleType
+
+from ckernel import reference
+from ckernel.errors import ParamError
+
+BACKENDS = ("auto", "cython", "numpy")
+
+compiled: ModuleType | None
+try:
+    compiled = importlib.import_module("ckernel._kernels")
+except ImportError as error:
+    if os.environ.get("CKERNEL_REQUIRE_EXT") == "1":
+        raise ImportError(f"ckernel: the compiled extension ckernel._kernels is required "
+                          f"(CKERNEL_REQUIRE_EXT=1) but cannot be imported: {error}") from error
+    warnings.warn(f"ckernel: compiled extension not available ({error}); running on the "
+                  "numpy reference backend, which is much slower", RuntimeWarning,
+                  stacklevel=2)
+    compiled = None
+
+
+def select(backend: str) -> tuple[str, ModuleType]:
+    """Return (name, kernel module) for ``backend`` ("auto", "cython" or "numpy")."""
+    if backend not in BACKENDS:
+        raise ParamError(f"backend = {backend!r}: must be one of {', '.join(BACKENDS)}")
+    if backend == "numpy" or (backend == "auto" and compiled is None):
+        return "numpy", reference
+    if compiled is None:
+        raise ParamError("backend = 'cython': the compiled extension ckernel._kernels is not "
+                         "built; use backend 'numpy' or 'auto', or rebuild the package")
+    return "cython", compiled
+
+
+def threads() -> int:
+    """OpenMP threads the compiled kernels use (1 without the extension or without OpenMP)."""
+    return compiled.max_threads() if compiled is not None else 1

@@ -1,0 +1,102 @@
+"""Pieces every simulation driver shares: the run record, sampling with blow-up checks,
+progress reporting and the summary statistics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ckernel.errors import SimulationError
+
+PROGRESS_CALLS = 100
+"""progress(fraction) is called at most this many times (plus once at the end)."""
+SEM_BLOCKS = 10
+"""Batch-means blocks for standard errors (correlated samples need blocks, not sqrt(n))."""
+
+
+@dataclass
+class Run:
+    """What a driver hands back to ``ckernel.simulate``; ``state`` holds the final arrays."""
+
+    observables: dict[str, list[float]]
+    summary: dict[str, float]
+    state: dict[str, np.ndarray]
+    atom_steps: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Progress:
+    """Calls ``callback(step / steps)`` about every 1 % of the steps, and at the last step."""
+
+    def __init__(self, callback: Callable[[float], None] | None, steps: int) -> None:
+        self.callback = callback
+        self.steps = steps
+        self.every = max(1, math.ceil(steps / PROGRESS_CALLS))
+
+    def __call__(self, step: int) -> None:
+        if self.callback is not None and (step % self.every == 0 or step == self.steps):
+            self.callback(step / self.steps)
+
+
+class Samples:
+    """Time series of named observables; every value is checked to be finite on entry."""
+
+    def __init__(self, kind: str, names: tuple[str, ...]) -> None:
+        self.kind = kind
+        self.series: dict[str, list[float]] = {name: [] for name in ("t", *names)}
+
+    def add(self, step: int, t: float, **values: float) -> None:
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise blow_up(self.kind, f"the {name.replace('_', ' ')} became {value}", step, t)
+        self.series["t"].append(float(t))
+        for name, value in values.items():
+            self.series[name].append(float(value))
+
+    def array(self, name: str) -> np.ndarray:
+        return np.asarray(self.series[name])
+
+
+def blow_up(kind: str, what: str, step: int, t: float) -> SimulationError:
+    """The error for a simulation that went non-finite, saying where."""
+    return SimulationError(f"{kind}: {what} at step {step} (t = {t:.6g}): the simulation blew "
+                           "up; reduce dt or check the initial configuration")
+
+
+def require_finite(kind: str, name: str, array: np.ndarray, step: int, t: float) -> None:
+    """Raise SimulationError if any entry of ``array`` is not finite."""
+    if not np.isfinite(array).all():
+        raise blow_up(kind, f"non-finite {name}", step, t)
+
+
+def sem(values: np.ndarray) -> float:
+    """Standard error of the mean by batch means over SEM_BLOCKS blocks (plain std/sqrt(n)
+    below 2 * SEM_BLOCKS samples); the leading remainder is dropped to make equal blocks."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    if n < 2 * SEM_BLOCKS:
+        return float(np.std(values, ddof=1) / math.sqrt(n))
+    size = n // SEM_BLOCKS
+    blocks = values[n - size * SEM_BLOCKS:].reshape(SEM_BLOCKS, size).mean(axis=1)
+    return float(np.std(blocks, ddof=1) / math.sqrt(SEM_BLOCKS))
+
+
+def slope(t: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y(t) (0 with fewer than two samples)."""
+    if len(t) < 2:
+        return 0.0
+    tc = t - t.mean()
+    return float((tc @ (y - y.mean())) / (tc @ tc))
+
+
+def mean_and_sem(summary: dict[str, float], samples: Samples, *names: str) -> None:
+    """Add ``mean_<name>`` and ``sem_<name>`` to ``summary`` for each observable."""
+    for name in names:
+        values = samples.array(name)
+        summary[f"mean_{name}"] = float(values.mean())
+        summary[f"sem_{name}"] = sem(values)
