@@ -1,0 +1,199 @@
+"""Global settings of simctl: where they come from and where files live.
+
+Precedence, highest first: command-line flag > ``SIMCTL_*`` environment variable > the
+YAML config file (``--config``, else ``$SIMCTL_CONFIG``, else
+``$XDG_CONFIG_HOME/simctl/config.yaml``, i.e. ``~/.config/simctl/config.yaml``) > default.
+The flags and the environment are read by click; this module adds the file and the
+defaults, and turns the result into :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from simctl.errors import ConfigError, NoBrokerConfigured
+from simproto.protocol import DEFAULT_TOPIC_PREFIX, Topics
+
+if TYPE_CHECKING:
+    from simproto.connection import ConnectionSettings
+
+CONFIG_KEYS = (
+    "broker",
+    "topic_prefix",
+    "username",
+    "password_file",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "store",
+    "log_level",
+)
+"""Keys a config file may set; each is also a global flag (``--topic-prefix``, ...)."""
+
+PATH_KEYS = frozenset({"password_file", "tls_ca", "tls_cert", "tls_key", "store"})
+"""Config keys holding paths; relative ones are resolved against the config file's folder."""
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / fallback
+
+
+def default_config_path() -> Path:
+    """``$SIMCTL_CONFIG`` or ``$XDG_CONFIG_HOME/simctl/config.yaml``."""
+    explicit = os.environ.get("SIMCTL_CONFIG")
+    return Path(explicit) if explicit else _xdg("XDG_CONFIG_HOME", ".config") / "simctl/config.yaml"
+
+
+def default_store() -> Path:
+    """The ledger when none is configured: ``$XDG_DATA_HOME/simctl/ledger.sqlite``."""
+    return _xdg("XDG_DATA_HOME", ".local/share") / "simctl/ledger.sqlite"
+
+
+def default_local_dir() -> Path:
+    """State folder of ``simctl local``: ``$SIMCTL_LOCAL_DIR`` or XDG state/simctl/local."""
+    explicit = os.environ.get("SIMCTL_LOCAL_DIR")
+    return Path(explicit) if explicit else _xdg("XDG_STATE_HOME", ".local/state") / "simctl/local"
+
+
+def load_config_file(path: Path, required: bool) -> dict[str, Any]:
+    """Read a config file; a missing file is an error only when it was named explicitly."""
+    if not path.exists():
+        if required:
+            raise ConfigError(f"config file {path} does not exist")
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: must be a mapping of {', '.join(CONFIG_KEYS)}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        norm = str(key).replace("-", "_")
+        if norm not in CONFIG_KEYS:
+            raise ConfigError(
+                f"config file {path}: unknown key {key!r}; allowed: {', '.join(CONFIG_KEYS)}"
+            )
+        if value is None:
+            continue
+        if norm in PATH_KEYS:
+            value = path.parent / Path(str(value)).expanduser()
+        values[norm] = str(value)
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved global options of one simctl invocation."""
+
+    broker: str | None
+    topic_prefix: str | None
+    username: str | None
+    password_file: Path | None
+    tls_ca: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    store: Path
+    log_level: str
+    local_dir: Path
+
+    @classmethod
+    def resolve(cls, given: dict[str, Any], config_file: Path | None) -> Settings:
+        """Fill options not given by flag or environment from the config file, then defaults."""
+        path = config_file or default_config_path()
+        from_file = load_config_file(path, required=config_file is not None)
+        merged = {k: given.get(k) if given.get(k) is not None else from_file.get(k) for k in CONFIG_KEYS}
+        if merged["topic_prefix"] is not None:
+            try:
+                Topics(merged["topic_prefix"])
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
+        if merged["broker"] is not None:
+            from simproto.connection import BrokerAddress
+
+            try:
+                BrokerAddress.parse(merged["broker"])
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
+
+        def as_path(key: str) -> Path | None:
+            return Path(merged[key]).expanduser() if merged[key] else None
+
+        return cls(
+            broker=merged["broker"],
+            topic_prefix=merged["topic_prefix"],
+            username=merged["username"],
+            password_file=as_path("password_file"),
+            tls_ca=as_path("tls_ca"),
+            tls_cert=as_path("tls_cert"),
+            tls_key=as_path("tls_key"),
+            store=as_path("store") or default_store(),
+            log_level=(merged["log_level"] or "warning").upper(),
+            local_dir=default_local_dir(),
+        )
+
+    def local_state(self) -> dict[str, Any] | None:
+        """The state file of a local cluster started by ``simctl local up``, if any."""
+        try:
+            return json.loads((self.local_dir / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def prefix(self) -> str:
+        """The topic prefix: configured, else the local cluster's, else the default."""
+        if self.topic_prefix:
+            return self.topic_prefix
+        if self.broker is None:
+            state = self.local_state()
+            if state and state.get("topic_prefix"):
+                return str(state["topic_prefix"])
+        return DEFAULT_TOPIC_PREFIX
+
+    def connection(self) -> ConnectionSettings:
+        """How to reach the broker; without ``--broker``, the local one (``simctl local up``)."""
+        from simproto.connection import BrokerAddress, ConnectionSettings
+
+        address = self.broker
+        if address is None:
+            state = self.local_state()
+            if not state or "broker" not in state:
+                raise NoBrokerConfigured(
+                    "no broker configured and no local broker running: start one with "
+                    "`simctl local up`, or give --broker HOST:PORT (or SIMCTL_BROKER)"
+                )
+            address = str(state["broker"])
+        return ConnectionSettings(
+            broker=BrokerAddress.parse(address),
+            topic_prefix=self.prefix,
+            username=self.username,
+            password_file=self.password_file,
+            tls_ca=self.tls_ca,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+        )
+
+    def global_args(self) -> list[str]:
+        """These settings as global flags, for a background simctl started by this one."""
+        args = ["--store", str(self.store), "--log-level", self.log_level.lower()]
+        if self.broker:
+            args += ["--broker", self.broker]
+        if self.topic_prefix:
+            args += ["--topic-prefix", self.topic_prefix]
+        for flag, value in (
+            ("--username", self.username),
+            ("--password-file", self.password_file),
+            ("--tls-ca", self.tls_ca),
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+        ):
+            if value:
+                args += [flag, str(value)]
+        return args

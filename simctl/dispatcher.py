@@ -1,0 +1,553 @@
+"""The dispatcher: assigns pending tasks to workers, tracks leases, stores results.
+
+One dispatcher serves a ledger at a time (:class:`DispatcherLock`, an fcntl lock beside the
+ledger). paho callbacks only enqueue; :meth:`Dispatcher.serve` drains the queue in the main
+thread, writes every state change of one pass to the ledger in one transaction, and only
+then publishes what the pass decided (assignments, acks). See docs/cli.md, "Dispatch".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import queue
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import paho.mqtt.client as mqtt
+
+from simctl.ledger import Ledger, LiveTask, TaskState
+from simctl.mqtt import client_id, open_client
+from simproto.connection import ConnectionSettings
+from simproto.protocol import (
+    Ack,
+    Assignment,
+    Channel,
+    DecodeError,
+    Event,
+    EventKind,
+    Heartbeat,
+    Result,
+    ResultState,
+    RunProgress,
+    WorkerState,
+    WorkerStatus,
+)
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+"""The dispatcher's MQTT session outlives it by a week: results sent meanwhile wait for it."""
+
+MISSED_HEARTBEATS = 3
+"""A lease expires after this many heartbeat intervals without a heartbeat listing the task."""
+
+NOT_LISTED_GRACE = 2
+"""Heartbeats of the same session that may omit a fresh assignment (it may be in flight)."""
+
+RESUMED_LEASE_S = 10.0
+"""Lease of a task found assigned in the ledger whose worker has not been heard from yet."""
+
+REJECTION_BACKOFF_S = 0.2
+"""After a worker rejects an assignment, it gets no new one for this long."""
+
+IDLE_WAIT_S = 0.05
+"""Longest wait for a message when there is nothing to do (bounds timer latency)."""
+
+LEASE_CHECK_S = 0.1
+"""How often expired leases are looked for."""
+
+RUNS_REFRESH_S = 0.5
+"""How often the ledger is polled for new or cancelled runs."""
+
+PROGRESS_EVERY_S = 0.5
+"""Smallest interval between two retained RunProgress messages of one run."""
+
+
+class DispatcherLock:
+    """The lock file beside a ledger that makes its dispatcher unique (fcntl, dies with us)."""
+
+    def __init__(self, store: Path) -> None:
+        self.path = Path(f"{store}.lock")
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock if nobody holds it; never blocks."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")  # noqa: SIM115 - held for the dispatcher's lifetime
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return False
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lock right now."""
+        if self._file is not None:
+            return False
+        if self.acquire():
+            self.release()
+            return False
+        return True
+
+
+@dataclass
+class Lease:
+    """One assigned attempt, renewed by heartbeats that list it."""
+
+    task: LiveTask
+    attempt: int
+    tries: int
+    worker_id: str
+    session: str
+    assigned_at: float
+    renewed_at: float
+
+
+@dataclass
+class WorkerView:
+    """What the dispatcher knows of one worker (from its status and heartbeats)."""
+
+    worker_id: str
+    state: str = "unknown"
+    session: str | None = None
+    slots: int = 0
+    heartbeat_s: float = 2.0
+    blocked_until: float = 0.0
+    leases: set[str] = field(default_factory=set)
+
+    @property
+    def lease_timeout(self) -> float:
+        if self.session is None:
+            return RESUMED_LEASE_S
+        return MISSED_HEARTBEATS * self.heartbeat_s
+
+    def free(self, now: float) -> int:
+        if self.state != WorkerState.ONLINE.value or now < self.blocked_until:
+            return 0
+        return self.slots - len(self.leases)
+
+
+@dataclass
+class RunView:
+    """An active run in memory: its pending tasks (in order) and counts."""
+
+    run_id: str
+    name: str
+    max_attempts: int
+    total: int
+    pending: dict[str, LiveTask]
+    queue: deque[str]
+    assigned: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+    dirty: bool = True
+    published_at: float = 0.0
+
+    @property
+    def live(self) -> int:
+        return len(self.pending) + self.assigned
+
+
+class Dispatcher:
+    """Serves every active run of one ledger until told to stop."""
+
+    def __init__(self, ledger: Ledger, settings: ConnectionSettings) -> None:
+        self.ledger = ledger
+        self.settings = settings
+        self.topics = settings.topics
+        self.inbox: queue.SimpleQueue[mqtt.MQTTMessage | str] = queue.SimpleQueue()
+        self.workers: dict[str, WorkerView] = {}
+        self.leases: dict[str, Lease] = {}
+        self.runs: dict[str, RunView] = {}
+        self.finished_runs: dict[str, str] = {}
+        self.connected = False
+        self.duplicates = 0
+        self._outbox: list[tuple[str, bytes]] = []
+        self._acks: dict[str, list[list[Any]]] = {}
+        self._next_lease_check = 0.0
+        self._next_refresh = 0.0
+        self.client: mqtt.Client | None = None
+
+    # --------------------------------------------------------------- lifecycle
+
+    def connect(self) -> None:
+        """Open the persistent session; queued results of an earlier dispatcher arrive now."""
+        subs = [(self.topics.all_workers(c), 1)
+                for c in (Channel.STATUS, Channel.HEARTBEAT, Channel.RESULT, Channel.EVENT)]
+        self.client = open_client(
+            self.settings,
+            client_id(self.settings, "dispatcher"),
+            subs,
+            self.inbox.put,
+            session_expiry_s=SESSION_EXPIRY_S,
+            resume_session=True,
+            on_connected=lambda: self.inbox.put("connected"),
+            on_disconnected=lambda: self.inbox.put("disconnected"),
+        )
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+
+    def serve(self, until: Callable[[Dispatcher], bool],
+              tick: Callable[[], None] | None = None) -> None:
+        """Dispatch until ``until(self)`` is true; ``tick`` runs after every pass."""
+        if self.client is None:
+            self.connect()
+        self.refresh_runs(time.monotonic())
+        while not until(self):
+            self.step()
+            if tick is not None:
+                tick()
+        self.publish_progress(time.monotonic(), force=True)
+
+    def step(self) -> None:
+        """One pass: take messages, expire leases, pick up runs, assign; commit; publish."""
+        items: list[mqtt.MQTTMessage | str] = []
+        try:
+            items.append(self.inbox.get(timeout=IDLE_WAIT_S))
+            while True:
+                items.append(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        now = time.monotonic()
+        with self.ledger.batch():
+            for item in items:
+                self.handle(item, now)
+            if now >= self._next_lease_check:
+                self._next_lease_check = now + LEASE_CHECK_S
+                self.expire_leases(now)
+            if now >= self._next_refresh:
+                self._next_refresh = now + RUNS_REFRESH_S
+                self.refresh_runs(now)
+            self.assign(now)
+            self.finish_runs()
+        self.flush()
+        self.publish_progress(now)
+
+    def flush(self) -> None:
+        """Publish what the committed pass decided: assignments first (latency), then acks."""
+        assert self.client is not None
+        for topic, payload in self._outbox:
+            self.client.publish(topic, payload, qos=1)
+        for worker_id, items in self._acks.items():
+            self.client.publish(
+                self.topics.worker(worker_id, Channel.CONTROL), Ack(results=items).encode(), qos=1
+            )
+        self._outbox.clear()
+        self._acks.clear()
+
+    # ------------------------------------------------------------------ runs
+
+    def refresh_runs(self, now: float) -> None:
+        """Load runs that became active; drop runs cancelled (or finished) behind our back."""
+        active = self.ledger.active_run_ids()
+        for run_id in active:
+            if run_id not in self.runs:
+                self.load_run(run_id, now)
+        for run_id in [r for r in self.runs if r not in active]:
+            self.drop_run(run_id)
+
+    def load_run(self, run_id: str, now: float) -> None:
+        info = self.ledger.run(run_id)
+        view = RunView(
+            run_id, info.name, info.max_attempts, info.total, {}, deque(),
+            finished={s: info.counts.get(s, 0) for s in ("done", "failed", "cancelled")},
+        )
+        for task in self.ledger.live_tasks(run_id):
+            if task.worker_id is None:
+                view.pending[task.task_id] = task
+                view.queue.append(task.task_id)
+                continue
+            # Assigned by an earlier dispatcher: keep the lease until the worker says otherwise.
+            worker = self.worker(task.worker_id)
+            self.leases[task.task_id] = Lease(
+                task, task.attempt, task.tries, task.worker_id, task.session or "", now, now
+            )
+            worker.leases.add(task.task_id)
+            view.assigned += 1
+        self.runs[run_id] = view
+        log.info("serving run %s (%d unfinished of %d)", run_id, view.live, view.total)
+
+    def drop_run(self, run_id: str) -> None:
+        view = self.runs.pop(run_id)
+        for task_id in [t for t, lease in self.leases.items() if lease.task.run_id == run_id]:
+            lease = self.leases.pop(task_id)
+            self.worker(lease.worker_id).leases.discard(task_id)
+        state = self.finished_runs[run_id] = self.ledger.run_state(run_id)
+        self._publish_run(view, time.monotonic(), state)
+
+    def finish_runs(self) -> None:
+        for view in [v for v in self.runs.values() if v.live == 0]:
+            state = self.ledger.finish_run(view.run_id)
+            self.runs.pop(view.run_id)
+            self.finished_runs[view.run_id] = state
+            self._publish_run(view, time.monotonic(), state)
+            log.info("run %s finished: %s", view.run_id, state)
+
+    # ------------------------------------------------------------- messages
+
+    def worker(self, worker_id: str) -> WorkerView:
+        view = self.workers.get(worker_id)
+        if view is None:
+            view = self.workers[worker_id] = WorkerView(worker_id)
+        return view
+
+    def handle(self, item: mqtt.MQTTMessage | str, now: float) -> None:
+        if item == "connected":
+            self.connected = True
+            # Nobody could renew leases while we were away: start their clocks again.
+            for lease in self.leases.values():
+                lease.renewed_at = now
+            return
+        if item == "disconnected":
+            self.connected = False
+            return
+        assert isinstance(item, mqtt.MQTTMessage)
+        try:
+            worker_id, channel = self.topics.parse_worker_topic(item.topic)
+            if channel is Channel.STATUS:
+                if item.payload:
+                    self.on_status(self._check(WorkerStatus.decode(item.payload), worker_id), now)
+            elif channel is Channel.HEARTBEAT:
+                self.on_heartbeat(self._check(Heartbeat.decode(item.payload), worker_id), now)
+            elif channel is Channel.RESULT:
+                self.on_result(self._check(Result.decode(item.payload), worker_id), now)
+            elif channel is Channel.EVENT:
+                self.on_event(self._check(Event.decode(item.payload), worker_id), now)
+        except DecodeError as e:
+            log.warning("ignoring a malformed message on %s: %s", item.topic, e)
+
+    @staticmethod
+    def _check(msg: Any, worker_id: str) -> Any:
+        if msg.worker_id != worker_id:
+            raise DecodeError(f"message of worker {msg.worker_id!r} on the topic of {worker_id!r}")
+        return msg
+
+    def on_status(self, status: WorkerStatus, now: float) -> None:
+        worker = self.worker(status.worker_id)
+        if status.state == WorkerState.OFFLINE.value:
+            self.lose_all(worker, f"worker {worker.worker_id} went offline", now)
+        else:
+            self.lose_all(worker, f"worker {worker.worker_id} restarted", now,
+                          keep_session=status.session)
+        worker.state = status.state
+        worker.session = status.session
+        worker.slots = max(0, status.slots)
+        worker.heartbeat_s = max(0.05, status.heartbeat_s)
+
+    def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
+        worker = self.worker(hb.worker_id)
+        if worker.session is not None and hb.session != worker.session:
+            self.lose_all(worker, f"worker {worker.worker_id} restarted", now,
+                          keep_session=hb.session)
+            worker.session = hb.session
+        for task_id in list(worker.leases):
+            lease = self.leases[task_id]
+            if task_id in hb.progress:
+                lease.renewed_at = now
+            elif (lease.session == hb.session
+                  and now - lease.assigned_at > NOT_LISTED_GRACE * worker.heartbeat_s):
+                self.lose(lease, f"worker {worker.worker_id} no longer holds the task", now)
+
+    def on_event(self, event: Event, now: float) -> None:
+        if event.kind == EventKind.REJECTED.value and event.task_id is not None:
+            lease = self.leases.get(event.task_id)
+            if lease and lease.worker_id == event.worker_id and lease.attempt == event.attempt:
+                self.worker(event.worker_id).blocked_until = now + REJECTION_BACKOFF_S
+                self.release(lease, "rejected", f"rejected by {event.worker_id}: {event.detail}",
+                             now, refund=True)
+            return
+        log.warning("worker %s reports an error (%s): %s", event.worker_id, event.topic,
+                    event.detail)
+
+    def on_result(self, result: Result, now: float) -> None:
+        run = self.runs.get(result.run_id)
+        lease = self.leases.get(result.task_id)
+        live = lease is not None or (run is not None and result.task_id in run.pending)
+        if not live:
+            known = self.ledger.assigned_state(result.task_id)
+            if known is None:
+                log.warning("result for unknown task %s from %s (another ledger?); not acknowledged",
+                            result.task_id, result.worker_id)
+                return
+            if known[0] not in (TaskState.PENDING.value, TaskState.ASSIGNED.value):
+                self.duplicate(result, now)
+                return
+            # A run that became active after our last look at the ledger.
+            self.load_run(result.run_id, now)
+            self.on_result(result, now)
+            return
+        assert run is not None
+        retry = result.retryable and result.state != ResultState.DONE.value
+        if retry:
+            if lease is not None and lease.attempt == result.attempt:
+                self.release(lease, result.state, result.error or "failed", now, refund=False)
+            else:
+                self.ledger.record_attempt_end(result, result.state, now)
+            self.ack(result)
+            return
+        # The first conclusive result wins, whichever attempt it comes from.
+        state = {
+            ResultState.DONE.value: TaskState.DONE.value,
+            ResultState.CANCELLED.value: TaskState.CANCELLED.value,
+        }.get(result.state, TaskState.FAILED.value)
+        if not self.ledger.store_result(result, state, now):
+            self.duplicate(result, now)
+            return
+        if lease is not None:
+            self.leases.pop(result.task_id)
+            self.worker(lease.worker_id).leases.discard(result.task_id)
+            run.assigned -= 1
+        else:
+            run.pending.pop(result.task_id, None)
+        run.finished[state] = run.finished.get(state, 0) + 1
+        run.dirty = True
+        self.ack(result)
+
+    def duplicate(self, result: Result, now: float) -> None:
+        self.ledger.record_attempt_end(result, "duplicate", now)
+        self.ledger.add_duplicates(result.run_id, 1)
+        self.duplicates += 1
+        self.ack(result)
+
+    def ack(self, result: Result) -> None:
+        self._acks.setdefault(result.worker_id, []).append([result.task_id, result.attempt])
+
+    # --------------------------------------------------------------- leases
+
+    def lose_all(self, worker: WorkerView, reason: str, now: float,
+                 keep_session: str | None = None) -> None:
+        """Every lease of ``worker`` (except those of ``keep_session``) goes back to pending."""
+        for task_id in list(worker.leases):
+            lease = self.leases[task_id]
+            if keep_session is None or lease.session != keep_session:
+                self.lose(lease, reason, now)
+
+    def lose(self, lease: Lease, reason: str, now: float) -> None:
+        log.info("task %s attempt %d lost: %s", lease.task.task_id, lease.attempt, reason)
+        self.release(lease, "lost", reason, now, refund=False)
+
+    def release(self, lease: Lease, outcome: str, detail: str, now: float, *, refund: bool) -> None:
+        """End an attempt without a winning result: back to pending, or failed when out of tries."""
+        task = lease.task
+        run = self.runs[task.run_id]
+        self.leases.pop(task.task_id)
+        self.worker(lease.worker_id).leases.discard(task.task_id)
+        run.assigned -= 1
+        run.dirty = True
+        tries = lease.tries - 1 if refund else lease.tries
+        fail = tries >= run.max_attempts
+        if fail:
+            detail = f"gave up after {tries} attempts; last: {detail}"
+        self.ledger.release(task.task_id, lease.attempt, outcome, detail, refund=refund,
+                            fail=fail, now=time.time())
+        if fail:
+            run.finished["failed"] = run.finished.get("failed", 0) + 1
+            return
+        run.pending[task.task_id] = LiveTask(
+            task.task_id, task.run_id, task.kind, task.params, task.seed, lease.attempt, tries,
+            None, None,
+        )
+        run.queue.append(task.task_id)
+
+    def expire_leases(self, now: float) -> None:
+        if not self.connected:
+            return
+        for lease in list(self.leases.values()):
+            worker = self.worker(lease.worker_id)
+            if now - lease.renewed_at > worker.lease_timeout:
+                self.lose(lease, f"no heartbeat from worker {worker.worker_id} listing the task "
+                          f"for {now - lease.renewed_at:.1f} s", now)
+
+    # -------------------------------------------------------------- assignment
+
+    def assign(self, now: float) -> None:
+        """Fill the free slots of online workers, round-robin over workers and runs."""
+        if not self.connected:
+            return
+        runs = [r for r in self.runs.values() if r.pending]
+        workers = [w for w in self.workers.values() if w.free(now) > 0]
+        wall = time.time()
+        turn = 0
+        while runs and workers:
+            for worker in list(workers):
+                run = runs[turn % len(runs)]
+                turn += 1
+                task = self._next_pending(run)
+                if task is None:
+                    runs.remove(run)
+                    if not runs:
+                        return
+                    continue
+                self._assign_one(run, task, worker, now, wall)
+                if worker.free(now) <= 0:
+                    workers.remove(worker)
+                if not run.pending:
+                    runs.remove(run)
+                    if not runs:
+                        return
+
+    @staticmethod
+    def _next_pending(run: RunView) -> LiveTask | None:
+        while run.queue:
+            task = run.pending.pop(run.queue.popleft(), None)
+            if task is not None:
+                return task
+        return None
+
+    def _assign_one(self, run: RunView, task: LiveTask, worker: WorkerView, now: float,
+                    wall: float) -> None:
+        attempt = task.attempt + 1
+        assert worker.session is not None
+        self.ledger.assign(task.task_id, attempt, worker.worker_id, worker.session, wall)
+        self.leases[task.task_id] = Lease(
+            task, attempt, task.tries + 1, worker.worker_id, worker.session, now, now
+        )
+        worker.leases.add(task.task_id)
+        run.assigned += 1
+        run.dirty = True
+        message = Assignment(
+            run_id=task.run_id, task_id=task.task_id, attempt=attempt, kind=task.kind,
+            params=json.loads(task.params), seed=task.seed, assigned_at=wall,
+        )
+        self._outbox.append((self.topics.worker(worker.worker_id, Channel.ASSIGN), message.encode()))
+
+    # -------------------------------------------------------------- progress
+
+    def publish_progress(self, now: float, force: bool = False) -> None:
+        for view in self.runs.values():
+            if view.dirty and (force or now - view.published_at >= PROGRESS_EVERY_S):
+                self._publish_run(view, now)
+
+    def _publish_run(self, view: RunView, now: float, state: str = "active") -> None:
+        if self.client is None:
+            return
+        message = RunProgress(
+            run_id=view.run_id, name=view.name, state=state, total=view.total,
+            done=view.finished.get("done", 0), failed=view.finished.get("failed", 0),
+            running=view.assigned, pending=len(view.pending), updated_at=time.time(),
+        )
+        self.client.publish(self.topics.run_progress(view.run_id), message.encode(), qos=1,
+                            retain=True)
+        view.dirty = False
+        view.published_at = now

@@ -1,0 +1,506 @@
+"""The run ledger: SQLite (WAL) on the main PC, the source of truth of every run.
+
+Tables: ``runs``, ``tasks`` (one row per task: state, current attempt, tries consumed,
+worker), ``attempts`` (one row per assignment, with how it ended) and ``results`` (the
+winning result of each finished task, with summary and observables). Every state change
+is written here before it is acted on; the dispatcher groups many changes into one
+transaction (:meth:`Ledger.batch`) so throughput does not pay one commit per task. WAL with
+``synchronous=NORMAL`` survives a crash of simctl (not a power cut of the main PC) without
+an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from simctl.errors import LedgerError, UnknownRun
+from simctl.taskfile import TaskFile
+from simproto.protocol import Result, encode_series
+
+SCHEMA_VERSION = 1
+"""Stored in ``PRAGMA user_version``; bumped on an incompatible schema change."""
+
+BUSY_TIMEOUT_MS = 10_000
+"""How long a writer waits for another process's transaction (cancel vs dispatcher)."""
+
+
+class TaskState(str, Enum):
+    """Where a task stands. pending -> assigned -> done | failed | cancelled (or pending again)."""
+
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (TaskState.DONE.value, TaskState.FAILED.value, TaskState.CANCELLED.value)
+"""Task states that never change again."""
+
+
+class RunState(str, Enum):
+    """Where a run stands: active until no task is pending or assigned."""
+
+    ACTIVE = "active"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id       TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    seed         INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    taskfile     TEXT NOT NULL,
+    spec         TEXT NOT NULL,
+    total        INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    finished_at  REAL,
+    duplicates   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id     TEXT PRIMARY KEY,
+    run_id      TEXT NOT NULL REFERENCES runs(run_id),
+    idx         INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    seed        INTEGER NOT NULL,
+    state       TEXT NOT NULL,
+    attempt     INTEGER NOT NULL DEFAULT 0,
+    tries       INTEGER NOT NULL DEFAULT 0,
+    worker_id   TEXT,
+    session     TEXT,
+    assigned_at REAL,
+    finished_at REAL,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_run_state ON tasks(run_id, state);
+CREATE TABLE IF NOT EXISTS attempts (
+    task_id     TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    worker_id   TEXT NOT NULL,
+    session     TEXT NOT NULL,
+    assigned_at REAL NOT NULL,
+    ended_at    REAL,
+    outcome     TEXT,
+    detail      TEXT,
+    PRIMARY KEY (task_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS results (
+    task_id     TEXT PRIMARY KEY,
+    run_id      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    worker_id   TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    started_at  REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    stored_at   REAL NOT NULL,
+    summary     TEXT NOT NULL,
+    observables TEXT NOT NULL,
+    metadata    TEXT NOT NULL,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
+"""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run with its task counts."""
+
+    run_id: str
+    name: str
+    seed: int
+    max_attempts: int
+    taskfile: str
+    total: int
+    state: str
+    created_at: float
+    finished_at: float | None
+    duplicates: int
+    counts: dict[str, int]
+
+    @property
+    def done(self) -> int:
+        return self.counts.get(TaskState.DONE.value, 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get(TaskState.FAILED.value, 0)
+
+    @property
+    def cancelled(self) -> int:
+        return self.counts.get(TaskState.CANCELLED.value, 0)
+
+    @property
+    def running(self) -> int:
+        return self.counts.get(TaskState.ASSIGNED.value, 0)
+
+    @property
+    def pending(self) -> int:
+        return self.counts.get(TaskState.PENDING.value, 0)
+
+    @property
+    def elapsed_s(self) -> float:
+        return (self.finished_at or time.time()) - self.created_at
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "name": self.name,
+            "state": self.state,
+            "tasks": self.total,
+            "done": self.done,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "running": self.running,
+            "pending": self.pending,
+            "duplicates": self.duplicates,
+            "seed": self.seed,
+            "max_attempts": self.max_attempts,
+            "taskfile": self.taskfile,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+@dataclass(frozen=True)
+class LiveTask:
+    """What the dispatcher keeps in memory of an unfinished task."""
+
+    task_id: str
+    run_id: str
+    kind: str
+    params: str
+    seed: int
+    attempt: int
+    tries: int
+    worker_id: str | None
+    session: str | None
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus 6 random hex digits."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+class Ledger:
+    """One open ledger file. Not shared between threads."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise LedgerError(
+                    f"{self.path} has ledger schema {version}, this simctl knows {SCHEMA_VERSION}"
+                )
+            if version == 0:
+                with self.batch():
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"cannot open ledger {self.path}: {e}") from e
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One write transaction: everything inside is committed together or not at all."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(self, taskfile: TaskFile) -> str:
+        """Store a run and all its tasks in one transaction; returns the run id."""
+        run_id = new_run_id()
+        spec = {"text": taskfile.text, "seed_given": taskfile.seed_given}
+        rows = (
+            (f"{run_id}.{t.index}", run_id, t.index, t.kind, json.dumps(t.params), t.seed)
+            for t in taskfile.tasks
+        )
+        with self.batch():
+            self.db.execute(
+                "INSERT INTO runs (run_id, name, seed, max_attempts, taskfile, spec, total, state,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id, taskfile.name, taskfile.seed, taskfile.max_attempts,
+                    str(taskfile.path), json.dumps(spec), len(taskfile.tasks),
+                    RunState.ACTIVE.value, time.time(),
+                ),
+            )
+            self.db.executemany(
+                "INSERT INTO tasks (task_id, run_id, idx, kind, params, seed, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                rows,
+            )
+        return run_id
+
+    def _counts(self, run_id: str | None = None) -> dict[str, dict[str, int]]:
+        sql = "SELECT run_id, state, count(*) FROM tasks"
+        args: tuple[Any, ...] = ()
+        if run_id is not None:
+            sql += " WHERE run_id = ?"
+            args = (run_id,)
+        counts: dict[str, dict[str, int]] = {}
+        for rid, state, n in self.db.execute(sql + " GROUP BY run_id, state", args):
+            counts.setdefault(rid, {})[state] = n
+        return counts
+
+    def _run_info(self, row: tuple[Any, ...], counts: dict[str, int]) -> RunInfo:
+        return RunInfo(*row, counts=counts)
+
+    _RUN_COLUMNS = (
+        "run_id, name, seed, max_attempts, taskfile, total, state, created_at, finished_at,"
+        " duplicates"
+    )
+
+    def run(self, run_id: str) -> RunInfo:
+        """One run with counts; raises UnknownRun."""
+        row = self.db.execute(
+            f"SELECT {self._RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise UnknownRun(f"no run {run_id!r} in the ledger {self.path}")
+        return self._run_info(row, self._counts(run_id).get(run_id, {}))
+
+    def runs(self, active_only: bool = False) -> list[RunInfo]:
+        """All runs (or the active ones), oldest first, with counts."""
+        where = " WHERE state = 'active'" if active_only else ""
+        rows = self.db.execute(
+            f"SELECT {self._RUN_COLUMNS} FROM runs{where} ORDER BY created_at, run_id"
+        ).fetchall()
+        if active_only:
+            return [self.run(r[0]) for r in rows]
+        counts = self._counts()
+        return [self._run_info(r, counts.get(r[0], {})) for r in rows]
+
+    def active_run_ids(self) -> list[str]:
+        """Ids of runs that still have work, oldest first (cheap; polled by the dispatcher)."""
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT run_id FROM runs WHERE state = 'active' ORDER BY created_at, run_id"
+            )
+        ]
+
+    def run_state(self, run_id: str) -> str:
+        row = self.db.execute("SELECT state FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise UnknownRun(f"no run {run_id!r} in the ledger {self.path}")
+        return str(row[0])
+
+    def finish_run(self, run_id: str) -> str:
+        """Mark an active run finished (done, failed or cancelled, from its tasks)."""
+        counts = self._counts(run_id).get(run_id, {})
+        if counts.get("pending") or counts.get("assigned"):
+            raise LedgerError(f"run {run_id} still has unfinished tasks")
+        if counts.get("failed"):
+            state = RunState.FAILED.value
+        elif counts.get("cancelled"):
+            state = RunState.CANCELLED.value
+        else:
+            state = RunState.DONE.value
+        self.db.execute(
+            "UPDATE runs SET state = ?, finished_at = ? WHERE run_id = ? AND state = 'active'",
+            (state, time.time(), run_id),
+        )
+        return state
+
+    def add_duplicates(self, run_id: str, n: int) -> None:
+        self.db.execute("UPDATE runs SET duplicates = duplicates + ? WHERE run_id = ?", (n, run_id))
+
+    def cancel_run(self, run_id: str) -> list[tuple[str, str]]:
+        """Cancel every unfinished task of a run; returns (task_id, worker_id) of assigned ones."""
+        now = time.time()
+        with self.batch():
+            assigned = self.db.execute(
+                "SELECT task_id, worker_id FROM tasks WHERE run_id = ? AND state = 'assigned'",
+                (run_id,),
+            ).fetchall()
+            self.db.execute(
+                "UPDATE attempts SET ended_at = ?, outcome = 'cancelled' WHERE ended_at IS NULL"
+                " AND task_id IN (SELECT task_id FROM tasks WHERE run_id = ? AND state = 'assigned')",
+                (now, run_id),
+            )
+            self.db.execute(
+                "UPDATE tasks SET state = 'cancelled', finished_at = ?, error = 'cancelled by user'"
+                " WHERE run_id = ? AND state IN ('pending', 'assigned')",
+                (now, run_id),
+            )
+            self.db.execute(
+                "UPDATE runs SET state = 'cancelled', finished_at = ? WHERE run_id = ?"
+                " AND state = 'active'",
+                (now, run_id),
+            )
+        return [(t, w) for t, w in assigned]
+
+    # ----------------------------------------------------------------- tasks
+
+    def live_tasks(self, run_id: str) -> list[LiveTask]:
+        """Unfinished tasks of a run in index order (what the dispatcher loads)."""
+        return [
+            LiveTask(*row)
+            for row in self.db.execute(
+                "SELECT task_id, run_id, kind, params, seed, attempt, tries, worker_id, session"
+                " FROM tasks WHERE run_id = ? AND state IN ('pending', 'assigned') ORDER BY idx",
+                (run_id,),
+            )
+        ]
+
+    def assigned_state(self, task_id: str) -> tuple[str, int] | None:
+        row = self.db.execute(
+            "SELECT state, attempt FROM tasks WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def assign(self, task_id: str, attempt: int, worker_id: str, session: str, now: float) -> None:
+        """Record an assignment (inside a batch); ``attempt`` is the new attempt number."""
+        self.db.execute(
+            "UPDATE tasks SET state = 'assigned', attempt = ?, tries = tries + 1, worker_id = ?,"
+            " session = ?, assigned_at = ? WHERE task_id = ?",
+            (attempt, worker_id, session, now, task_id),
+        )
+        self.db.execute(
+            "INSERT OR REPLACE INTO attempts (task_id, attempt, worker_id, session, assigned_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (task_id, attempt, worker_id, session, now),
+        )
+
+    def release(
+        self, task_id: str, attempt: int, outcome: str, detail: str, *, refund: bool,
+        fail: bool, now: float,
+    ) -> None:
+        """An attempt ended without a winning result: back to pending, or failed if ``fail``.
+
+        ``refund`` gives the try back (a rejected assignment did not run).
+        """
+        self.db.execute(
+            "UPDATE attempts SET ended_at = ?, outcome = ?, detail = ? WHERE task_id = ?"
+            " AND attempt = ?",
+            (now, outcome, detail, task_id, attempt),
+        )
+        if fail:
+            self.db.execute(
+                "UPDATE tasks SET state = 'failed', finished_at = ?, error = ? WHERE task_id = ?"
+                " AND state IN ('pending', 'assigned')",
+                (now, detail, task_id),
+            )
+        else:
+            self.db.execute(
+                "UPDATE tasks SET state = 'pending', worker_id = NULL, session = NULL,"
+                f" tries = tries - {1 if refund else 0}, error = ? WHERE task_id = ?"
+                " AND state = 'assigned'",
+                (detail, task_id),
+            )
+
+    def store_result(self, result: Result, state: str, now: float) -> bool:
+        """Store a winning result and finish its task; False if the task was already finished."""
+        cur = self.db.execute(
+            "UPDATE tasks SET state = ?, finished_at = ?, error = ?, worker_id = ?"
+            " WHERE task_id = ? AND state IN ('pending', 'assigned')",
+            (state, now, result.error, result.worker_id, result.task_id),
+        )
+        self.record_attempt_end(result, "duplicate" if cur.rowcount == 0 else result.state, now)
+        if cur.rowcount == 0:
+            return False
+        self.db.execute(
+            "INSERT OR REPLACE INTO results (task_id, run_id, attempt, worker_id, state,"
+            " started_at, finished_at, stored_at, summary, observables, metadata, error)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                result.task_id, result.run_id, result.attempt, result.worker_id, result.state,
+                result.started_at, result.finished_at, now, json.dumps(result.summary),
+                json.dumps({k: encode_series(v) for k, v in result.observables.items()}),
+                json.dumps(result.metadata), result.error,
+            ),
+        )
+        return True
+
+    def record_attempt_end(self, result: Result, outcome: str, now: float) -> None:
+        self.db.execute(
+            "UPDATE attempts SET ended_at = coalesce(ended_at, ?), outcome = coalesce(outcome, ?),"
+            " detail = coalesce(detail, ?) WHERE task_id = ? AND attempt = ?",
+            (now, outcome, result.error, result.task_id, result.attempt),
+        )
+
+    def task_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """Every task of a run with its result (if any), in index order."""
+        self.run(run_id)
+        cols = (
+            "t.task_id, t.idx, t.kind, t.params, t.seed, t.state, t.attempt, t.tries,"
+            " t.worker_id, t.error, r.summary, r.started_at, r.finished_at, r.attempt"
+        )
+        rows = []
+        for row in self.db.execute(
+            f"SELECT {cols} FROM tasks t LEFT JOIN results r ON r.task_id = t.task_id"
+            " WHERE t.run_id = ? ORDER BY t.idx",
+            (run_id,),
+        ):
+            (task_id, idx, kind, params, seed, state, attempt, tries, worker, error,
+             summary, started, finished, result_attempt) = row
+            rows.append({
+                "task_id": task_id,
+                "index": idx,
+                "kind": kind,
+                "params": json.loads(params),
+                "seed": seed,
+                "state": state,
+                "summary": json.loads(summary) if summary else {},
+                "worker_id": worker,
+                "attempts": attempt,
+                "tries": tries,
+                "result_attempt": result_attempt,
+                "elapsed_s": round(finished - started, 6) if finished is not None else None,
+                "error": error if state != TaskState.DONE.value else None,
+            })
+        return rows
+
+    def observables(self, run_id: str) -> dict[str, dict[str, list[float]]]:
+        """task_id -> observables of every stored result of a run."""
+        from simproto.protocol import decode_series
+
+        return {
+            task_id: {k: decode_series(v) for k, v in json.loads(obs).items()}
+            for task_id, obs in self.db.execute(
+                "SELECT task_id, observables FROM results WHERE run_id = ?", (run_id,)
+            )
+        }
+
+    def attempts(self, task_id: str) -> list[dict[str, Any]]:
+        """Every attempt of one task, in order."""
+        cols = ("attempt", "worker_id", "session", "assigned_at", "ended_at", "outcome", "detail")
+        return [
+            dict(zip(cols, row))
+            for row in self.db.execute(
+                f"SELECT {', '.join(cols)} FROM attempts WHERE task_id = ? ORDER BY attempt",
+                (task_id,),
+            )
+        ]

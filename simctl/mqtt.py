@@ -1,0 +1,235 @@
+"""simctl's MQTT plumbing: opening a client, and a short-lived observer for ping/status/monitor.
+
+paho callbacks here only decode and store or enqueue; nothing waits inside a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from simctl.errors import ConnectionFailed
+from simproto.connection import ConnectionSettings, connect, make_client
+from simproto.protocol import (
+    Channel,
+    DecodeError,
+    Heartbeat,
+    Ping,
+    Pong,
+    RunProgress,
+    WorkerStatus,
+)
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+"""How long simctl waits for the broker's CONNACK before reporting it unreachable."""
+
+
+def client_id(settings: ConnectionSettings, role: str) -> str:
+    """A client id of this cluster: prefix (with '/' as '_'), 'simctl', role."""
+    return f"{settings.topic_prefix.replace('/', '_')}-simctl-{role}"
+
+
+def open_client(
+    settings: ConnectionSettings,
+    cid: str,
+    subscriptions: Iterable[tuple[str, int]],
+    on_message: Callable[[mqtt.MQTTMessage], None],
+    *,
+    session_expiry_s: int = 0,
+    resume_session: bool = False,
+    on_connected: Callable[[], None] | None = None,
+    on_disconnected: Callable[[], None] | None = None,
+    timeout: float = CONNECT_TIMEOUT_S,
+) -> mqtt.Client:
+    """Connect, subscribe in on_connect (so reconnects re-subscribe) and start the loop.
+
+    Raises ConnectionFailed when the broker refuses or does not answer within ``timeout``.
+    """
+    subs = list(subscriptions)
+    connected = threading.Event()
+    refused: list[str] = []
+    try:
+        client = make_client(settings, cid)
+    except ValueError as e:
+        raise ConnectionFailed(str(e)) from e
+
+    def handle_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+            connected.set()
+            return
+        if subs:
+            c.subscribe(subs)
+        if on_connected is not None:
+            on_connected()
+        connected.set()
+
+    def handle_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        log.info("disconnected from the broker: %s", reason)
+        if on_disconnected is not None:
+            on_disconnected()
+
+    client.on_connect = handle_connect
+    client.on_disconnect = handle_disconnect
+    client.on_message = lambda _c, _u, msg: on_message(msg)
+    try:
+        connect(
+            client, settings, session_expiry_s=session_expiry_s, resume_session=resume_session,
+            asynchronous=False,
+        )
+    except (OSError, ValueError) as e:
+        raise ConnectionFailed(f"cannot reach the broker at {settings.broker}: {e}") from e
+    client.loop_start()
+    if not connected.wait(timeout) or refused:
+        client.loop_stop()
+        client.disconnect()
+        why = f"refused: {refused[0]}" if refused else f"no answer within {timeout:g} s"
+        raise ConnectionFailed(f"cannot connect to the broker at {settings.broker}: {why}")
+    return client
+
+
+@dataclass
+class PongReply:
+    """One worker's answer to a ping."""
+
+    pong: Pong
+    rtt_ms: float
+
+
+class Observer:
+    """A clean, short-lived connection that watches worker statuses (and optionally more).
+
+    ``sync()`` returns once every retained message of the subscriptions has arrived: it
+    publishes a marker to this client's own reply topic and waits for it to come back, which
+    the broker delivers after the retained messages queued before it.
+    """
+
+    def __init__(self, settings: ConnectionSettings, *, heartbeats: bool = False,
+                 progress: bool = False) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.cid = client_id(settings, "obs-" + uuid.uuid4().hex[:8])
+        self.reply_topic = self.topics.replies(self.cid)
+        self.statuses: dict[str, WorkerStatus] = {}
+        self.heard: dict[str, float] = {}
+        self.progress: dict[str, RunProgress] = {}
+        self.pongs: dict[str, PongReply] = {}
+        self._ping_sent: dict[bytes, float] = {}
+        self._markers: set[bytes] = set()
+        self._cond = threading.Condition()
+        subs = [(self.topics.all_workers(Channel.STATUS), 1), (self.reply_topic, 1)]
+        if heartbeats:
+            subs.append((self.topics.all_workers(Channel.HEARTBEAT), 0))
+        if progress:
+            subs.append((self.topics.all_run_progress, 1))
+        self.client = open_client(settings, self.cid, subs, self._on_message)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> Observer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        try:
+            if msg.topic == self.reply_topic:
+                self._on_reply(msg, now)
+                return
+            if msg.topic.startswith(f"{self.topics.prefix}/runs/"):
+                rp = RunProgress.decode(msg.payload)
+                with self._cond:
+                    self.progress[rp.run_id] = rp
+                return
+            worker_id, channel = self.topics.parse_worker_topic(msg.topic)
+            with self._cond:
+                if channel is Channel.STATUS:
+                    if not msg.payload:
+                        self.statuses.pop(worker_id, None)  # retained status cleared
+                        return
+                    self.statuses[worker_id] = WorkerStatus.decode(msg.payload)
+                    self.heard[worker_id] = max(self.heard.get(worker_id, 0.0), now)
+                elif channel is Channel.HEARTBEAT:
+                    Heartbeat.decode(msg.payload)
+                    self.heard[worker_id] = now
+                self._cond.notify_all()
+        except DecodeError as e:
+            log.warning("ignoring a malformed message on %s: %s", msg.topic, e)
+
+    def _on_reply(self, msg: mqtt.MQTTMessage, now: float) -> None:
+        corr = getattr(msg.properties, "CorrelationData", None)
+        with self._cond:
+            if msg.payload == b"" and corr in self._markers:
+                self._markers.discard(corr)
+            elif corr in self._ping_sent:
+                pong = Pong.decode(msg.payload)
+                self.pongs[pong.worker_id] = PongReply(pong, (now - self._ping_sent[corr]) * 1000)
+            self._cond.notify_all()
+
+    def sync(self, timeout: float = 1.0) -> None:
+        """Wait (at most ``timeout``) until the retained messages have arrived."""
+        marker = uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = marker
+        with self._cond:
+            self._markers.add(marker)
+        self.client.publish(self.reply_topic, b"", qos=1, properties=props)
+        with self._cond:
+            self._cond.wait_for(lambda: marker not in self._markers, timeout)
+
+    def ping(self, timeout: float) -> dict[str, PongReply]:
+        """Ping every worker; return the answers that arrive within ``timeout``.
+
+        Returns early once every worker whose retained status is online or draining answered.
+        """
+        self.sync(min(timeout, 1.0))
+        corr = uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.reply_topic
+        props.CorrelationData = corr
+        with self._cond:
+            self._ping_sent[corr] = time.time()
+        self.client.publish(
+            self.topics.ping, Ping(sent_at=time.time(), sender=self.cid).encode(), qos=0,
+            properties=props,
+        )
+        deadline = time.monotonic() + timeout
+
+        def all_answered() -> bool:
+            live = {w for w, s in self.statuses.items() if s.state != "offline"}
+            return bool(self.pongs) and live <= set(self.pongs)
+
+        with self._cond:
+            while not all_answered():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if all_answered():
+                # Give a worker whose status has not arrived yet a brief chance to answer.
+                self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            return dict(self.pongs)
+
+    def snapshot(self) -> tuple[dict[str, WorkerStatus], dict[str, float], dict[str, RunProgress]]:
+        with self._cond:
+            return dict(self.statuses), dict(self.heard), dict(self.progress)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1 and wait until the broker has it (outside any callback)."""
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(CONNECT_TIMEOUT_S)

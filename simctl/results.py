@@ -1,0 +1,66 @@
+"""Rendering a run's results as a table, CSV or JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from simctl.ledger import Ledger
+
+CSV_FIXED = ("task_id", "kind", "state", "seed", "worker_id", "attempts", "elapsed_s")
+"""The first CSV columns; ``param.<name>`` and ``summary.<name>`` follow."""
+
+JSON_FIELDS = ("task_id", "kind", "params", "seed", "state", "summary", "worker_id", "attempts",
+               "elapsed_s", "error")
+"""The fields of each task in ``--format json``."""
+
+
+def _names(rows: list[dict[str, Any]], key: str) -> list[str]:
+    """Every name under ``key`` across rows, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        for name in r[key]:
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return "" if value is None else value
+
+
+def render(ledger: Ledger, run_id: str, fmt: str, observables: bool = False) -> str:
+    """The results of ``run_id`` in ``fmt`` (table, csv or json)."""
+    rows = ledger.task_rows(run_id)
+    if fmt == "json":
+        tasks = [{k: r[k] for k in JSON_FIELDS} for r in rows]
+        if observables:
+            series = ledger.observables(run_id)
+            for t in tasks:
+                t["observables"] = series.get(t["task_id"], {})
+        return json.dumps({"run_id": run_id, "tasks": tasks}, indent=2) + "\n"
+    params, summary = _names(rows, "params"), _names(rows, "summary")
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow([*CSV_FIXED, *(f"param.{p}" for p in params),
+                         *(f"summary.{s}" for s in summary)])
+        for r in rows:
+            writer.writerow([*(_cell(r[c]) for c in CSV_FIXED),
+                             *(_cell(r["params"].get(p)) for p in params),
+                             *(_cell(r["summary"].get(s)) for s in summary)])
+        return buf.getvalue()
+    from simctl.display import table
+
+    def summary_text(s: dict[str, float]) -> str:
+        return " ".join(f"{k}={v:.6g}" for k, v in s.items())
+
+    return table(
+        [[r["task_id"], r["kind"], r["state"], r["seed"], r["worker_id"] or "-", r["attempts"],
+          "-" if r["elapsed_s"] is None else f"{r['elapsed_s']:.3f}",
+          summary_text(r["summary"]) or (r["error"] or "")] for r in rows],
+        ["task", "kind", "state", "seed", "worker", "attempts", "elapsed_s", "summary / error"],
+    ) + "\n"

@@ -1,0 +1,140 @@
+"""Running a run: store it, then dispatch it here or follow the dispatcher that has the ledger.
+
+Whoever holds the ledger's lock dispatches every active run of the ledger. A ``simctl run``
+that finds the lock taken stores its run and follows it in the ledger; if the dispatcher
+goes away meanwhile, the follower takes the lock over. A foreground dispatcher whose own
+run has finished while other runs are still active hands them to a background dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from simctl.config import Settings
+from simctl.dispatcher import Dispatcher, DispatcherLock
+from simctl.errors import RunTimeout
+from simctl.ledger import Ledger, RunInfo, RunState
+
+log = logging.getLogger(__name__)
+
+FOLLOW_POLL_S = 0.25
+"""How often a follower looks at the ledger (and at the lock)."""
+
+
+def dispatcher_log(store: Path) -> Path:
+    """Where a background dispatcher writes its log: beside the ledger."""
+    return Path(f"{store}.dispatcher.log")
+
+
+def spawn_background_dispatcher(
+    settings: Settings, run_id: str | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``simctl _serve [RUN_ID]`` detached from this terminal.
+
+    With a run id it follows that run (dispatching once it can take the lock); without, it
+    serves every active run until none is left.
+    """
+    path = dispatcher_log(settings.store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "simctl", *settings.global_args(), "_serve",
+             *([run_id] if run_id else [])],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def finished(ledger: Ledger, run_id: str) -> bool:
+    return ledger.run_state(run_id) != RunState.ACTIVE.value
+
+
+def follow(
+    settings: Settings,
+    ledger: Ledger,
+    run_id: str,
+    *,
+    timeout: float | None,
+    on_update: Callable[[RunInfo], None],
+    held: tuple[DispatcherLock, Dispatcher] | None = None,
+) -> RunInfo:
+    """Until ``run_id`` finishes: dispatch if we hold (or can take) the lock, else follow.
+
+    ``held`` is a lock this process holds with its connected dispatcher. Raises RunTimeout
+    after ``timeout`` seconds, leaving the run resumable.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    lock, dispatcher = held if held else (DispatcherLock(settings.store), None)
+    served = False
+    last_poll = 0.0
+
+    def poll() -> None:
+        nonlocal last_poll
+        now = time.monotonic()
+        if now - last_poll >= FOLLOW_POLL_S:
+            last_poll = now
+            on_update(ledger.run(run_id))
+
+    def timed_out() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
+    try:
+        while not finished(ledger, run_id):
+            if timed_out():
+                raise RunTimeout(_timeout_message(ledger.run(run_id), timeout))
+            if dispatcher is None and lock.acquire():
+                dispatcher = Dispatcher(ledger, settings.connection())
+            if dispatcher is not None:
+                served = True
+                dispatcher.serve(
+                    until=lambda d: run_id in d.finished_runs or timed_out(),
+                    tick=poll,
+                )
+                continue
+            poll()
+            time.sleep(FOLLOW_POLL_S)
+    finally:
+        if dispatcher is not None:
+            dispatcher.close()
+            lock.release()
+    info = ledger.run(run_id)
+    on_update(info)
+    if served and ledger.active_run_ids():
+        log.info("handing the remaining active runs to a background dispatcher")
+        spawn_background_dispatcher(settings)
+    return info
+
+
+def serve_all(settings: Settings) -> int:
+    """The background dispatcher: serve every active run, exit when none is left."""
+    lock = DispatcherLock(settings.store)
+    if not lock.acquire():
+        log.info("another dispatcher holds %s; nothing to do", lock.path)
+        return 0
+    ledger = Ledger(settings.store)
+    try:
+        dispatcher = Dispatcher(ledger, settings.connection())
+        try:
+            dispatcher.serve(until=lambda d: not d.runs)
+        finally:
+            dispatcher.close()
+    finally:
+        lock.release()
+        ledger.close()
+    return 0
+
+
+def _timeout_message(info: RunInfo, timeout: float | None) -> str:
+    unfinished = info.pending + info.running
+    return (
+        f"run {info.run_id} did not finish within {timeout:g} s ({unfinished} of {info.total} "
+        f"tasks unfinished); continue it with `simctl run --resume {info.run_id}` or stop it "
+        f"with `simctl cancel {info.run_id}`"
+    )

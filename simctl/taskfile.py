@@ -1,0 +1,338 @@
+"""Task files: load, check and expand a YAML sweep into tasks with their seeds.
+
+Rules (docs/tasks.md): parameter precedence ``defaults`` < ``params`` < ``sweep``; tasks
+expand in file order, sweep keys in the order written (the first key varies slowest), and
+replicas innermost. Every task's seed is derived from the run seed with
+``numpy.random.SeedSequence(run_seed).spawn(n)``; the stored seed is the exact integer
+passed to ``ckernel.simulate``. Every error names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simctl.errors import TaskFileError
+
+DEFAULT_MAX_ATTEMPTS = 3
+"""Tries per task, counting the first, when the file does not say."""
+
+MAX_ATTEMPTS_LIMIT = 100
+"""Largest ``max_attempts`` a task file may ask for."""
+
+MAX_TASKS = 1_000_000
+"""Largest number of tasks one file may expand to."""
+
+MAX_NAME_LENGTH = 200
+"""Longest run name."""
+
+TOP_KEYS = ("name", "description", "seed", "max_attempts", "defaults", "tasks")
+"""Keys allowed at the top of a task file."""
+
+ENTRY_KEYS = ("kind", "params", "sweep", "replicas")
+"""Keys allowed in one entry of ``tasks``."""
+
+_SEED_MASK = (1 << 63) - 1
+
+
+class _Mapping(dict):  # type: ignore[type-arg]
+    """A YAML mapping that remembers the line (1-based) of each key and of itself."""
+
+    line: int
+    key_lines: dict[Any, int]
+
+
+class _List(list):  # type: ignore[type-arg]
+    """A YAML sequence that remembers the line of itself and of each item."""
+
+    line: int
+    item_lines: list[int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader whose mappings and sequences carry line numbers; duplicate keys fail."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Mapping:  # type: ignore[override]
+        mapping = _Mapping()
+        mapping.line = node.start_mark.line + 1
+        mapping.key_lines = {}
+        self.flatten_mapping(node)
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                hash(key)
+            except TypeError as e:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"unhashable key {key!r}", key_node.start_mark
+                ) from e
+            if key in mapping:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            mapping[key] = self.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+            mapping.key_lines[key] = key_node.start_mark.line + 1
+        return mapping
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> _List:  # type: ignore[override]
+        seq = _List(self.construct_object(child, deep=True) for child in node.value)  # type: ignore[no-untyped-call]
+        seq.line = node.start_mark.line + 1
+        seq.item_lines = [child.start_mark.line + 1 for child in node.value]
+        return seq
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_mapping)
+_LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_sequence)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One expanded task: what a worker runs and the seed it runs with."""
+
+    index: int
+    kind: str
+    params: dict[str, Any]
+    seed: int
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    """A checked task file and its expansion."""
+
+    path: Path
+    name: str
+    seed: int
+    seed_given: bool
+    max_attempts: int
+    tasks: list[TaskSpec]
+    text: str
+
+    def kinds(self) -> dict[str, int]:
+        """Number of tasks per kind, in order of first appearance."""
+        counts: dict[str, int] = {}
+        for t in self.tasks:
+            counts[t.kind] = counts.get(t.kind, 0) + 1
+        return counts
+
+
+def task_seeds(run_seed: int, n: int) -> list[int]:
+    """The per-task seeds of a run: ``SeedSequence(run_seed).spawn(n)``, one uint64 each,
+    masked to 63 bits (the protocol's seed range)."""
+    import numpy as np
+
+    children = np.random.SeedSequence(run_seed).spawn(n)
+    return [int(c.generate_state(1, dtype=np.uint64)[0]) & _SEED_MASK for c in children]
+
+
+class _Checker:
+    """Walks one parsed file, raising TaskFileError with file, line and field."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, line: int | None, field: str | None, message: str) -> TaskFileError:
+        return TaskFileError(self.path, line, field, message)
+
+    @staticmethod
+    def line_of(container: Any, key: Any) -> int | None:
+        if isinstance(container, _Mapping):
+            return container.key_lines.get(key, container.line)
+        if isinstance(container, _List) and isinstance(key, int) and key < len(container.item_lines):
+            return container.item_lines[key]
+        return getattr(container, "line", None)
+
+    def int_field(self, mapping: _Mapping, key: str, field: str, lo: int, hi: int) -> int:
+        value = mapping[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(self.line_of(mapping, key), field, f"must be an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise self.fail(
+                self.line_of(mapping, key), field, f"{value} is out of range [{lo}, {hi}]"
+            )
+        return value
+
+    def mapping(self, container: Any, key: Any, field: str) -> _Mapping:
+        value = container[key]
+        if not isinstance(value, dict):
+            raise self.fail(
+                self.line_of(container, key), field, f"must be a mapping, got {_kind_of(value)}"
+            )
+        return value  # type: ignore[return-value]
+
+    def keys(self, mapping: _Mapping, allowed: tuple[str, ...], field: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                where = f"{field}.{key}" if field else str(key)
+                raise self.fail(
+                    self.line_of(mapping, key), where,
+                    f"unknown key {key!r}; allowed: {', '.join(allowed)}",
+                )
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def parse_text(text: str, path: Path) -> TaskFile:
+    """Check and expand a task file's text; raises TaskFileError."""
+    from ckernel import KINDS
+
+    check = _Checker(path)
+    try:
+        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        raise check.fail(line, None, f"invalid YAML: {e.problem or e}") from e
+    except yaml.YAMLError as e:
+        raise check.fail(None, None, f"invalid YAML: {e}") from e
+    if not isinstance(doc, dict):
+        raise check.fail(getattr(doc, "line", 1), None, "must be a mapping with a 'tasks' list")
+    check.keys(doc, TOP_KEYS, "")
+
+    name = doc.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+        raise check.fail(
+            check.line_of(doc, "name"), "name",
+            f"must be a non-empty string of at most {MAX_NAME_LENGTH} characters, got {name!r}",
+        )
+    if "description" in doc and not isinstance(doc["description"], str):
+        raise check.fail(check.line_of(doc, "description"), "description", "must be a string")
+    seed_given = "seed" in doc
+    seed = (
+        check.int_field(doc, "seed", "seed", 0, 2**63 - 1) if seed_given else secrets.randbits(63)
+    )
+    max_attempts = (
+        check.int_field(doc, "max_attempts", "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+        if "max_attempts" in doc
+        else DEFAULT_MAX_ATTEMPTS
+    )
+
+    defaults: _Mapping = _Mapping()
+    if "defaults" in doc and doc["defaults"] is not None:
+        defaults = check.mapping(doc, "defaults", "defaults")
+        for kind in defaults:
+            if kind not in KINDS:
+                raise check.fail(
+                    check.line_of(defaults, kind), f"defaults.{kind}",
+                    f"unknown kind {kind!r}; allowed kinds: {', '.join(KINDS)}",
+                )
+            check.mapping(defaults, kind, f"defaults.{kind}")
+
+    if "tasks" not in doc:
+        raise check.fail(doc.line, "tasks", "missing: list the tasks to run")
+    entries = doc["tasks"]
+    if not isinstance(entries, list) or not entries:
+        raise check.fail(check.line_of(doc, "tasks"), "tasks", "must be a non-empty list")
+
+    specs: list[tuple[str, dict[str, Any]]] = []
+    for i, entry in enumerate(entries):
+        specs.extend(_expand_entry(check, entries, i, entry, defaults, len(specs)))
+    seeds = task_seeds(seed, len(specs))
+    tasks = [TaskSpec(i, kind, params, s) for i, ((kind, params), s) in enumerate(zip(specs, seeds))]
+    return TaskFile(path, name.strip(), seed, seed_given, max_attempts, tasks, text)
+
+
+def _expand_entry(
+    check: _Checker,
+    entries: _List,
+    i: int,
+    entry: Any,
+    defaults: _Mapping,
+    already: int,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Expand one ``tasks`` entry: sweep combinations (keys as written), replicas innermost."""
+    from ckernel import KINDS, ParamError, validate
+
+    field = f"tasks[{i}]"
+    if not isinstance(entry, dict):
+        raise check.fail(check.line_of(entries, i), field, f"must be a mapping, got {_kind_of(entry)}")
+    check.keys(entry, ENTRY_KEYS, field)
+    if "kind" not in entry:
+        raise check.fail(entry.line, f"{field}.kind", "missing: say which kind of simulation")
+    kind = entry["kind"]
+    if kind not in KINDS:
+        raise check.fail(
+            check.line_of(entry, "kind"), f"{field}.kind",
+            f"unknown kind {kind!r}; allowed kinds: {', '.join(KINDS)}",
+        )
+    params: _Mapping = check.mapping(entry, "params", f"{field}.params") if "params" in entry else _Mapping()
+    sweep: _Mapping = check.mapping(entry, "sweep", f"{field}.sweep") if "sweep" in entry else _Mapping()
+    replicas = (
+        check.int_field(entry, "replicas", f"{field}.replicas", 1, MAX_TASKS)
+        if "replicas" in entry
+        else 1
+    )
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise check.fail(
+                check.line_of(sweep, key), f"{field}.sweep.{key}", "must be a non-empty list of values"
+            )
+    count = replicas
+    for values in sweep.values():
+        count *= len(values)
+    if already + count > MAX_TASKS:
+        raise check.fail(
+            check.line_of(entries, i), field, f"expands the file beyond {MAX_TASKS} tasks"
+        )
+
+    kind_defaults = defaults.get(kind) or _Mapping()
+    base = {**kind_defaults, **params}
+    keys = list(sweep)
+    for combo in itertools.product(*(list(enumerate(sweep[k])) for k in keys)):
+        merged = {**base, **{k: v for k, (_, v) in zip(keys, combo)}}
+        try:
+            validated = validate(kind, _plain(merged))
+        except ParamError as e:
+            name = _param_named(str(e), kind, merged)
+            if name in sweep:
+                j = dict(zip(keys, combo))[name][0]
+                line, where = sweep[name].item_lines[j], f"{field}.sweep.{name}[{j}]"
+            elif name in params:
+                line, where = check.line_of(params, name), f"{field}.params.{name}"
+            elif name in kind_defaults:
+                line, where = check.line_of(kind_defaults, name), f"defaults.{kind}.{name}"
+            else:
+                line, where = entry.line, f"{field}.params"
+            raise check.fail(line, where, str(e)) from e
+        for _ in range(replicas):
+            yield kind, validated
+
+
+def _param_named(message: str, kind: str, params: dict[str, Any]) -> str | None:
+    """Which parameter a ParamError message is about (ckernel names it as kind.name or 'name')."""
+    for name in sorted(params, key=lambda n: -len(str(n))):
+        if re.search(rf"(\b{re.escape(kind)}\.{re.escape(str(name))}\b|'{re.escape(str(name))}')", message):
+            return str(name)
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """Turn the line-tracking containers back into plain dicts and lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load(path: Path | str) -> TaskFile:
+    """Read, check and expand the task file at ``path``; raises TaskFileError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as e:
+        raise TaskFileError(path, None, None, "no such file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise TaskFileError(path, None, None, f"cannot read: {e}") from e
+    return parse_text(text, path)
