@@ -78,8 +78,12 @@ def lj_neighbours(const double[:, ::1] pos, double box, double rlist):
             c = 0
             for a in range(3):
                 k = <Py_ssize_t>(pos[i, a] * scale)
-                if k >= n_side:  # a coordinate rounded up to exactly box
+                # Clamped so that no position (exactly box after rounding, or garbage from
+                # a blown-up run) can ever index outside the cell arrays.
+                if k >= n_side:
                     k = n_side - 1
+                elif k < 0:
+                    k = 0
                 c = c * n_side + <int>k
             cell[i] = c
             first[c + 1] += 1

@@ -11,6 +11,9 @@ import numpy as np
 
 from ckernel._run import Progress, Run, Samples, mean_and_sem, require_finite, slope
 
+FIT_START_GAMMA_TIMES = 10.0
+"""The diffusion fit uses samples after this many friction times 1/gamma."""
+
 
 def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | None,
         kernels: Any) -> Run:
@@ -53,10 +56,10 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
 
     summary: dict[str, float] = {"n_particles": float(n)}
     if k == 0.0:
-        # The long-time slope of MSD = 6 D t; the first half is left out because the
-        # inertial (ballistic) start bends the curve for t ~ 1/gamma.
+        # The long-time slope of MSD = 6 D t. The inertial (ballistic) start bends the curve
+        # for t ~ 1/gamma, so the fit starts at 10/gamma (at most half-way through the run).
         t, msd = samples.array("t"), samples.array("msd")
-        late = t >= 0.5 * t[-1]
+        late = t >= min(FIT_START_GAMMA_TIMES / gamma, 0.5 * t[-1])
         summary["diffusion_coefficient"] = slope(t[late], msd[late]) / 6.0
         summary["diffusion_expected"] = kT * mobility
     else:

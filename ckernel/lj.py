@@ -126,7 +126,13 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
     samples = Samples("lj", (*OBSERVABLES, "momentum"))
 
     def sample(step: int) -> None:
-        kinetic = 0.5 * float(np.sum(v * v))
+        speed2 = np.einsum("ij,ij->i", v, v)
+        kinetic = 0.5 * float(speed2.sum())
+        # An atom crossing half the box in one step makes the minimum image meaningless:
+        # the energies stay finite but the trajectory is garbage.
+        if math.sqrt(speed2.max()) * dt > 0.5 * box:
+            raise blow_up("lj", f"an atom moves {math.sqrt(speed2.max()) * dt:.3g} per step, "
+                          f"more than half the box ({0.5 * box:.3g})", step, step * dt)
         samples.add(step, step * dt, potential_energy=u / n, kinetic_energy=kinetic / n,
                     total_energy=(u + kinetic) / n, temperature=2.0 * kinetic / dof,
                     pressure=(2.0 * kinetic + w) / (3.0 * volume),

@@ -1,0 +1,91 @@
+"""Lennard-Jones energies and virials against NIST SRSW reference values, on both backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_xyz
+
+from ckernel import lj
+
+# file: (Upair rc=3, Wpair rc=3, ULRC rc=3, Upair rc=4, ULRC rc=4, U LFS rc=3, W LFS rc=3),
+# from tests/data/nist-lj/README.md (NIST's published five significant figures).
+NIST = {
+    "lj-1.xyz": (-4.3515e03, -5.6867e02, -1.9849e02, -4.4675e03, -8.3769e01,
+                 -3.8709e03, 3.1754e02),
+    "lj-2.xyz": (-6.9000e02, -5.6846e02, -2.4230e01, -7.0460e02, -1.0226e01,
+                 -6.2012e02, -4.4533e02),
+    "lj-3.xyz": (-1.1467e03, -1.1649e03, -4.9622e01, -1.1754e03, -2.0942e01,
+                 -1.0210e03, -9.3578e02),
+    "lj-4.xyz": (-1.6790e01, -4.6249e01, -5.4517e-01, -1.7060e01, -2.3008e-01,
+                 -1.5001e01, -4.3096e01),
+}
+
+
+def published(value: float) -> float:
+    """``value`` rounded to NIST's published precision (five significant figures)."""
+    return float(f"{value:.4e}")
+
+
+@pytest.mark.parametrize("name", sorted(NIST))
+def test_nist_truncated_energies_and_virial(name: str, backend: str) -> None:
+    u3, w3, _, u4, _, _, _ = NIST[name]
+    positions, box = load_xyz(name)
+    u, w = lj.energy_virial(positions, box, 3.0, "truncated", backend=backend)
+    assert (published(u), published(w)) == (u3, w3)
+    u, _ = lj.energy_virial(positions, box, 4.0, "truncated", backend=backend)
+    assert published(u) == u4
+
+
+@pytest.mark.parametrize("name", sorted(NIST))
+def test_nist_linear_force_shifted(name: str, backend: str) -> None:
+    *_, u_lfs, w_lfs = NIST[name]
+    positions, box = load_xyz(name)
+    u, w = lj.energy_virial(positions, box, 3.0, "force_shifted", backend=backend)
+    assert (published(u), published(w)) == (u_lfs, w_lfs)
+
+
+@pytest.mark.parametrize("name", sorted(NIST))
+def test_nist_tail_corrections(name: str) -> None:
+    _, _, tail3, _, tail4, _, _ = NIST[name]
+    positions, box = load_xyz(name)
+    assert published(lj.tail_correction(len(positions), box, 3.0)) == tail3
+    assert published(lj.tail_correction(len(positions), box, 4.0)) == tail4
+
+
+def brute_force(positions: np.ndarray, box: float, rc: float) -> tuple[float, float]:
+    """All pairs, minimum image, plain loops over i: a third, independent implementation."""
+    u = w = 0.0
+    for i in range(len(positions) - 1):
+        d = positions[i] - positions[i + 1:]
+        d -= box * np.round(d / box)
+        r2 = (d * d).sum(axis=1)
+        r2 = r2[r2 < rc * rc]
+        u += float((4.0 * (r2**-6 - r2**-3)).sum())
+        w += float((24.0 * (2.0 * r2**-6 - r2**-3)).sum())
+    return u, w
+
+
+@pytest.mark.parametrize("n_cells,rc", [(1, 0.85), (2, 1.7), (3, 2.5)])
+def test_small_boxes_match_all_pairs(n_cells: int, rc: float, backend: str) -> None:
+    """Boxes with one, two and three cells per side (where adjacent cells repeat)."""
+    positions, box = lj.fcc_lattice(n_cells, 0.8)
+    rng = np.random.default_rng(7)
+    positions = positions + rng.uniform(-0.15, 0.15, positions.shape)
+    u, w = lj.energy_virial(positions, box, rc, backend=backend)
+    u_ref, w_ref = brute_force(positions, box, rc)
+    assert u == pytest.approx(u_ref, rel=1e-12)
+    assert w == pytest.approx(w_ref, rel=1e-12)
+
+
+def test_fcc_lattice_geometry() -> None:
+    positions, box = lj.fcc_lattice(3, 0.8442)
+    assert positions.shape == (108, 3)
+    assert 108 / box**3 == pytest.approx(0.8442, rel=1e-14)
+    d = positions[:, None, :] - positions[None, :, :]
+    d -= box * np.round(d / box)
+    r = np.sqrt((d * d).sum(axis=2))[np.triu_indices(108, 1)]
+    # Every fcc site has 12 nearest neighbours at a / sqrt(2).
+    a = box / 3
+    assert r.min() == pytest.approx(a / np.sqrt(2.0), rel=1e-12)
+    assert np.isclose(r, a / np.sqrt(2.0)).sum() == 108 * 12 // 2
