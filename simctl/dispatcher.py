@@ -66,6 +66,13 @@ LEASE_CHECK_S = 0.1
 RUNS_REFRESH_S = 0.5
 """How often the ledger is polled for new or cancelled runs."""
 
+ACK_EVERY_S = 0.05
+"""Acks are gathered this long (or up to ACK_BATCH): a worker frees its slot without waiting
+for the ack, so batching them costs no throughput and saves packets on every side."""
+
+ACK_BATCH = 500
+"""Most results one Ack message names."""
+
 PROGRESS_EVERY_S = 0.5
 """Smallest interval between two retained RunProgress messages of one run."""
 
@@ -181,6 +188,8 @@ class Dispatcher:
         self.duplicates = 0
         self._outbox: list[tuple[str, bytes]] = []
         self._acks: dict[str, list[list[Any]]] = {}
+        self._ack_count = 0
+        self._acks_since = 0.0
         self._next_lease_check = 0.0
         self._next_refresh = 0.0
         self.client: mqtt.Client | None = None
@@ -218,6 +227,7 @@ class Dispatcher:
             self.step()
             if tick is not None:
                 tick()
+        self.flush(time.monotonic(), force=True)
         self.publish_progress(time.monotonic(), force=True)
 
     def step(self) -> None:
@@ -241,20 +251,29 @@ class Dispatcher:
                 self.refresh_runs(now)
             self.assign(now)
             self.finish_runs()
-        self.flush()
+        self.flush(now)
         self.publish_progress(now)
 
-    def flush(self) -> None:
-        """Publish what the committed pass decided: assignments first (latency), then acks."""
+    def flush(self, now: float, force: bool = False) -> None:
+        """Publish what committed passes decided: assignments at once, acks gathered."""
         assert self.client is not None
         for topic, payload in self._outbox:
             self.client.publish(topic, payload, qos=1)
-        for worker_id, items in self._acks.items():
-            self.client.publish(
-                self.topics.worker(worker_id, Channel.CONTROL), Ack(results=items).encode(), qos=1
-            )
         self._outbox.clear()
+        if not self._acks:
+            self._acks_since = now
+            return
+        if not force and now - self._acks_since < ACK_EVERY_S and self._ack_count < ACK_BATCH:
+            return
+        for worker_id, items in self._acks.items():
+            for i in range(0, len(items), ACK_BATCH):
+                self.client.publish(
+                    self.topics.worker(worker_id, Channel.CONTROL),
+                    Ack(results=items[i : i + ACK_BATCH]).encode(), qos=1,
+                )
         self._acks.clear()
+        self._ack_count = 0
+        self._acks_since = now
 
     # ------------------------------------------------------------------ runs
 
@@ -403,7 +422,7 @@ class Dispatcher:
             if lease is not None and lease.attempt == result.attempt:
                 self.release(lease, result.state, result.error or "failed", now, refund=False)
             else:
-                self.ledger.record_attempt_end(result, result.state, now)
+                self.ledger.record_attempt_end(result, result.state)
             self.ack(result)
             return
         # The first conclusive result wins, whichever attempt it comes from.
@@ -411,7 +430,7 @@ class Dispatcher:
             ResultState.DONE.value: TaskState.DONE.value,
             ResultState.CANCELLED.value: TaskState.CANCELLED.value,
         }.get(result.state, TaskState.FAILED.value)
-        if not self.ledger.store_result(result, state, now):
+        if not self.ledger.store_result(result, state):
             self.duplicate(result, now)
             return
         if lease is not None:
@@ -425,13 +444,15 @@ class Dispatcher:
         self.ack(result)
 
     def duplicate(self, result: Result, now: float) -> None:
-        self.ledger.record_attempt_end(result, "duplicate", now)
+        self.ledger.record_attempt_end(result, "duplicate")
         self.ledger.add_duplicates(result.run_id, 1)
         self.duplicates += 1
         self.ack(result)
 
     def ack(self, result: Result) -> None:
+        """Acknowledge a result (sent after the pass that stored it is committed)."""
         self._acks.setdefault(result.worker_id, []).append([result.task_id, result.attempt])
+        self._ack_count += 1
 
     # --------------------------------------------------------------- leases
 

@@ -421,8 +421,9 @@ class Ledger:
                 (detail, task_id),
             )
 
-    def store_result(self, result: Result, state: str, now: float) -> bool:
+    def store_result(self, result: Result, state: str) -> bool:
         """Store a winning result and finish its task; False if the task was already finished."""
+        now = time.time()
         cur = self.db.execute(
             "UPDATE tasks SET state = ?, finished_at = ?, error = ?, worker_id = ?"
             " WHERE task_id = ? AND state IN ('pending', 'assigned')",
@@ -444,7 +445,9 @@ class Ledger:
         )
         return True
 
-    def record_attempt_end(self, result: Result, outcome: str, now: float) -> None:
+    def record_attempt_end(self, result: Result, outcome: str, now: float | None = None) -> None:
+        """Note how an attempt ended (the first note wins)."""
+        now = time.time() if now is None else now
         self.db.execute(
             "UPDATE attempts SET ended_at = coalesce(ended_at, ?), outcome = coalesce(outcome, ?),"
             " detail = coalesce(detail, ?) WHERE task_id = ? AND attempt = ?",
