@@ -45,28 +45,61 @@ def _version() -> str:
 
 
 @click.group(cls=SimctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--broker", envvar="SIMCTL_BROKER", metavar="ADDR",
-              help="Broker: HOST, HOST:PORT, mqtt://HOST:PORT or mqtts://HOST:PORT "
-                   "[default: the local broker of `simctl local up`].")
+@click.option(
+    "--broker",
+    envvar="SIMCTL_BROKER",
+    metavar="ADDR",
+    help="Broker: HOST, HOST:PORT, mqtt://HOST:PORT or mqtts://HOST:PORT "
+    "[default: the local broker of `simctl local up`].",
+)
 @click.option("--topic-prefix", envvar="SIMCTL_TOPIC_PREFIX", help="Topic prefix [default: sim].")
 @click.option("--username", envvar="SIMCTL_USERNAME", help="Broker user name.")
-@click.option("--password-file", envvar="SIMCTL_PASSWORD_FILE", type=click.Path(path_type=Path),
-              help="File whose first line is the broker password.")
-@click.option("--tls-ca", envvar="SIMCTL_TLS_CA", type=click.Path(path_type=Path),
-              help="CA certificate; turns TLS on.")
-@click.option("--tls-cert", envvar="SIMCTL_TLS_CERT", type=click.Path(path_type=Path),
-              help="Client certificate for TLS.")
-@click.option("--tls-key", envvar="SIMCTL_TLS_KEY", type=click.Path(path_type=Path),
-              help="Client key for TLS.")
-@click.option("--store", envvar="SIMCTL_STORE", type=click.Path(path_type=Path),
-              help="The run ledger (SQLite) [default: ~/.local/share/simctl/ledger.sqlite].")
-@click.option("--log-level", envvar="SIMCTL_LOG_LEVEL",
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              help="Log level of messages on stderr [default: warning].")
-@click.option("--config", "config_file", envvar="SIMCTL_CONFIG", type=click.Path(path_type=Path),
-              help="YAML config file [default: ~/.config/simctl/config.yaml].")
-@click.version_option(version=None, message="simctl %(version)s", package_name="particle-sim",
-                      prog_name="simctl")
+@click.option(
+    "--password-file",
+    envvar="SIMCTL_PASSWORD_FILE",
+    type=click.Path(path_type=Path),
+    help="File whose first line is the broker password.",
+)
+@click.option(
+    "--tls-ca",
+    envvar="SIMCTL_TLS_CA",
+    type=click.Path(path_type=Path),
+    help="CA certificate; turns TLS on.",
+)
+@click.option(
+    "--tls-cert",
+    envvar="SIMCTL_TLS_CERT",
+    type=click.Path(path_type=Path),
+    help="Client certificate for TLS.",
+)
+@click.option(
+    "--tls-key",
+    envvar="SIMCTL_TLS_KEY",
+    type=click.Path(path_type=Path),
+    help="Client key for TLS.",
+)
+@click.option(
+    "--store",
+    envvar="SIMCTL_STORE",
+    type=click.Path(path_type=Path),
+    help="The run ledger (SQLite) [default: ~/.local/share/simctl/ledger.sqlite].",
+)
+@click.option(
+    "--log-level",
+    envvar="SIMCTL_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Log level of messages on stderr [default: warning].",
+)
+@click.option(
+    "--config",
+    "config_file",
+    envvar="SIMCTL_CONFIG",
+    type=click.Path(path_type=Path),
+    help="YAML config file [default: ~/.config/simctl/config.yaml].",
+)
+@click.version_option(
+    version=None, message="simctl %(version)s", package_name="particle-sim", prog_name="simctl"
+)
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
     """Run particle-simulation sweeps on worker agents over MQTT.
@@ -78,7 +111,8 @@ def cli(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
     """
     settings = Settings.resolve(given, config_file)
     logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr,
+        level=settings.log_level,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     ctx.obj = settings
@@ -107,10 +141,17 @@ def validate(taskfile: Path | None, as_json: bool) -> None:
 
     tf = tf_mod.load(taskfile or DEFAULT_TASKFILE)
     if as_json:
-        emit_json({
-            "taskfile": str(tf.path), "valid": True, "name": tf.name, "tasks": len(tf.tasks),
-            "kinds": tf.kinds(), "seed": tf.seed, "max_attempts": tf.max_attempts,
-        })
+        emit_json(
+            {
+                "taskfile": str(tf.path),
+                "valid": True,
+                "name": tf.name,
+                "tasks": len(tf.tasks),
+                "kinds": tf.kinds(),
+                "seed": tf.seed,
+                "max_attempts": tf.max_attempts,
+            }
+        )
         return
     kinds = ", ".join(f"{k}: {n}" for k, n in tf.kinds().items())
     seed = tf.seed if tf.seed_given else f"{tf.seed} (random: the file sets none)"
@@ -124,14 +165,27 @@ def validate(taskfile: Path | None, as_json: bool) -> None:
 @cli.command()
 @click.argument("taskfile", required=False, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
-@click.option("--detach", is_flag=True, help="Return once the run is stored; dispatch in the background.")
+@click.option(
+    "--detach", is_flag=True, help="Return once the run is stored; dispatch in the background."
+)
 @click.option("--resume", metavar="RUN_ID", help="Continue a run whose dispatcher died.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Give up following after this long (the run stays resumable); exit 3.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Give up following after this long (the run stays resumable); exit 3.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @pass_settings
-def run(settings: Settings, taskfile: Path | None, as_json: bool, detach: bool,
-        resume: str | None, timeout: float | None, quiet: bool) -> None:
+def run(
+    settings: Settings,
+    taskfile: Path | None,
+    as_json: bool,
+    detach: bool,
+    resume: str | None,
+    timeout: float | None,
+    quiet: bool,
+) -> None:
     """Submit a task file (default configs/tasks.yaml), dispatch it, and show its progress.
 
     If another simctl already dispatches for this ledger, the run is added and followed.
@@ -169,8 +223,10 @@ def run(settings: Settings, taskfile: Path | None, as_json: bool, detach: bool,
                 held = (lock, dispatcher)
         run_id = ledger.create_run(tf)
         if not as_json:
-            click.echo(f"run {run_id}: {len(tf.tasks)} tasks from {tf.path} "
-                       f"(ledger {settings.store})", err=True)
+            click.echo(
+                f"run {run_id}: {len(tf.tasks)} tasks from {tf.path} (ledger {settings.store})",
+                err=True,
+            )
     if detach:
         runner.spawn_background_dispatcher(settings, run_id)
         info = ledger.run(run_id)
@@ -180,13 +236,17 @@ def run(settings: Settings, taskfile: Path | None, as_json: bool, detach: bool,
             emit_json({**_run_json(info, settings), "detached": True})
         else:
             click.echo(run_id)
-            click.echo(f"dispatching in the background; follow with `simctl status {run_id}` "
-                       f"or `simctl run --resume {run_id}`", err=True)
+            click.echo(
+                f"dispatching in the background; follow with `simctl status {run_id}` "
+                f"or `simctl run --resume {run_id}`",
+                err=True,
+            )
         return
     bar = ProgressBar(enabled=not quiet)
     try:
-        info = runner.follow(settings, ledger, run_id, timeout=timeout, on_update=bar.update,
-                             held=held)
+        info = runner.follow(
+            settings, ledger, run_id, timeout=timeout, on_update=bar.update, held=held
+        )
     finally:
         bar.close()
     _report_run(settings, ledger, info, as_json)
@@ -213,10 +273,15 @@ def _report_run(settings: Settings, ledger: Ledger, info: RunInfo, as_json: bool
             if r["elapsed_s"] is not None and r["state"] == "done":
                 k[5] += r["elapsed_s"]
                 k[6] += 1
-        click.echo(table(
-            [[k, n, d, f, c, f"{t / m:.3f}" if m else "-"] for k, n, d, f, c, t, m in per_kind.values()],
-            ["kind", "tasks", "done", "failed", "cancelled", "mean elapsed_s"],
-        ))
+        click.echo(
+            table(
+                [
+                    [k, n, d, f, c, f"{t / m:.3f}" if m else "-"]
+                    for k, n, d, f, c, t, m in per_kind.values()
+                ],
+                ["kind", "tasks", "done", "failed", "cancelled", "mean elapsed_s"],
+            )
+        )
         click.echo(
             f"\nrun {info.run_id} ({info.name}): {info.state}, {info.done}/{info.total} done, "
             f"{info.failed} failed, {info.cancelled} cancelled, {info.duplicates} duplicates, "
@@ -241,16 +306,23 @@ def serve(settings: Settings, run_id: str | None) -> None:
 
     if run_id is None:
         _exit(runner.serve_all(settings))
-    runner.follow(settings, _open_ledger(settings), run_id, timeout=None,
-                  on_update=lambda _info: None)
+    runner.follow(
+        settings, _open_ledger(settings), run_id, timeout=None, on_update=lambda _info: None
+    )
 
 
 # ---------------------------------------------------------------------------- ping
 
 
 @cli.command()
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=2.0,
-              show_default=True, metavar="SECONDS", help="How long to wait for answers.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for answers.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @pass_settings
 def ping(settings: Settings, timeout: float, as_json: bool) -> None:
@@ -261,15 +333,25 @@ def ping(settings: Settings, timeout: float, as_json: bool) -> None:
     with Observer(settings.connection()) as obs:
         pongs = obs.ping(timeout)
     workers = [
-        {"worker_id": w, "rtt_ms": round(p.rtt_ms, 2), "state": p.pong.state,
-         "slots": p.pong.slots, "free_slots": p.pong.free_slots, "version": p.pong.version}
+        {
+            "worker_id": w,
+            "rtt_ms": round(p.rtt_ms, 2),
+            "state": p.pong.state,
+            "slots": p.pong.slots,
+            "free_slots": p.pong.free_slots,
+            "version": p.pong.version,
+        }
         for w, p in sorted(pongs.items())
     ]
     if as_json:
         emit_json({"workers": workers})
     elif workers:
-        click.echo(table([list(w.values()) for w in workers],
-                         ["worker", "rtt_ms", "state", "slots", "free", "version"]))
+        click.echo(
+            table(
+                [list(w.values()) for w in workers],
+                ["worker", "rtt_ms", "state", "slots", "free", "version"],
+            )
+        )
     if not workers:
         raise NoWorkers(f"no worker answered within {timeout:g} s")
 
@@ -285,10 +367,16 @@ def _workers_json(settings: Settings) -> list[dict[str, Any]]:
         statuses, heard, _ = obs.snapshot()
     return [
         {
-            "worker_id": s.worker_id, "state": s.state, "host": s.host, "version": s.version,
-            "slots": s.slots, "busy_slots": max(0, s.slots - s.free_slots),
-            "free_slots": s.free_slots, "running": list(s.running),
-            "last_seen": heard.get(s.worker_id, s.ts), "status_at": s.ts,
+            "worker_id": s.worker_id,
+            "state": s.state,
+            "host": s.host,
+            "version": s.version,
+            "slots": s.slots,
+            "busy_slots": max(0, s.slots - s.free_slots),
+            "free_slots": s.free_slots,
+            "running": list(s.running),
+            "last_seen": heard.get(s.worker_id, s.ts),
+            "status_at": s.ts,
             "http_port": s.http_port,
         }
         for s in sorted(statuses.values(), key=lambda s: s.worker_id)
@@ -299,8 +387,17 @@ def _workers_table(workers: list[dict[str, Any]]) -> str:
     from simctl.display import ago, table
 
     return table(
-        [[w["worker_id"], w["state"], f"{w['busy_slots']}/{w['slots']}", len(w["running"]),
-          w["host"], ago(w["last_seen"])] for w in workers],
+        [
+            [
+                w["worker_id"],
+                w["state"],
+                f"{w['busy_slots']}/{w['slots']}",
+                len(w["running"]),
+                w["host"],
+                ago(w["last_seen"]),
+            ]
+            for w in workers
+        ],
         ["worker", "state", "busy", "running", "host", "last seen"],
     )
 
@@ -309,8 +406,19 @@ def _runs_table(runs: list[RunInfo]) -> str:
     from simctl.display import duration, table, when
 
     return table(
-        [[r.run_id, r.name, r.state, f"{r.done}/{r.total}", r.failed, r.running,
-          when(r.created_at), duration(r.elapsed_s)] for r in runs],
+        [
+            [
+                r.run_id,
+                r.name,
+                r.state,
+                f"{r.done}/{r.total}",
+                r.failed,
+                r.running,
+                when(r.created_at),
+                duration(r.elapsed_s),
+            ]
+            for r in runs
+        ],
         ["run", "name", "state", "done", "failed", "running", "started", "elapsed"],
     )
 
@@ -327,15 +435,30 @@ def status(settings: Settings, run_id: str | None, as_json: bool) -> None:
     if run_id is not None:
         info = ledger.run(run_id)
         rows = ledger.task_rows(run_id)
-        tasks = [{k: r[k] for k in ("task_id", "kind", "state", "worker_id", "attempts", "error")}
-                 for r in rows]
+        tasks = [
+            {k: r[k] for k in ("task_id", "kind", "state", "worker_id", "attempts", "error")}
+            for r in rows
+        ]
         if as_json:
             emit_json({"run": info.to_json(), "tasks": tasks})
             return
         click.echo(_runs_table([info]) + "\n")
-        click.echo(table([[t["task_id"], t["kind"], t["state"], t["worker_id"] or "-",
-                           t["attempts"], t["error"] or ""] for t in tasks],
-                         ["task", "kind", "state", "worker", "attempts", "failure"]))
+        click.echo(
+            table(
+                [
+                    [
+                        t["task_id"],
+                        t["kind"],
+                        t["state"],
+                        t["worker_id"] or "-",
+                        t["attempts"],
+                        t["error"] or "",
+                    ]
+                    for t in tasks
+                ],
+                ["task", "kind", "state", "worker", "attempts", "failure"],
+            )
+        )
         return
     runs = ledger.runs()
     broker_error: SimctlError | None = None
@@ -357,8 +480,14 @@ def status(settings: Settings, run_id: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
-              metavar="SECONDS", help="Refresh interval.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Refresh interval.",
+)
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N refreshes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per refresh.")
 @pass_settings
@@ -398,14 +527,32 @@ class _MonitorView:
         ledger_runs = {r.run_id: r for r in self.ledger.runs(active_only=True)}
         runs = []
         for r in ledger_runs.values():
-            runs.append({"run_id": r.run_id, "name": r.name, "total": r.total, "done": r.done,
-                         "failed": r.failed, "running": r.running, "pending": r.pending,
-                         "elapsed_s": round(r.elapsed_s, 1)})
+            runs.append(
+                {
+                    "run_id": r.run_id,
+                    "name": r.name,
+                    "total": r.total,
+                    "done": r.done,
+                    "failed": r.failed,
+                    "running": r.running,
+                    "pending": r.pending,
+                    "elapsed_s": round(r.elapsed_s, 1),
+                }
+            )
         for p in progress.values():
             if p.run_id not in ledger_runs and p.state == "active":
-                runs.append({"run_id": p.run_id, "name": p.name, "total": p.total,
-                             "done": p.done, "failed": p.failed, "running": p.running,
-                             "pending": p.pending, "elapsed_s": None})
+                runs.append(
+                    {
+                        "run_id": p.run_id,
+                        "name": p.name,
+                        "total": p.total,
+                        "done": p.done,
+                        "failed": p.failed,
+                        "running": p.running,
+                        "pending": p.pending,
+                        "elapsed_s": None,
+                    }
+                )
         finished = {r["run_id"]: r["done"] + r["failed"] for r in runs}
         rate = None
         if self.last is not None:
@@ -414,30 +561,68 @@ class _MonitorView:
             rate = delta / max(1e-9, now - t0)
         self.last = (now, finished)
         workers = [
-            {"worker_id": s.worker_id, "state": s.state, "slots": s.slots,
-             "busy_slots": max(0, s.slots - s.free_slots), "running": len(s.running),
-             "last_seen": heard.get(s.worker_id, s.ts)}
+            {
+                "worker_id": s.worker_id,
+                "state": s.state,
+                "slots": s.slots,
+                "busy_slots": max(0, s.slots - s.free_slots),
+                "running": len(s.running),
+                "last_seen": heard.get(s.worker_id, s.ts),
+            }
             for s in sorted(statuses.values(), key=lambda s: s.worker_id)
         ]
         if self.as_json:
-            emit_json({"time": now, "workers": workers, "runs": runs,
-                       "throughput_per_s": None if rate is None else round(rate, 2)})
+            emit_json(
+                {
+                    "time": now,
+                    "workers": workers,
+                    "runs": runs,
+                    "throughput_per_s": None if rate is None else round(rate, 2),
+                }
+            )
             return
         if self.tty:
             click.echo("\x1b[2J\x1b[H", nl=False)
-        click.echo(f"simctl monitor  {time.strftime('%H:%M:%S')}  broker "
-                   f"{self.settings.connection().broker}  prefix {self.settings.prefix}")
-        click.echo(table(
-            [[w["worker_id"], w["state"], f"{w['busy_slots']}/{w['slots']}",
-              ago(w["last_seen"])] for w in workers],
-            ["worker", "state", "busy", "last seen"],
-        ) if workers else "no workers known")
+        click.echo(
+            f"simctl monitor  {time.strftime('%H:%M:%S')}  broker "
+            f"{self.settings.connection().broker}  prefix {self.settings.prefix}"
+        )
+        click.echo(
+            table(
+                [
+                    [
+                        w["worker_id"],
+                        w["state"],
+                        f"{w['busy_slots']}/{w['slots']}",
+                        ago(w["last_seen"]),
+                    ]
+                    for w in workers
+                ],
+                ["worker", "state", "busy", "last seen"],
+            )
+            if workers
+            else "no workers known"
+        )
         click.echo()
-        click.echo(table(
-            [[r["run_id"], r["name"], f"{r['done']}/{r['total']}", r["failed"], r["running"],
-              r["pending"], duration(r["elapsed_s"])] for r in runs],
-            ["run", "name", "done", "failed", "running", "pending", "elapsed"],
-        ) if runs else "no active runs")
+        click.echo(
+            table(
+                [
+                    [
+                        r["run_id"],
+                        r["name"],
+                        f"{r['done']}/{r['total']}",
+                        r["failed"],
+                        r["running"],
+                        r["pending"],
+                        duration(r["elapsed_s"]),
+                    ]
+                    for r in runs
+                ],
+                ["run", "name", "done", "failed", "running", "pending", "elapsed"],
+            )
+            if runs
+            else "no active runs"
+        )
         click.echo(f"\nthroughput: {'-' if rate is None else f'{rate:.1f} tasks/s'}")
         if not self.tty:
             click.echo("")
@@ -448,15 +633,26 @@ class _MonitorView:
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True, help="Output format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--observables", is_flag=True, help="With JSON: include every observable series.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write to this file instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write to this file instead of stdout.",
+)
 @pass_settings
-def results(settings: Settings, run_id: str, fmt: str, as_json: bool, observables: bool,
-            output: Path | None) -> None:
+def results(
+    settings: Settings, run_id: str, fmt: str, as_json: bool, observables: bool, output: Path | None
+) -> None:
     """Results of a run (also while it is in progress)."""
     from simctl.results import render
 
@@ -495,21 +691,31 @@ def cancel(settings: Settings, run_id: str, as_json: bool) -> None:
             conn = settings.connection()
             with Observer(conn) as obs:
                 for worker_id, task_ids in by_worker.items():
-                    obs.publish(conn.topics.worker(worker_id, Channel.CONTROL),
-                                Cancel(task_ids=task_ids).encode())
+                    obs.publish(
+                        conn.topics.worker(worker_id, Channel.CONTROL),
+                        Cancel(task_ids=task_ids).encode(),
+                    )
                     told += len(task_ids)
         except BrokerError as e:
             broker_error = e
     after = ledger.run(run_id)
     if as_json:
-        emit_json({"run_id": run_id, "state": after.state, "was": before.state,
-                   "cancelled": before.pending + before.running if before.state == "active" else 0,
-                   "stopped": told})
+        emit_json(
+            {
+                "run_id": run_id,
+                "state": after.state,
+                "was": before.state,
+                "cancelled": before.pending + before.running if before.state == "active" else 0,
+                "stopped": told,
+            }
+        )
     elif before.state != "active":
         click.echo(f"run {run_id} had already finished ({before.state}); nothing to cancel")
     else:
-        click.echo(f"cancelled run {run_id}: {before.pending} pending tasks dropped, "
-                   f"{told} running tasks told to stop")
+        click.echo(
+            f"cancelled run {run_id}: {before.pending} pending tasks dropped, "
+            f"{told} running tasks told to stop"
+        )
     if broker_error is not None:
         raise broker_error
 
@@ -527,18 +733,48 @@ def local() -> None:
 
 
 @local.command("up")
-@click.option("--workers", type=click.IntRange(min=1, max=64), default=3, show_default=True,
-              help="Number of worker agents (ids worker1..N).")
-@click.option("--slots", type=click.IntRange(min=1), help="Slots per agent [default: CPUs // workers, at least 1].")
-@click.option("--port", type=click.IntRange(min=1, max=65535), help="Broker port [default: a free one].")
-@click.option("--heartbeat", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
-              metavar="SECONDS", help="Heartbeat interval of the agents.")
-@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              metavar="SECONDS", help="How long running tasks may finish when the agents stop.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=64),
+    default=3,
+    show_default=True,
+    help="Number of worker agents (ids worker1..N).",
+)
+@click.option(
+    "--slots",
+    type=click.IntRange(min=1),
+    help="Slots per agent [default: CPUs // workers, at least 1].",
+)
+@click.option(
+    "--port", type=click.IntRange(min=1, max=65535), help="Broker port [default: a free one]."
+)
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Heartbeat interval of the agents.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long running tasks may finish when the agents stop.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @pass_settings
-def local_up(settings: Settings, workers: int, slots: int | None, port: int | None,
-             heartbeat: float, grace: float, as_json: bool) -> None:
+def local_up(
+    settings: Settings,
+    workers: int,
+    slots: int | None,
+    port: int | None,
+    heartbeat: float,
+    grace: float,
+    as_json: bool,
+) -> None:
     """Start the local broker and N worker agents in the background."""
     from simctl.local import LocalCluster
 
@@ -550,8 +786,14 @@ def local_up(settings: Settings, workers: int, slots: int | None, port: int | No
 
 
 @local.command("down")
-@click.option("--timeout", type=click.FloatRange(min=0), default=15.0, show_default=True,
-              metavar="SECONDS", help="Wait this long after SIGTERM before SIGKILL.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=15.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long after SIGTERM before SIGKILL.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @pass_settings
 def local_down(settings: Settings, timeout: float, as_json: bool) -> None:
@@ -574,18 +816,41 @@ def _local_status(settings: Settings, as_json: bool) -> bool:
 
     cluster = LocalCluster(settings.local_dir)
     state = cluster.state()
-    procs = [{"name": p.name, "pid": p.pid, "running": p.running, "slots": p.slots,
-              "log": p.log} for p in cluster.processes()]
+    procs = [
+        {"name": p.name, "pid": p.pid, "running": p.running, "slots": p.slots, "log": p.log}
+        for p in cluster.processes()
+    ]
     up = cluster.is_up()
     if as_json:
-        emit_json({"dir": str(settings.local_dir), "up": up, "broker": state.get("broker"),
-                   "topic_prefix": state.get("topic_prefix"), "processes": procs})
+        emit_json(
+            {
+                "dir": str(settings.local_dir),
+                "up": up,
+                "broker": state.get("broker"),
+                "topic_prefix": state.get("topic_prefix"),
+                "processes": procs,
+            }
+        )
     elif procs:
-        click.echo(f"local cluster in {settings.local_dir}: broker {state.get('broker')}, "
-                   f"topic prefix {state.get('topic_prefix')}")
-        click.echo(table([[p["name"], p["pid"], "running" if p["running"] else "dead",
-                           p["slots"] or "-", p["log"]] for p in procs],
-                         ["process", "pid", "state", "slots", "log"]))
+        click.echo(
+            f"local cluster in {settings.local_dir}: broker {state.get('broker')}, "
+            f"topic prefix {state.get('topic_prefix')}"
+        )
+        click.echo(
+            table(
+                [
+                    [
+                        p["name"],
+                        p["pid"],
+                        "running" if p["running"] else "dead",
+                        p["slots"] or "-",
+                        p["log"],
+                    ]
+                    for p in procs
+                ],
+                ["process", "pid", "state", "slots", "log"],
+            )
+        )
     else:
         click.echo(f"no local cluster in {settings.local_dir}; start one with `simctl local up`")
     return up
@@ -604,8 +869,14 @@ def local_status(settings: Settings, as_json: bool) -> None:
 
 @local.command("logs")
 @click.argument("name", required=False)
-@click.option("-n", "--lines", type=click.IntRange(min=0), default=40, show_default=True,
-              help="Lines from the end of each log.")
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(min=0),
+    default=40,
+    show_default=True,
+    help="Lines from the end of each log.",
+)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing what NAME's log grows by.")
 @pass_settings
 def local_logs(settings: Settings, name: str | None, lines: int, follow: bool) -> None:
@@ -622,7 +893,9 @@ def local_logs(settings: Settings, name: str | None, lines: int, follow: bool) -
     for n, path in files.items():
         if len(files) > 1:
             click.echo(f"==> {n} ({path}) <==")
-        click.echo("\n".join(path.read_text(errors="replace").splitlines()[-lines:] if lines else []))
+        click.echo(
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:] if lines else [])
+        )
     if follow:
         _follow_file(next(iter(files.values())), click.echo)
 

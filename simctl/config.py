@@ -109,7 +109,9 @@ class Settings:
         """Fill options not given by flag or environment from the config file, then defaults."""
         path = config_file or default_config_path()
         from_file = load_config_file(path, required=config_file is not None)
-        merged = {k: given.get(k) if given.get(k) is not None else from_file.get(k) for k in CONFIG_KEYS}
+        merged = {
+            k: given.get(k) if given.get(k) is not None else from_file.get(k) for k in CONFIG_KEYS
+        }
         if merged["topic_prefix"] is not None:
             try:
                 Topics(merged["topic_prefix"])

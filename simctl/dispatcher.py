@@ -198,8 +198,10 @@ class Dispatcher:
 
     def connect(self) -> None:
         """Open the persistent session; queued results of an earlier dispatcher arrive now."""
-        subs = [(self.topics.all_workers(c), 1)
-                for c in (Channel.STATUS, Channel.HEARTBEAT, Channel.RESULT, Channel.EVENT)]
+        subs = [
+            (self.topics.all_workers(c), 1)
+            for c in (Channel.STATUS, Channel.HEARTBEAT, Channel.RESULT, Channel.EVENT)
+        ]
         self.client = open_client(
             self.settings,
             client_id(self.settings, "dispatcher"),
@@ -217,8 +219,9 @@ class Dispatcher:
             self.client.loop_stop()
             self.client = None
 
-    def serve(self, until: Callable[[Dispatcher], bool],
-              tick: Callable[[], None] | None = None) -> None:
+    def serve(
+        self, until: Callable[[Dispatcher], bool], tick: Callable[[], None] | None = None
+    ) -> None:
         """Dispatch until ``until(self)`` is true; ``tick`` runs after every pass."""
         if self.client is None:
             self.connect()
@@ -269,7 +272,8 @@ class Dispatcher:
             for i in range(0, len(items), ACK_BATCH):
                 self.client.publish(
                     self.topics.worker(worker_id, Channel.CONTROL),
-                    Ack(results=items[i : i + ACK_BATCH]).encode(), qos=1,
+                    Ack(results=items[i : i + ACK_BATCH]).encode(),
+                    qos=1,
                 )
         self._acks.clear()
         self._ack_count = 0
@@ -289,7 +293,12 @@ class Dispatcher:
     def load_run(self, run_id: str, now: float) -> None:
         info = self.ledger.run(run_id)
         view = RunView(
-            run_id, info.name, info.max_attempts, info.total, {}, deque(),
+            run_id,
+            info.name,
+            info.max_attempts,
+            info.total,
+            {},
+            deque(),
             finished={s: info.counts.get(s, 0) for s in ("done", "failed", "cancelled")},
         )
         for task in self.ledger.live_tasks(run_id):
@@ -367,8 +376,9 @@ class Dispatcher:
         if status.state == WorkerState.OFFLINE.value:
             self.lose_all(worker, f"worker {worker.worker_id} went offline", now)
         else:
-            self.lose_all(worker, f"worker {worker.worker_id} restarted", now,
-                          keep_session=status.session)
+            self.lose_all(
+                worker, f"worker {worker.worker_id} restarted", now, keep_session=status.session
+            )
         worker.state = status.state
         worker.session = status.session
         worker.slots = max(0, status.slots)
@@ -377,15 +387,18 @@ class Dispatcher:
     def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
         worker = self.worker(hb.worker_id)
         if worker.session is not None and hb.session != worker.session:
-            self.lose_all(worker, f"worker {worker.worker_id} restarted", now,
-                          keep_session=hb.session)
+            self.lose_all(
+                worker, f"worker {worker.worker_id} restarted", now, keep_session=hb.session
+            )
             worker.session = hb.session
         for task_id in list(worker.leases):
             lease = self.leases[task_id]
             if task_id in hb.progress:
                 lease.renewed_at = now
-            elif (lease.session == hb.session
-                  and now - lease.assigned_at > NOT_LISTED_GRACE * worker.heartbeat_s):
+            elif (
+                lease.session == hb.session
+                and now - lease.assigned_at > NOT_LISTED_GRACE * worker.heartbeat_s
+            ):
                 self.lose(lease, f"worker {worker.worker_id} no longer holds the task", now)
 
     def on_event(self, event: Event, now: float) -> None:
@@ -393,11 +406,17 @@ class Dispatcher:
             lease = self.leases.get(event.task_id)
             if lease and lease.worker_id == event.worker_id and lease.attempt == event.attempt:
                 self.worker(event.worker_id).blocked_until = now + REJECTION_BACKOFF_S
-                self.release(lease, "rejected", f"rejected by {event.worker_id}: {event.detail}",
-                             now, refund=True)
+                self.release(
+                    lease,
+                    "rejected",
+                    f"rejected by {event.worker_id}: {event.detail}",
+                    now,
+                    refund=True,
+                )
             return
-        log.warning("worker %s reports an error (%s): %s", event.worker_id, event.topic,
-                    event.detail)
+        log.warning(
+            "worker %s reports an error (%s): %s", event.worker_id, event.topic, event.detail
+        )
 
     def on_result(self, result: Result, now: float) -> None:
         run = self.runs.get(result.run_id)
@@ -406,8 +425,11 @@ class Dispatcher:
         if not live:
             known = self.ledger.assigned_state(result.task_id)
             if known is None:
-                log.warning("result for unknown task %s from %s (another ledger?); not acknowledged",
-                            result.task_id, result.worker_id)
+                log.warning(
+                    "result for unknown task %s from %s (another ledger?); not acknowledged",
+                    result.task_id,
+                    result.worker_id,
+                )
                 return
             if known[0] not in (TaskState.PENDING.value, TaskState.ASSIGNED.value):
                 self.duplicate(result, now)
@@ -456,8 +478,9 @@ class Dispatcher:
 
     # --------------------------------------------------------------- leases
 
-    def lose_all(self, worker: WorkerView, reason: str, now: float,
-                 keep_session: str | None = None) -> None:
+    def lose_all(
+        self, worker: WorkerView, reason: str, now: float, keep_session: str | None = None
+    ) -> None:
         """Every lease of ``worker`` (except those of ``keep_session``) goes back to pending."""
         for task_id in list(worker.leases):
             lease = self.leases[task_id]
@@ -480,14 +503,22 @@ class Dispatcher:
         fail = tries >= run.max_attempts
         if fail:
             detail = f"gave up after {tries} attempts; last: {detail}"
-        self.ledger.release(task.task_id, lease.attempt, outcome, detail, refund=refund,
-                            fail=fail, now=time.time())
+        self.ledger.release(
+            task.task_id, lease.attempt, outcome, detail, refund=refund, fail=fail, now=time.time()
+        )
         if fail:
             run.finished["failed"] = run.finished.get("failed", 0) + 1
             return
         run.pending[task.task_id] = LiveTask(
-            task.task_id, task.run_id, task.kind, task.params, task.seed, lease.attempt, tries,
-            None, None,
+            task.task_id,
+            task.run_id,
+            task.kind,
+            task.params,
+            task.seed,
+            lease.attempt,
+            tries,
+            None,
+            None,
         )
         run.queue.append(task.task_id)
 
@@ -497,8 +528,12 @@ class Dispatcher:
         for lease in list(self.leases.values()):
             worker = self.worker(lease.worker_id)
             if now - lease.renewed_at > worker.lease_timeout:
-                self.lose(lease, f"no heartbeat from worker {worker.worker_id} listing the task "
-                          f"for {now - lease.renewed_at:.1f} s", now)
+                self.lose(
+                    lease,
+                    f"no heartbeat from worker {worker.worker_id} listing the task "
+                    f"for {now - lease.renewed_at:.1f} s",
+                    now,
+                )
 
     # -------------------------------------------------------------- assignment
 
@@ -536,8 +571,9 @@ class Dispatcher:
                 return task
         return None
 
-    def _assign_one(self, run: RunView, task: LiveTask, worker: WorkerView, now: float,
-                    wall: float) -> None:
+    def _assign_one(
+        self, run: RunView, task: LiveTask, worker: WorkerView, now: float, wall: float
+    ) -> None:
         attempt = task.attempt + 1
         assert worker.session is not None
         self.ledger.assign(task.task_id, attempt, worker.worker_id, worker.session, wall)
@@ -548,10 +584,17 @@ class Dispatcher:
         run.assigned += 1
         run.dirty = True
         message = Assignment(
-            run_id=task.run_id, task_id=task.task_id, attempt=attempt, kind=task.kind,
-            params=json.loads(task.params), seed=task.seed, assigned_at=wall,
+            run_id=task.run_id,
+            task_id=task.task_id,
+            attempt=attempt,
+            kind=task.kind,
+            params=json.loads(task.params),
+            seed=task.seed,
+            assigned_at=wall,
         )
-        self._outbox.append((self.topics.worker(worker.worker_id, Channel.ASSIGN), message.encode()))
+        self._outbox.append(
+            (self.topics.worker(worker.worker_id, Channel.ASSIGN), message.encode())
+        )
 
     # -------------------------------------------------------------- progress
 
@@ -564,11 +607,18 @@ class Dispatcher:
         if self.client is None:
             return
         message = RunProgress(
-            run_id=view.run_id, name=view.name, state=state, total=view.total,
-            done=view.finished.get("done", 0), failed=view.finished.get("failed", 0),
-            running=view.assigned, pending=len(view.pending), updated_at=time.time(),
+            run_id=view.run_id,
+            name=view.name,
+            state=state,
+            total=view.total,
+            done=view.finished.get("done", 0),
+            failed=view.finished.get("failed", 0),
+            running=view.assigned,
+            pending=len(view.pending),
+            updated_at=time.time(),
         )
-        self.client.publish(self.topics.run_progress(view.run_id), message.encode(), qos=1,
-                            retain=True)
+        self.client.publish(
+            self.topics.run_progress(view.run_id), message.encode(), qos=1, retain=True
+        )
         view.dirty = False
         view.published_at = now

@@ -77,6 +77,7 @@ class ProgressBar:
         if not self.enabled:
             return
         now = time.monotonic()
+        force = force or run.state != "active"
         if not force and now - self._last < (TTY_REFRESH_S if self.tty else PLAIN_REFRESH_S):
             return
         self._last = now

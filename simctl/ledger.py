@@ -204,7 +204,9 @@ class Ledger:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            self.db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+            )
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -251,9 +253,15 @@ class Ledger:
                 "INSERT INTO runs (run_id, name, seed, max_attempts, taskfile, spec, total, state,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    run_id, taskfile.name, taskfile.seed, taskfile.max_attempts,
-                    str(taskfile.path), json.dumps(spec), len(taskfile.tasks),
-                    RunState.ACTIVE.value, time.time(),
+                    run_id,
+                    taskfile.name,
+                    taskfile.seed,
+                    taskfile.max_attempts,
+                    str(taskfile.path),
+                    json.dumps(spec),
+                    len(taskfile.tasks),
+                    RunState.ACTIVE.value,
+                    time.time(),
                 ),
             )
             self.db.executemany(
@@ -347,7 +355,8 @@ class Ledger:
             ).fetchall()
             self.db.execute(
                 "UPDATE attempts SET ended_at = ?, outcome = 'cancelled' WHERE ended_at IS NULL"
-                " AND task_id IN (SELECT task_id FROM tasks WHERE run_id = ? AND state = 'assigned')",
+                " AND task_id IN (SELECT task_id FROM tasks WHERE run_id = ?"
+                " AND state = 'assigned')",
                 (now, run_id),
             )
             self.db.execute(
@@ -395,8 +404,15 @@ class Ledger:
         )
 
     def release(
-        self, task_id: str, attempt: int, outcome: str, detail: str, *, refund: bool,
-        fail: bool, now: float,
+        self,
+        task_id: str,
+        attempt: int,
+        outcome: str,
+        detail: str,
+        *,
+        refund: bool,
+        fail: bool,
+        now: float,
     ) -> None:
         """An attempt ended without a winning result: back to pending, or failed if ``fail``.
 
@@ -437,10 +453,18 @@ class Ledger:
             " started_at, finished_at, stored_at, summary, observables, metadata, error)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                result.task_id, result.run_id, result.attempt, result.worker_id, result.state,
-                result.started_at, result.finished_at, now, json.dumps(result.summary),
+                result.task_id,
+                result.run_id,
+                result.attempt,
+                result.worker_id,
+                result.state,
+                result.started_at,
+                result.finished_at,
+                now,
+                json.dumps(result.summary),
                 json.dumps({k: encode_series(v) for k, v in result.observables.items()}),
-                json.dumps(result.metadata), result.error,
+                json.dumps(result.metadata),
+                result.error,
             ),
         )
         return True
@@ -459,31 +483,53 @@ class Ledger:
         self.run(run_id)
         cols = (
             "t.task_id, t.idx, t.kind, t.params, t.seed, t.state, t.attempt, t.tries,"
-            " t.worker_id, t.error, r.summary, r.started_at, r.finished_at, r.attempt"
+            " t.worker_id, t.error, r.summary, r.started_at, r.finished_at, r.attempt,"
+            " a.assigned_at"
         )
         rows = []
         for row in self.db.execute(
             f"SELECT {cols} FROM tasks t LEFT JOIN results r ON r.task_id = t.task_id"
+            " LEFT JOIN attempts a ON a.task_id = r.task_id AND a.attempt = r.attempt"
             " WHERE t.run_id = ? ORDER BY t.idx",
             (run_id,),
         ):
-            (task_id, idx, kind, params, seed, state, attempt, tries, worker, error,
-             summary, started, finished, result_attempt) = row
-            rows.append({
-                "task_id": task_id,
-                "index": idx,
-                "kind": kind,
-                "params": json.loads(params),
-                "seed": seed,
-                "state": state,
-                "summary": json.loads(summary) if summary else {},
-                "worker_id": worker,
-                "attempts": attempt,
-                "tries": tries,
-                "result_attempt": result_attempt,
-                "elapsed_s": round(finished - started, 6) if finished is not None else None,
-                "error": error if state != TaskState.DONE.value else None,
-            })
+            (
+                task_id,
+                idx,
+                kind,
+                params,
+                seed,
+                state,
+                attempt,
+                tries,
+                worker,
+                error,
+                summary,
+                started,
+                finished,
+                result_attempt,
+                assigned,
+            ) = row
+            rows.append(
+                {
+                    "task_id": task_id,
+                    "index": idx,
+                    "kind": kind,
+                    "params": json.loads(params),
+                    "seed": seed,
+                    "state": state,
+                    "summary": json.loads(summary) if summary else {},
+                    "worker_id": worker,
+                    "attempts": attempt,
+                    "tries": tries,
+                    "result_attempt": result_attempt,
+                    "elapsed_s": round(finished - started, 6) if finished is not None else None,
+                    "error": error if state != TaskState.DONE.value else None,
+                    "assigned_at": assigned,
+                    "started_at": started,
+                    "finished_at": finished,
+                }
+            )
         return rows
 
     def observables(self, run_id: str) -> dict[str, dict[str, list[float]]]:
@@ -501,7 +547,7 @@ class Ledger:
         """Every attempt of one task, in order."""
         cols = ("attempt", "worker_id", "session", "assigned_at", "ended_at", "outcome", "detail")
         return [
-            dict(zip(cols, row))
+            dict(zip(cols, row, strict=False))
             for row in self.db.execute(
                 f"SELECT {', '.join(cols)} FROM attempts WHERE task_id = ? ORDER BY attempt",
                 (task_id,),

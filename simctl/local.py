@@ -83,24 +83,38 @@ class LocalCluster:
         state = self.state()
         procs = []
         if state.get("broker_pid"):
-            procs.append(Proc("broker", state["broker_pid"], "mosquitto",
-                              str(self.dir / "mosquitto.log")))
+            procs.append(
+                Proc("broker", state["broker_pid"], "mosquitto", str(self.dir / "mosquitto.log"))
+            )
         for w in state.get("workers", []):
             procs.append(Proc(w["worker_id"], w["pid"], "worker_agent", w["log"], w.get("slots")))
         return procs
 
-    def up(self, workers: int, slots: int | None, prefix: str, port: int | None,
-           heartbeat: float, grace: float) -> dict[str, Any]:
+    def up(
+        self,
+        workers: int,
+        slots: int | None,
+        prefix: str,
+        port: int | None,
+        heartbeat: float,
+        grace: float,
+    ) -> dict[str, Any]:
         """Start what is not running yet: the broker, then agents worker1..N."""
         self.dir.mkdir(parents=True, exist_ok=True)
         state = self.state()
-        if state and state.get("topic_prefix") != prefix and any(p.running for p in self.processes()):
+        if (
+            state
+            and state.get("topic_prefix") != prefix
+            and any(p.running for p in self.processes())
+        ):
             raise LocalClusterError(
                 f"a local cluster with topic prefix {state.get('topic_prefix')!r} is running; "
                 "stop it first with `simctl local down`"
             )
         if not alive(state.get("broker_pid"), "mosquitto"):
-            state = {"workers": [p for p in state.get("workers", []) if alive(p["pid"], "worker_agent")]}
+            state = {
+                "workers": [p for p in state.get("workers", []) if alive(p["pid"], "worker_agent")]
+            }
             port = port or state.get("port") or free_port()
             broker = LocalBroker(self.dir, port)
             try:
@@ -112,8 +126,9 @@ class LocalCluster:
         state["topic_prefix"] = prefix
         state["started_at"] = state.get("started_at") or time.time()
         per_worker = slots or default_slots(workers)
-        running = {w["worker_id"]: w for w in state.get("workers", [])
-                   if alive(w["pid"], "worker_agent")}
+        running = {
+            w["worker_id"]: w for w in state.get("workers", []) if alive(w["pid"], "worker_agent")
+        }
         started = []
         for i in range(1, workers + 1):
             worker_id = f"worker{i}"
@@ -121,23 +136,47 @@ class LocalCluster:
                 continue
             log_path = self.dir / f"{worker_id}.log"
             cmd = [
-                sys.executable, "-m", "worker_agent", "--broker", state["broker"],
-                "--worker-id", worker_id, "--slots", str(per_worker), "--topic-prefix", prefix,
-                "--http-port", "0", "--heartbeat", f"{heartbeat:g}", "--grace", f"{grace:g}",
+                sys.executable,
+                "-m",
+                "worker_agent",
+                "--broker",
+                state["broker"],
+                "--worker-id",
+                worker_id,
+                "--slots",
+                str(per_worker),
+                "--topic-prefix",
+                prefix,
+                "--http-port",
+                "0",
+                "--heartbeat",
+                f"{heartbeat:g}",
+                "--grace",
+                f"{grace:g}",
             ]
             with open(log_path, "ab") as out:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-            running[worker_id] = {"worker_id": worker_id, "pid": proc.pid, "slots": per_worker,
-                                  "log": str(log_path)}
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            running[worker_id] = {
+                "worker_id": worker_id,
+                "pid": proc.pid,
+                "slots": per_worker,
+                "log": str(log_path),
+            }
             started.append((worker_id, proc))
         state["workers"] = sorted(running.values(), key=lambda w: _worker_order(w["worker_id"]))
         self._save(state)
         self._wait_online(state, prefix, started)
         return state
 
-    def _wait_online(self, state: dict[str, Any], prefix: str,
-                     started: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    def _wait_online(
+        self, state: dict[str, Any], prefix: str, started: list[tuple[str, subprocess.Popen[bytes]]]
+    ) -> None:
         if not started:
             return
         from simctl.mqtt import Observer
@@ -148,8 +187,9 @@ class LocalCluster:
             deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
             while True:
                 statuses = obs.snapshot()[0]
-                waiting = [w for w, _ in started
-                           if w not in statuses or statuses[w].state != "online"]
+                waiting = [
+                    w for w, _ in started if w not in statuses or statuses[w].state != "online"
+                ]
                 if not waiting:
                     return
                 for worker_id, proc in started:

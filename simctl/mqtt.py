@@ -85,7 +85,10 @@ def open_client(
     client.on_message = lambda _c, _u, msg: on_message(msg)
     try:
         connect(
-            client, settings, session_expiry_s=session_expiry_s, resume_session=resume_session,
+            client,
+            settings,
+            session_expiry_s=session_expiry_s,
+            resume_session=resume_session,
             asynchronous=False,
         )
     except (OSError, ValueError) as e:
@@ -115,8 +118,9 @@ class Observer:
     the broker delivers after the retained messages queued before it.
     """
 
-    def __init__(self, settings: ConnectionSettings, *, heartbeats: bool = False,
-                 progress: bool = False) -> None:
+    def __init__(
+        self, settings: ConnectionSettings, *, heartbeats: bool = False, progress: bool = False
+    ) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.cid = client_id(settings, "obs-" + uuid.uuid4().hex[:8])
@@ -205,7 +209,9 @@ class Observer:
         with self._cond:
             self._ping_sent[corr] = time.time()
         self.client.publish(
-            self.topics.ping, Ping(sent_at=time.time(), sender=self.cid).encode(), qos=0,
+            self.topics.ping,
+            Ping(sent_at=time.time(), sender=self.cid).encode(),
+            qos=0,
             properties=props,
         )
         deadline = time.monotonic() + timeout

@@ -12,8 +12,21 @@ from simctl.ledger import Ledger
 CSV_FIXED = ("task_id", "kind", "state", "seed", "worker_id", "attempts", "elapsed_s")
 """The first CSV columns; ``param.<name>`` and ``summary.<name>`` follow."""
 
-JSON_FIELDS = ("task_id", "kind", "params", "seed", "state", "summary", "worker_id", "attempts",
-               "elapsed_s", "error")
+JSON_FIELDS = (
+    "task_id",
+    "kind",
+    "params",
+    "seed",
+    "state",
+    "summary",
+    "worker_id",
+    "attempts",
+    "elapsed_s",
+    "error",
+    "assigned_at",
+    "started_at",
+    "finished_at",
+)
 """The fields of each task in ``--format json``."""
 
 
@@ -46,21 +59,39 @@ def render(ledger: Ledger, run_id: str, fmt: str, observables: bool = False) -> 
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow([*CSV_FIXED, *(f"param.{p}" for p in params),
-                         *(f"summary.{s}" for s in summary)])
+        writer.writerow(
+            [*CSV_FIXED, *(f"param.{p}" for p in params), *(f"summary.{s}" for s in summary)]
+        )
         for r in rows:
-            writer.writerow([*(_cell(r[c]) for c in CSV_FIXED),
-                             *(_cell(r["params"].get(p)) for p in params),
-                             *(_cell(r["summary"].get(s)) for s in summary)])
+            writer.writerow(
+                [
+                    *(_cell(r[c]) for c in CSV_FIXED),
+                    *(_cell(r["params"].get(p)) for p in params),
+                    *(_cell(r["summary"].get(s)) for s in summary),
+                ]
+            )
         return buf.getvalue()
     from simctl.display import table
 
     def summary_text(s: dict[str, float]) -> str:
         return " ".join(f"{k}={v:.6g}" for k, v in s.items())
 
-    return table(
-        [[r["task_id"], r["kind"], r["state"], r["seed"], r["worker_id"] or "-", r["attempts"],
-          "-" if r["elapsed_s"] is None else f"{r['elapsed_s']:.3f}",
-          summary_text(r["summary"]) or (r["error"] or "")] for r in rows],
-        ["task", "kind", "state", "seed", "worker", "attempts", "elapsed_s", "summary / error"],
-    ) + "\n"
+    return (
+        table(
+            [
+                [
+                    r["task_id"],
+                    r["kind"],
+                    r["state"],
+                    r["seed"],
+                    r["worker_id"] or "-",
+                    r["attempts"],
+                    "-" if r["elapsed_s"] is None else f"{r['elapsed_s']:.3f}",
+                    summary_text(r["summary"]) or (r["error"] or ""),
+                ]
+                for r in rows
+            ],
+            ["task", "kind", "state", "seed", "worker", "attempts", "elapsed_s", "summary / error"],
+        )
+        + "\n"
+    )

@@ -43,8 +43,14 @@ def spawn_background_dispatcher(
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "simctl", *settings.global_args(), "_serve",
-             *([run_id] if run_id else [])],
+            [
+                sys.executable,
+                "-m",
+                "simctl",
+                *settings.global_args(),
+                "_serve",
+                *([run_id] if run_id else []),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

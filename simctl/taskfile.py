@@ -143,7 +143,11 @@ class _Checker:
     def line_of(container: Any, key: Any) -> int | None:
         if isinstance(container, _Mapping):
             return container.key_lines.get(key, container.line)
-        if isinstance(container, _List) and isinstance(key, int) and key < len(container.item_lines):
+        if (
+            isinstance(container, _List)
+            and isinstance(key, int)
+            and key < len(container.item_lines)
+        ):
             return container.item_lines[key]
         return getattr(container, "line", None)
 
@@ -170,7 +174,8 @@ class _Checker:
             if key not in allowed:
                 where = f"{field}.{key}" if field else str(key)
                 raise self.fail(
-                    self.line_of(mapping, key), where,
+                    self.line_of(mapping, key),
+                    where,
                     f"unknown key {key!r}; allowed: {', '.join(allowed)}",
                 )
 
@@ -189,7 +194,7 @@ def parse_text(text: str, path: Path) -> TaskFile:
 
     check = _Checker(path)
     try:
-        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        doc = yaml.load(text, Loader=_LineLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
@@ -203,7 +208,8 @@ def parse_text(text: str, path: Path) -> TaskFile:
     name = doc.get("name", path.stem)
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
         raise check.fail(
-            check.line_of(doc, "name"), "name",
+            check.line_of(doc, "name"),
+            "name",
             f"must be a non-empty string of at most {MAX_NAME_LENGTH} characters, got {name!r}",
         )
     if "description" in doc and not isinstance(doc["description"], str):
@@ -224,7 +230,8 @@ def parse_text(text: str, path: Path) -> TaskFile:
         for kind in defaults:
             if kind not in KINDS:
                 raise check.fail(
-                    check.line_of(defaults, kind), f"defaults.{kind}",
+                    check.line_of(defaults, kind),
+                    f"defaults.{kind}",
                     f"unknown kind {kind!r}; allowed kinds: {', '.join(KINDS)}",
                 )
             check.mapping(defaults, kind, f"defaults.{kind}")
@@ -239,7 +246,10 @@ def parse_text(text: str, path: Path) -> TaskFile:
     for i, entry in enumerate(entries):
         specs.extend(_expand_entry(check, entries, i, entry, defaults, len(specs)))
     seeds = task_seeds(seed, len(specs))
-    tasks = [TaskSpec(i, kind, params, s) for i, ((kind, params), s) in enumerate(zip(specs, seeds))]
+    tasks = [
+        TaskSpec(i, kind, params, s)
+        for i, ((kind, params), s) in enumerate(zip(specs, seeds, strict=False))
+    ]
     return TaskFile(path, name.strip(), seed, seed_given, max_attempts, tasks, text)
 
 
@@ -256,18 +266,25 @@ def _expand_entry(
 
     field = f"tasks[{i}]"
     if not isinstance(entry, dict):
-        raise check.fail(check.line_of(entries, i), field, f"must be a mapping, got {_kind_of(entry)}")
+        raise check.fail(
+            check.line_of(entries, i), field, f"must be a mapping, got {_kind_of(entry)}"
+        )
     check.keys(entry, ENTRY_KEYS, field)
     if "kind" not in entry:
         raise check.fail(entry.line, f"{field}.kind", "missing: say which kind of simulation")
     kind = entry["kind"]
     if kind not in KINDS:
         raise check.fail(
-            check.line_of(entry, "kind"), f"{field}.kind",
+            check.line_of(entry, "kind"),
+            f"{field}.kind",
             f"unknown kind {kind!r}; allowed kinds: {', '.join(KINDS)}",
         )
-    params: _Mapping = check.mapping(entry, "params", f"{field}.params") if "params" in entry else _Mapping()
-    sweep: _Mapping = check.mapping(entry, "sweep", f"{field}.sweep") if "sweep" in entry else _Mapping()
+    params: _Mapping = (
+        check.mapping(entry, "params", f"{field}.params") if "params" in entry else _Mapping()
+    )
+    sweep: _Mapping = (
+        check.mapping(entry, "sweep", f"{field}.sweep") if "sweep" in entry else _Mapping()
+    )
     replicas = (
         check.int_field(entry, "replicas", f"{field}.replicas", 1, MAX_TASKS)
         if "replicas" in entry
@@ -276,7 +293,9 @@ def _expand_entry(
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise check.fail(
-                check.line_of(sweep, key), f"{field}.sweep.{key}", "must be a non-empty list of values"
+                check.line_of(sweep, key),
+                f"{field}.sweep.{key}",
+                "must be a non-empty list of values",
             )
     count = replicas
     for values in sweep.values():
@@ -290,13 +309,13 @@ def _expand_entry(
     base = {**kind_defaults, **params}
     keys = list(sweep)
     for combo in itertools.product(*(list(enumerate(sweep[k])) for k in keys)):
-        merged = {**base, **{k: v for k, (_, v) in zip(keys, combo)}}
+        merged = {**base, **{k: v for k, (_, v) in zip(keys, combo, strict=False)}}
         try:
             validated = validate(kind, _plain(merged))
         except ParamError as e:
             name = _param_named(str(e), kind, merged)
             if name in sweep:
-                j = dict(zip(keys, combo))[name][0]
+                j = dict(zip(keys, combo, strict=False))[name][0]
                 line, where = sweep[name].item_lines[j], f"{field}.sweep.{name}[{j}]"
             elif name in params:
                 line, where = check.line_of(params, name), f"{field}.params.{name}"
@@ -312,7 +331,9 @@ def _expand_entry(
 def _param_named(message: str, kind: str, params: dict[str, Any]) -> str | None:
     """Which parameter a ParamError message is about (ckernel names it as kind.name or 'name')."""
     for name in sorted(params, key=lambda n: -len(str(n))):
-        if re.search(rf"(\b{re.escape(kind)}\.{re.escape(str(name))}\b|'{re.escape(str(name))}')", message):
+        if re.search(
+            rf"(\b{re.escape(kind)}\.{re.escape(str(name))}\b|'{re.escape(str(name))}')", message
+        ):
             return str(name)
     return None
 
