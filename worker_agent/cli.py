@@ -6,6 +6,7 @@ YAML file given with ``--config``, the default (see ``docs/protocol.md``, "Worke
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Any
@@ -69,8 +70,10 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
               help="MQTT keepalive in whole seconds; the Last Will fires ~1.5x after silence.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               default="info", show_default=True, help="Log verbosity (logs go to stderr).")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved settings as JSON and exit (nothing is started).")
 @click.version_option(package_version(), "--version", prog_name="worker-agent")
-def main(log_level: str, **settings: Any) -> None:
+def main(log_level: str, print_config: bool, **settings: Any) -> None:
     """Run the worker agent: take tasks from the broker, run them, report results.
 
     Stop with SIGTERM or Ctrl-C: running tasks get --grace seconds, then are handed back;
@@ -81,13 +84,16 @@ def main(log_level: str, **settings: Any) -> None:
         level=log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from worker_agent.agent import Agent  # loads the kernels: after argument checks
-
     try:
         config = AgentConfig.build(**settings)
+        if print_config:
+            click.echo(json.dumps({**config.describe(), "log_level": log_level.lower()},
+                                  indent=2))
+            return
+        from worker_agent.agent import Agent  # loads the kernels: after the checks
+
         code = Agent(config).run()
     except AgentError as e:
         logging.getLogger("worker_agent").error("%s", e)
-        click.echo(f"worker-agent: error: {e}", err=True)
         sys.exit(e.exit_code)
     sys.exit(code)

@@ -76,6 +76,20 @@ class AgentConfig:
         """The agent's MQTT client id: stable per worker id, so its session survives reconnects."""
         return f"{self.connection.topic_prefix.replace('/', '_')}-worker-{self.worker_id}"
 
+    def describe(self) -> dict[str, Any]:
+        """The settings as plain JSON-ready values (no secrets: only the password's file)."""
+        c = self.connection
+        return {
+            "broker": str(c.broker), "worker_id": self.worker_id, "slots": self.slots,
+            "http_port": self.http_port, "topic_prefix": c.topic_prefix,
+            "username": c.username,
+            **{k: str(v) if v else None for k, v in (
+                ("password_file", c.password_file), ("tls_ca", c.tls_ca),
+                ("tls_cert", c.tls_cert), ("tls_key", c.tls_key))},
+            "heartbeat": self.heartbeat_s, "grace": self.grace_s, "keepalive": c.keepalive_s,
+            "client_id": self.client_id,
+        }
+
     @classmethod
     def build(
         cls,
