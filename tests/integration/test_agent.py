@@ -1,0 +1,446 @@
+"""The worker agent as a real subprocess against a real Mosquitto, with a test client as simctl.
+
+:class:`FakeDispatcher` is a plain MQTT client (built with :mod:`simproto`) that plays the
+dispatcher's part of the runtime contract: it assigns, cancels, acknowledges and pings, and
+records everything the agents publish. Agents run with a 0.2 s heartbeat (tests/procs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import procs
+import pytest
+from conftest import wait_for
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from procs import Cluster, Proc
+
+import simproto as p
+from simctl.local_broker import LocalBroker
+from simproto.connection import BrokerAddress, ConnectionSettings, connect, make_client
+
+cluster = procs.cluster
+
+DECODERS: dict[p.Channel, type[p.Message]] = {
+    p.Channel.STATUS: p.WorkerStatus,
+    p.Channel.HEARTBEAT: p.Heartbeat,
+    p.Channel.RESULT: p.Result,
+    p.Channel.EVENT: p.Event,
+}
+
+
+class FakeDispatcher:
+    """simctl's side of the protocol, by hand: publishes what a test says, records the rest."""
+
+    def __init__(self, address: str, prefix: str) -> None:
+        self.settings = ConnectionSettings(BrokerAddress.parse(address), prefix, keepalive_s=5)
+        self.topics = self.settings.topics
+        self.client_id = f"test-dispatcher-{uuid.uuid4().hex[:8]}"
+        self._lock = threading.Lock()
+        self.seen: list[tuple[str, p.Channel, Any]] = []
+        self.pongs: list[tuple[p.Pong, bytes | None]] = []
+        self.client = make_client(self.settings, self.client_id)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        # Persistent like the real dispatcher, so results sent while it reconnects after a
+        # broker restart wait for it in the broker.
+        connect(self.client, self.settings, session_expiry_s=600)
+        self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe([(self.topics.all_workers(ch), 1) for ch in DECODERS]
+                             + [(self.topics.replies(self.client_id), 0)])
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.topics.replies(self.client_id):
+            correlation = getattr(msg.properties, "CorrelationData", None)
+            with self._lock:
+                self.pongs.append((p.Pong.decode(msg.payload), correlation))
+            return
+        worker, channel = self.topics.parse_worker_topic(msg.topic)
+        decoded = DECODERS[channel].decode(msg.payload)  # a decode error fails the test run
+        with self._lock:
+            self.seen.append((worker, channel, decoded))
+
+    def of(self, channel: p.Channel, worker: str = "w1") -> list[Any]:
+        with self._lock:
+            return [m for w, ch, m in self.seen if w == worker and ch is channel]
+
+    def status(self, worker: str = "w1") -> p.WorkerStatus | None:
+        statuses = self.of(p.Channel.STATUS, worker)
+        return statuses[-1] if statuses else None
+
+    def results(self, task_id: str, worker: str = "w1") -> list[p.Result]:
+        return [r for r in self.of(p.Channel.RESULT, worker) if r.task_id == task_id]
+
+    def events(self, kind: p.EventKind, worker: str = "w1") -> list[p.Event]:
+        return [e for e in self.of(p.Channel.EVENT, worker) if e.kind == kind.value]
+
+    def last_heartbeat(self, worker: str = "w1") -> p.Heartbeat | None:
+        beats = self.of(p.Channel.HEARTBEAT, worker)
+        return beats[-1] if beats else None
+
+    def heartbeat_after(self, when: float, worker: str = "w1") -> p.Heartbeat | None:
+        """The latest heartbeat sent after ``when`` (epoch seconds), once there is one."""
+        beat = self.last_heartbeat(worker)
+        return beat if beat is not None and beat.ts > when else None
+
+    # ------------------------------------------------------------------ sending
+
+    def publish(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
+        self.client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(5)
+
+    def send(self, channel: p.Channel, message: p.Message, worker: str = "w1") -> None:
+        self.publish(self.topics.worker(worker, channel), message.encode())
+
+    def assign(self, task_id: str, worker: str = "w1", attempt: int = 1, kind: str = "sleep",
+               **params: Any) -> p.Assignment:
+        assignment = p.Assignment("run-1", task_id, attempt, kind, params, 7, time.time())
+        self.send(p.Channel.ASSIGN, assignment, worker)
+        return assignment
+
+    def ack(self, *results: p.Result, worker: str = "w1") -> None:
+        self.send(p.Channel.CONTROL, p.Ack([[r.task_id, r.attempt] for r in results]), worker)
+
+    def ping(self) -> bytes:
+        """Send a Ping asking for answers on this client's replies topic; the correlation."""
+        correlation = uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.topics.replies(self.client_id)
+        props.CorrelationData = correlation
+        self.publish(self.topics.ping, p.Ping(time.time(), self.client_id).encode(), props)
+        return correlation
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def dispatcher(broker: LocalBroker, topic_prefix: str) -> Iterator[FakeDispatcher]:
+    instance = FakeDispatcher(broker.address, topic_prefix)
+    try:
+        wait_for(instance.client.is_connected, 10, what="test dispatcher connected")
+        yield instance
+    finally:
+        instance.close()
+
+
+def start(cluster: Cluster, dispatcher: FakeDispatcher, worker: str = "w1", slots: int = 1,
+          *extra: str) -> Proc:
+    """Start an agent and wait until its own online status arrives (not an older one)."""
+    before = dispatcher.status(worker)
+    agent = cluster.start_agent(worker, slots, *extra)
+
+    def online() -> bool:
+        agent.check_alive()
+        status = dispatcher.status(worker)
+        return (status is not None and status.state == "online"
+                and (before is None or status.session != before.session))
+
+    wait_for(online, procs.AGENT_START_TIMEOUT_S, what=f"{worker} online")
+    return agent
+
+
+def http_get(dispatcher: FakeDispatcher, path: str, worker: str = "w1") -> bytes:
+    status = dispatcher.status(worker)
+    assert status is not None and status.http_port, status
+    with urllib.request.urlopen(f"http://127.0.0.1:{status.http_port}{path}", timeout=5) as r:
+        return bytes(r.read())
+
+
+def child_pid(dispatcher: FakeDispatcher, worker: str = "w1", slot: int = 0) -> int | None:
+    """The pid of a slot's child, from the agent's GET /ping."""
+    children = json.loads(http_get(dispatcher, "/ping", worker))["children"]
+    return next((c["pid"] for c in children if c["slot"] == slot), None)
+
+
+def wait_result(dispatcher: FakeDispatcher, task_id: str, count: int = 1,
+                timeout: float = 15) -> p.Result:
+    results = wait_for(lambda: (r := dispatcher.results(task_id)) and len(r) >= count and r,
+                       timeout, what=f"{count} result(s) of {task_id}")
+    return results[-1]  # type: ignore[index]
+
+
+# ====================================================================== tests
+
+
+def test_status_result_ack_heartbeat_ping_and_http(cluster: Cluster,
+                                                   dispatcher: FakeDispatcher) -> None:
+    agent = start(cluster, dispatcher, "w1", 2)
+    status = dispatcher.status()
+    assert status is not None
+    assert (status.slots, status.free_slots, status.running, status.heartbeat_s) == (2, 2, [], 0.2)
+    assert status.http_port and status.session and status.host and status.version
+    assert f"http listening on {status.http_port}" in agent.log()
+
+    # Ping with MQTT v5 response topic and correlation data.
+    correlation = dispatcher.ping()
+    pong, _ = wait_for(lambda: next((x for x in dispatcher.pongs if x[1] == correlation),
+                                         None), 5, what="pong")  # type: ignore[misc]
+    assert (pong.worker_id, pong.state, pong.slots, pong.session) == \
+        ("w1", "online", 2, status.session)
+
+    # A task: running in the status and with progress in heartbeats, then a result.
+    sent = dispatcher.assign("t1", seconds=0.6)
+    wait_for(lambda: (s := dispatcher.status()) and s.running == ["t1"], 5, what="t1 running")
+    wait_for(lambda: (b := dispatcher.last_heartbeat()) and "t1" in b.progress, 5,
+             what="heartbeat listing t1")
+    running = json.loads(http_get(dispatcher, "/ping"))
+    assert running["status"] == "online" and running["worker_id"] == "w1"
+    assert running["current_task"] == "t1" and running["running_tasks"] == ["t1"]
+    assert running["timestamp"].endswith("+00:00")
+    dispatcher.assign("t1", seconds=0.6)  # the same (task, attempt) again: ignored
+
+    result = wait_result(dispatcher, "t1")
+    assert (result.state, result.run_id, result.attempt, result.session) == \
+        ("done", sent.run_id, 1, status.session)
+    assert result.summary["seconds"] == 0.6 and result.observables
+    assert sent.assigned_at <= result.started_at <= result.finished_at
+    assert result.finished_at - result.started_at >= 0.6
+
+    # Unacknowledged: every heartbeat still lists it (done = 1.0); acknowledged: forgotten.
+    wait_for(lambda: (b := dispatcher.heartbeat_after(result.finished_at + 0.1))
+             and b.progress.get("t1") == 1.0, 5, what="heartbeat holding the unacked t1")
+    dispatcher.ack(result)
+    acked_at = time.time()
+    beat = wait_for(lambda: (b := dispatcher.heartbeat_after(acked_at + 0.3)) and b, 5,
+                    what="heartbeat after the ack")
+    assert beat.progress == {} and beat.free_slots == 2  # type: ignore[attr-defined]
+    assert len(dispatcher.results("t1")) == 1, "a duplicate assignment ran, or a re-send"
+
+    # Failures: bad parameters (not retryable, nothing runs) and a kernel that raises.
+    dispatcher.assign("t-bad", seconds=-1)
+    bad = wait_result(dispatcher, "t-bad")
+    assert (bad.state, bad.retryable) == ("failed", False) and "seconds" in (bad.error or "")
+    dispatcher.assign("t-fail", seconds=0, fail=True)
+    failed = wait_result(dispatcher, "t-fail")
+    assert (failed.state, failed.retryable) == ("failed", False)
+    assert "on purpose" in (failed.error or "")
+
+    metrics = http_get(dispatcher, "/metrics").decode()
+    assert 'worker_agent_tasks_done_total{worker_id="w1"} 1' in metrics
+    assert 'worker_agent_tasks_failed_total{worker_id="w1"} 2' in metrics
+    assert 'worker_agent_slots{worker_id="w1"} 2' in metrics
+    assert "# TYPE worker_agent_slots_busy gauge" in metrics
+    agent.check_alive()
+
+
+def test_rejects_beyond_free_slots_and_cancels(cluster: Cluster,
+                                               dispatcher: FakeDispatcher) -> None:
+    start(cluster, dispatcher, "w1", 1)
+    first_pid = wait_for(lambda: child_pid(dispatcher), 10, what="child pid")
+    dispatcher.assign("long", seconds=60)
+    wait_for(lambda: (s := dispatcher.status()) and s.running == ["long"], 5, what="running")
+
+    dispatcher.assign("extra", attempt=2, seconds=0)
+    event = wait_for(lambda: dispatcher.events(p.EventKind.REJECTED), 5, what="rejection")[0]
+    assert (event.task_id, event.attempt) == ("extra", 2)  # type: ignore[attr-defined]
+    assert "no free slot" in event.detail  # type: ignore[attr-defined]
+    assert dispatcher.results("extra") == []
+
+    dispatcher.send(p.Channel.CONTROL, p.Cancel(["long"]))
+    cancelled = wait_result(dispatcher, "long")
+    assert (cancelled.state, cancelled.retryable) == ("cancelled", False)
+    # The child running it was terminated and replaced by a fresh one.
+    new_pid = wait_for(lambda: (pid := child_pid(dispatcher)) != first_pid and pid, 15,
+                       what="replacement child")
+    assert new_pid != first_pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(first_pid, 0)  # type: ignore[arg-type]
+    dispatcher.assign("after", seconds=0)
+    assert wait_result(dispatcher, "after").state == "done"
+
+
+def test_child_killed_mid_task_is_a_failed_attempt(cluster: Cluster,
+                                                   dispatcher: FakeDispatcher) -> None:
+    agent = start(cluster, dispatcher, "w1", 1)
+    dispatcher.assign("victim", seconds=60)
+    wait_for(lambda: (s := dispatcher.status()) and s.running == ["victim"], 5, what="running")
+    pid = wait_for(lambda: child_pid(dispatcher), 10, what="child pid")
+    os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+
+    result = wait_result(dispatcher, "victim")
+    assert (result.state, result.retryable) == ("failed", True)
+    assert result.error == "worker process died: killed by signal 9 (SIGKILL)"
+    agent.check_alive()
+    wait_for(lambda: (new := child_pid(dispatcher)) and new != pid, 15, what="new child")
+    dispatcher.assign("next", seconds=0)
+    assert wait_result(dispatcher, "next").state == "done"
+    assert 'worker_agent_child_restarts_total{worker_id="w1"} 1' in \
+        http_get(dispatcher, "/metrics").decode()
+
+
+def test_unacked_result_is_resent_after_broker_restart(cluster: Cluster, broker: LocalBroker,
+                                                       dispatcher: FakeDispatcher) -> None:
+    agent = start(cluster, dispatcher, "w1", 1)
+    dispatcher.assign("t1", seconds=0)
+    first = wait_result(dispatcher, "t1")
+
+    broker.stop()
+    broker.start()
+    # The agent reconnects with backoff and re-sends the result it still holds.
+    again = wait_result(dispatcher, "t1", count=2, timeout=20)
+    assert (again.started_at, again.session) == (first.started_at, first.session)
+    dispatcher.ack(again)
+    acked_at = time.time()
+    wait_for(lambda: (b := dispatcher.heartbeat_after(acked_at + 0.3)) and b.progress == {}, 10,
+             what="heartbeat without t1 after the ack")
+    # Still taking work after the restart (it re-subscribed).
+    dispatcher.assign("t2", seconds=0)
+    assert wait_result(dispatcher, "t2").state == "done"
+    agent.check_alive()
+
+
+def test_sigterm_finishes_within_grace_hands_back_the_rest_and_exits_0(
+        cluster: Cluster, dispatcher: FakeDispatcher) -> None:
+    agent = start(cluster, dispatcher, "w1", 2, "--grace", "2")
+    dispatcher.assign("short", seconds=0.8)
+    dispatcher.assign("long", seconds=60)
+    wait_for(lambda: (s := dispatcher.status()) and len(s.running) == 2, 5, what="both running")
+
+    stopped_at = time.monotonic()
+    agent.signal(signal.SIGTERM)  # the whole group, children included, as systemd would
+    wait_for(lambda: (s := dispatcher.status()) and s.state == "draining", 5, what="draining")
+    dispatcher.assign("late", seconds=0)
+    rejected = wait_for(lambda: dispatcher.events(p.EventKind.REJECTED), 5, what="rejection")
+    assert rejected[0].task_id == "late" and "draining" in rejected[0].detail  # type: ignore[index]
+
+    assert agent.wait(15) == 0, agent.describe()
+    assert time.monotonic() - stopped_at < 10
+    assert wait_result(dispatcher, "short").state == "done"
+    long = wait_result(dispatcher, "long")
+    assert (long.state, long.retryable, long.error) == \
+        ("failed", True, "handed back: agent stopping")
+    wait_for(lambda: (s := dispatcher.status()) and s.state == "offline", 5, what="offline")
+
+
+def test_second_sigterm_stops_at_once(cluster: Cluster, dispatcher: FakeDispatcher) -> None:
+    agent = start(cluster, dispatcher, "w1", 1, "--grace", "60")
+    dispatcher.assign("long", seconds=60)
+    wait_for(lambda: (s := dispatcher.status()) and s.running == ["long"], 5, what="running")
+    agent.signal(signal.SIGTERM)
+    wait_for(lambda: (s := dispatcher.status()) and s.state == "draining", 5, what="draining")
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(10) == 0, agent.describe()
+    assert wait_result(dispatcher, "long").error == "handed back: agent stopping"
+    wait_for(lambda: (s := dispatcher.status()) and s.state == "offline", 5, what="offline")
+
+
+def test_duplicate_worker_id_refused_but_stale_status_does_not_block(
+        cluster: Cluster, dispatcher: FakeDispatcher) -> None:
+    first = start(cluster, dispatcher, "w1", 1)
+    second = cluster.start_agent("w1", 1)
+    assert second.wait(20) == 2, second.describe()
+    assert "worker id w1 is already in use by a live agent on host" in second.log()
+    first.check_alive()
+
+    # A retained "online" status left by an agent that died without a Last Will reaching
+    # anyone (say, the broker lost it): only a live answer to the ping may block a start.
+    stale = p.WorkerStatus("w2", "online", "dead-session", time.time() - 60, host="gone",
+                           slots=1, free_slots=1)
+    dispatcher.client.publish(dispatcher.topics.worker("w2", p.Channel.STATUS), stale.encode(),
+                              qos=1, retain=True).wait_for_publish(5)
+    start(cluster, dispatcher, "w2", 1)  # waits for a status of a new session
+
+    # And the killed agent's id can be taken again at once.
+    first.kill()
+    start(cluster, dispatcher, "w1", 1)
+
+
+def test_malformed_messages_get_error_events_and_the_agent_stays_up(
+        cluster: Cluster, dispatcher: FakeDispatcher) -> None:
+    agent = start(cluster, dispatcher, "w1", 1)
+    t = dispatcher.topics
+    assign, control = t.worker("w1", p.Channel.ASSIGN), t.worker("w1", p.Channel.CONTROL)
+    replies = t.replies("w1")
+    valid_assign = json.loads(p.Assignment("r", "x", 1, "sleep", {}, 1, 0.0).encode())
+    cases: list[tuple[str, bytes, str]] = [
+        # (topic, payload, what the error detail must say)
+        (assign, os.urandom(64) + b"\xff", "not JSON"),
+        (assign, b"[1, 2]", "not a JSON object"),
+        (assign, json.dumps({**valid_assign, "v": 99}).encode(), "protocol version 99"),
+        (assign, json.dumps({"v": p.PROTOCOL_VERSION, "type": "assign"}).encode(), "missing"),
+        (assign, json.dumps({**valid_assign, "attempt": "one"}).encode(), "attempt"),
+        (assign, json.dumps({**valid_assign, "task_id": "../etc"}).encode(), "task id"),
+        (assign, json.dumps({**valid_assign, "type": "ack"}).encode(), "expected"),
+        (assign, b"{" + b" " * (p.MAX_CONTROL_BYTES + 10) + b"}", "exceeds"),
+        (control, os.urandom(32) + b"\xff", "not JSON"),
+        (control, json.dumps({"v": p.PROTOCOL_VERSION, "type": "reboot"}).encode(), "unknown"),
+        (control, json.dumps({"v": p.PROTOCOL_VERSION, "type": "ack",
+                              "results": [["t", "x"]]}).encode(), "ack items"),
+        (control, json.dumps({"v": 0, "type": "cancel", "task_ids": []}).encode(),
+         "protocol version 0"),
+        (t.ping, b"\x00\x01garbage", "not JSON"),
+        (t.ping, p.Ping(time.time()).encode(), "response topic"),  # no response topic
+        (replies, b"not a pong", "not JSON"),
+    ]
+    for topic, payload, _ in cases:
+        dispatcher.publish(topic, payload)
+
+    def errors() -> list[p.Event] | None:
+        found = dispatcher.events(p.EventKind.ERROR)
+        return found if len(found) >= len(cases) else None
+
+    events = wait_for(errors, 20, what=f"{len(cases)} error events")
+    assert len(events) == len(cases)  # type: ignore[arg-type]
+    for (topic, _, expected), event in zip(cases, events, strict=True):  # type: ignore[arg-type]
+        assert event.topic == topic, (event, expected)
+        assert expected in event.detail, (expected, event.detail)
+        assert len(event.detail) <= 1100  # never the whole hostile payload
+    mismatch = next(e for e in events if "99" in e.detail)  # type: ignore[union-attr]
+    assert "upgrade simctl and the worker agents" in mismatch.detail
+
+    # Out-of-range parameters decode fine: they fail the task, not the agent.
+    dispatcher.assign("huge", n_cells=10**9, kind="lj")
+    dispatcher.assign("too-long", seconds=1e300)
+    for task_id in ("huge", "too-long"):
+        bad = wait_result(dispatcher, task_id)
+        assert (bad.state, bad.retryable) == ("failed", False), bad
+    dispatcher.assign("fine", seconds=0)
+    assert wait_result(dispatcher, "fine").state == "done"
+    agent.check_alive()
+    assert 'worker_agent_invalid_messages_total{worker_id="w1"} 15' in \
+        http_get(dispatcher, "/metrics").decode()
+
+
+def test_settings_precedence_flag_env_config_default(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from click.testing import CliRunner
+
+    from worker_agent.cli import main
+
+    config = tmp_path / "agent.yaml"
+    config.write_text("slots: 3\nworker-id: from-file\nheartbeat: 0.5\ngrace: 7\n")
+    env = {"WORKER_SLOTS": "2", "WORKER_HEARTBEAT": "0.7", "WORKER_ID": None,
+           "SIMCTL_BROKER": "mqtt://broker.example:1999"}
+    out = CliRunner().invoke(main, ["--config", str(config), "--slots", "1", "--print-config"],
+                             env=env)
+    assert out.exit_code == 0, out.output
+    resolved = json.loads(out.output)
+    assert resolved["slots"] == 1  # flag over env over file
+    assert resolved["heartbeat"] == 0.7  # env over file
+    assert resolved["worker_id"] == "from-file" and resolved["grace"] == 7  # file over default
+    assert resolved["keepalive"] == 10 and resolved["topic_prefix"] == "sim"  # defaults
+    assert resolved["broker"] == "mqtt://broker.example:1999"
+    assert resolved["client_id"] == "sim-worker-from-file"
+
+    bad = CliRunner().invoke(main, ["--heartbeat", "0.1", "--print-config"], env=env)
+    assert bad.exit_code == 2
+    assert "--heartbeat must be at least 0.2 s, got 0.1" in caplog.text
+    unknown = tmp_path / "typo.yaml"
+    unknown.write_text("slot: 2\n")
+    typo = CliRunner().invoke(main, ["--config", str(unknown), "--print-config"], env=env)
+    assert typo.exit_code == 2 and "unknown setting 'slot'" in typo.output
