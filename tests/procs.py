@@ -288,7 +288,7 @@ class Cluster:
         if status is None or status.http_port is None:
             raise AssertionError(f"{worker_id} reported no HTTP port in its status: {status}")
         url = f"http://127.0.0.1:{status.http_port}/ping"
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=5) as response:
             return json.loads(response.read())
 
     def simctl_argv(self, *args: str) -> list[str]:

@@ -13,33 +13,34 @@ cluster = procs.cluster
 
 def test_dispatcher_killed_then_resumed_runs_nothing_twice(cluster: Cluster) -> None:
     cluster.start_agents({"w1": 1, "w2": 1})
-    tasks = cluster.task_file("resume", sleep_tasks(8, 0.6))
+    tasks = cluster.task_file("resume", sleep_tasks(16, 0.5))
     run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json")
-    run_id = cluster.run_id_of("resume")
 
-    def two_done_and_busy() -> dict | None:
+    def busy() -> bool:
         run.check_alive()
-        if not any(cluster.watcher.running(w) for w in ("w1", "w2")):
-            return None
-        done = cluster.done_tasks(run_id)
-        return done if len(done) >= 2 else None
+        return bool(cluster.watcher.running("w1") or cluster.watcher.running("w2"))
 
-    done_before = wait_for(two_done_and_busy, 30, interval=0.1,
-                           what="two tasks done in the ledger while others run")
-    assert isinstance(done_before, dict)
+    # Watch the wire first (cheap), then confirm in the ledger that results are stored.
+    wait_for(lambda: busy() and len(cluster.watcher.results) >= 2, 30,
+             what="two results published while tasks run")
+    run_id = cluster.run_id_of("resume")
+    wait_for(lambda: busy() and cluster.done_tasks(run_id), 30, interval=0.1,
+             what="a task done in the ledger while others run")
     run.signal(signal.SIGKILL)
     run.wait(10)
+    done_before = cluster.done_tasks(run_id)  # the ledger as the dead dispatcher left it
 
     # The tasks that were running finish while no dispatcher listens: their results must
     # wait in simctl's persistent session (and in the agents) until the resume.
     wait_for(lambda: not (cluster.watcher.running("w1") or cluster.watcher.running("w2")),
              30, what="the agents idle after the dispatcher died")
     finished_while_dead = {r.task_id for r in cluster.watcher.results} - set(done_before)
+    assert finished_while_dead, "no task finished while the dispatcher was dead"
 
     summary = cluster.simctl_json("run", "--resume", run_id, "--json", timeout=90)
     assert summary["run_id"] == run_id, summary
     rows = cluster.results(run_id)
-    assert_run_complete(summary, rows, 8)
+    assert_run_complete(summary, rows, 16)
     for task_id, before in done_before.items():
         after = rows[task_id]
         assert after["attempts"] == before["attempts"] == 1, (before, after)
