@@ -73,6 +73,10 @@ FLUSH_TIMEOUT_S = 5.0
 MAX_EVENT_DETAIL_CHARS = 1000
 """Error details are cut to this length (a hostile payload must not be echoed in full)."""
 
+STATUS_MIN_INTERVAL_S = 0.05
+"""Least time between two statuses that only update the running tasks: at hundreds of
+tasks per second, changes within this window go out as one status (state changes go at once)."""
+
 BROKER_WAIT_LOG_S = 10.0
 """While the broker is unreachable at start-up, how often to say so."""
 
@@ -126,7 +130,8 @@ class Agent:
         self._signals = 0
         self._stop_deadline: float | None = None
         self._done = False
-        self._status_dirty = True
+        self._status_due: float | None = 0.0  # monotonic time the status must go out by
+        self._status_sent_at = 0.0
         self._heartbeat_seq = 0
         self._next_heartbeat = time.monotonic()
         self._last_flush_info: mqtt.MQTTMessageInfo | None = None
@@ -171,9 +176,9 @@ class Agent:
     def _supervise_children(self) -> None:
         """Wait for a child message, a child death or the inbox; finish ended tasks."""
         now = time.monotonic()
-        timeout = max(0.0, self._next_heartbeat - now)
-        if self._stop_deadline is not None:
-            timeout = min(timeout, max(0.0, self._stop_deadline - now))
+        wake_at = min(t for t in (self._next_heartbeat, self._stop_deadline, self._status_due)
+                      if t is not None)
+        timeout = max(0.0, wake_at - now)
         for outcome in self.pool.poll(timeout, [self._wake_r]):
             if outcome.error and outcome.error.startswith("worker process died"):
                 log.warning("task %s attempt %d lost with its child: %s",
@@ -227,8 +232,10 @@ class Agent:
                                  error="handed back: agent stopping", retryable=True)
             if not self.pool.jobs():
                 self._done = True
-        if self._status_dirty and self.connected:
-            self._status_dirty = False
+        now = time.monotonic()
+        if self._status_due is not None and self._status_due <= now and self.connected:
+            self._status_due = None
+            self._status_sent_at = now
             self._publish(Channel.STATUS, self._status(self.state), retain=True)
         if self.http is not None:
             self.http.view = self._view()  # cheap; the HTTP thread reads it as a whole
@@ -318,7 +325,6 @@ class Agent:
             self.handle_ping(item[1], item[2], item[3])
         elif kind == "invalid":
             self.counters["invalid_messages"] += 1
-            self._status_dirty = True
             log.warning("invalid message on %s: %s", item[1], item[2])
             self._error_event(item[1], item[2])
 
@@ -329,7 +335,7 @@ class Agent:
             self._send_result(held)
         if self.held:
             log.info("re-sent %d unacknowledged results", len(self.held))
-        self._status_dirty = True
+        self._status_changed(urgent=True)
 
     def handle_assignment(self, a: Assignment) -> None:
         """Run an assignment, or reject it (no free slot, draining), or fail it (bad params)."""
@@ -357,7 +363,7 @@ class Agent:
                          retryable=False)
             return
         self.pool.submit(a)
-        self._status_dirty = True
+        self._status_changed()
 
     def handle_cancel(self, cancel: Cancel) -> None:
         """Terminate the children running these tasks; report them cancelled."""
@@ -424,7 +430,7 @@ class Agent:
         held = Held(message, encoded)
         self.held[message.key] = held
         self._send_result(held)
-        self._status_dirty = True
+        self._status_changed()
 
     def _send_result(self, held: Held) -> None:
         if not self.connected or self.client is None:
@@ -453,7 +459,13 @@ class Agent:
         if self.state is not state:
             log.info("state %s -> %s", self.state.value, state.value)
             self.state = state
-            self._status_dirty = True
+            self._status_changed(urgent=True)
+
+    def _status_changed(self, urgent: bool = False) -> None:
+        """Schedule a status: at once for a state change, else at most every 50 ms."""
+        due = time.monotonic() if urgent else self._status_sent_at + STATUS_MIN_INTERVAL_S
+        if self._status_due is None or due < self._status_due:
+            self._status_due = due
 
     def _view(self) -> View:
         return View(
