@@ -58,9 +58,14 @@ DEFAULT_PLOT = REPO / "docs" / "img" / "peers.png"
 WORKERS = 2
 """Worker processes per system: one per core of the reference machine."""
 
-SWEEP_KIND = "sleep"
-SWEEP_PARAMS: dict[str, Any] = {"seconds": 1.5}
-"""The sweep task: one ckernel.simulate call of 1-2 s on this machine."""
+SWEEP_KIND = "lj"
+SWEEP_PARAMS: dict[str, Any] = {
+    "n_cells": 6,
+    "density": 0.8,
+    "temperature": 1.0,
+    "steps": 2000,
+}
+"""The sweep task (864 atoms, 2,000 steps): one ckernel.simulate call of about 1.5 s here."""
 
 SEED_BASE = 20261127
 START_TIMEOUT_S = 60.0
@@ -88,10 +93,10 @@ class BenchError(Exception):
 
 
 def log_execution(log_path: str, event: str, seed: int) -> None:
-    """Append one ``event seed pid`` line; O_APPEND keeps lines of concurrent writers whole."""
+    """Append one ``event seed pid time`` line; O_APPEND keeps concurrent writers' lines whole."""
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{event} {seed} {os.getpid()}\n".encode())
+        os.write(fd, f"{event} {seed} {os.getpid()} {time.time():.6f}\n".encode())
     finally:
         os.close(fd)
 
@@ -116,6 +121,8 @@ import os
 
 _log = os.environ.get("PEERS_EXEC_LOG")
 if _log:
+    import time
+
     import ckernel
 
     _simulate = ckernel.simulate
@@ -124,7 +131,7 @@ if _log:
         def line(event):
             fd = os.open(_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, f"{event} {seed} {os.getpid()}\\n".encode())
+                os.write(fd, f"{event} {seed} {os.getpid()} {time.time():.6f}\\n".encode())
             finally:
                 os.close(fd)
 
@@ -144,23 +151,29 @@ class ExecutionLog:
     starts: dict[int, int] = field(default_factory=dict)
     ends: dict[int, int] = field(default_factory=dict)
     running_pids: list[int] = field(default_factory=list)
+    busy_s: float = 0.0
+    """Summed duration of the executions that ran to completion."""
 
     @classmethod
     def read(cls, path: Path) -> ExecutionLog:
         log = cls()
         last_event: dict[int, str] = {}
+        started_at: dict[int, float] = {}
         order: list[int] = []
         text = path.read_text() if path.exists() else ""
         for line in text.splitlines():
             parts = line.split()
-            if len(parts) != 3:
+            if len(parts) != 4:
                 continue  # a line being written right now
-            event, seed, pid = parts[0], int(parts[1]), int(parts[2])
+            event, seed, pid, at = parts[0], int(parts[1]), int(parts[2]), float(parts[3])
             counts = log.starts if event == "start" else log.ends
             counts[seed] = counts.get(seed, 0) + 1
             last_event[pid] = event
             if event == "start":
                 order.append(pid)
+                started_at[pid] = at
+            elif pid in started_at:
+                log.busy_s += at - started_at.pop(pid)
         # Processes whose latest line is a start are inside a task; latest start first.
         log.running_pids = [p for p in reversed(order) if last_event[p] == "start"]
         log.running_pids = list(dict.fromkeys(log.running_pids))
@@ -644,21 +657,33 @@ class ThisSystem:
             )
         except subprocess.TimeoutExpired:
             return RunOutcome(time.perf_counter() - started, 0, False, {"error": "no exit"})
-        seconds = time.perf_counter() - started
+        wall = time.perf_counter() - started
         try:
-            summary = json.loads(proc.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError) as e:
+            summary = json.loads(proc.stdout)
+        except ValueError as e:
             raise BenchError(
                 f"simctl run printed no JSON summary (exit {proc.returncode}):\n"
                 f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
             ) from e
         count = sum(t.get("replicas", 1) for t in tasks["tasks"])
         done = int(summary.get("done", 0))
+        finished = proc.returncode == 0 and done == count
+        # The peers are timed from the first submission to the last result on the main side;
+        # the matching span here is from the run stored in the ledger to its last result
+        # stored, which excludes the CLI's own start-up (kept as wall_s for reference).
+        seconds = wall
+        if finished and summary.get("finished_at") and summary.get("created_at"):
+            seconds = float(summary["finished_at"]) - float(summary["created_at"])
         return RunOutcome(
             seconds,
             done,
-            proc.returncode == 0 and done == count,
-            {"exit_code": proc.returncode, "duplicates": summary.get("duplicates")},
+            finished,
+            {
+                "exit_code": proc.returncode,
+                "duplicates": summary.get("duplicates"),
+                "wall_s": wall,
+                "run_id": summary.get("run_id"),
+            },
         )
 
     def run_noop(self, count: int, timeout: float) -> RunOutcome:
@@ -780,8 +805,13 @@ def run_benchmarks(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[s
                     f"tasks/s ({out.results}/{plan.noop_count} results)"
                 )
                 record(f"{config.label}|overhead", asdict(out))
+                exec_log.write_text("")  # count only the measured sweep's executions
                 out = system.run_sweep(plan.sweep, exec_log, timeout=600)
-                say(f"rep {rep + 1} {config.label}: sweep makespan {out.seconds:.2f} s")
+                out.detail["busy_s"] = ExecutionLog.read(exec_log).busy_s
+                say(
+                    f"rep {rep + 1} {config.label}: sweep makespan {out.seconds:.2f} s, "
+                    f"tasks ran {out.detail['busy_s']:.2f} s in all"
+                )
                 record(f"{config.label}|sweep", asdict(out))
         alone = measure_alone(plan.sweep)
         say(
@@ -856,6 +886,15 @@ def summarise(plan: Plan, measured: dict[str, Any]) -> list[dict[str, Any]]:
         runs = raw[f"{label}|sweep"]
         add(label, "sweep", "makespan", [r["seconds"] for r in runs], "s")
         add(label, "sweep", "makespan / ideal", [r["seconds"] / ideal for r in runs], "")
+        # Against the task time measured inside the same run: what the system itself adds,
+        # whatever the machine's load did to the tasks' speed meanwhile.
+        add(
+            label,
+            "sweep",
+            "makespan / in-run ideal",
+            [r["seconds"] / (r["detail"]["busy_s"] / WORKERS) for r in runs],
+            "",
+        )
     for mode in plan.kill_modes:
         for label in kill_labels:
             runs = raw[f"{label}|kill-{mode}"]
@@ -863,6 +902,9 @@ def summarise(plan: Plan, measured: dict[str, Any]) -> list[dict[str, Any]]:
             add(label, workload, "lost", [r["detail"]["lost"] for r in runs], "tasks")
             add(label, workload, "ran twice", [r["detail"]["ran_twice"] for r in runs], "tasks")
             add(label, workload, "finished", [float(r["finished"]) for r in runs], "share of runs")
+            add(
+                label, workload, "time to last result or timeout", [r["seconds"] for r in runs], "s"
+            )
     reference = {(r["workload"], r["figure"]): r["median"] for r in rows if r["system"] == THIS}
     for r in rows:
         ours = reference.get((r["workload"], r["figure"]))
@@ -903,7 +945,9 @@ def plot(rows: list[dict[str, Any]], ideal: float, path: Path) -> None:
     def pick(workload: str, figure: str) -> list[dict[str, Any]]:
         return [r for r in rows if r["workload"] == workload and r["figure"] == figure]
 
-    kill_workloads = sorted({r["workload"] for r in rows if r["workload"].startswith("kill")})
+    kill_workloads = list(
+        dict.fromkeys(r["workload"] for r in rows if r["workload"].startswith("kill"))
+    )
     fig, axes = plt.subplots(
         1, 2 + len(kill_workloads), figsize=(5 * (2 + len(kill_workloads)), 4.2)
     )
@@ -1043,6 +1087,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {', '.join(SYSTEMS)} (default all)",
     )
     parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="keep every system's logs, ledgers and execution logs here (default: a "
+        "temporary folder, removed at the end)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print the JSON results instead of the table"
     )
     args = parser.parse_args(argv)
@@ -1064,8 +1114,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_prerequisites(systems)
-        with tempfile.TemporaryDirectory(prefix="peers-") as root:
-            measured = run_benchmarks(plan, Path(root), say)
+        if args.state_dir is not None:
+            args.state_dir.mkdir(parents=True, exist_ok=True)
+            measured = run_benchmarks(plan, args.state_dir.resolve(), say)
+        else:
+            with tempfile.TemporaryDirectory(prefix="peers-") as root:
+                measured = run_benchmarks(plan, Path(root), say)
     except BenchError as e:
         print(f"peers.py: {e}", file=sys.stderr)
         return 2
