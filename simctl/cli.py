@@ -434,11 +434,7 @@ def status(settings: Settings, run_id: str | None, as_json: bool) -> None:
     ledger = _open_ledger(settings)
     if run_id is not None:
         info = ledger.run(run_id)
-        rows = ledger.task_rows(run_id)
-        tasks = [
-            {k: r[k] for k in ("task_id", "kind", "state", "worker_id", "attempts", "error")}
-            for r in rows
-        ]
+        tasks = ledger.task_states(run_id)
         if as_json:
             emit_json({"run": info.to_json(), "tasks": tasks})
             return

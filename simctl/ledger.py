@@ -532,6 +532,19 @@ class Ledger:
             )
         return rows
 
+    def task_states(self, run_id: str) -> list[dict[str, Any]]:
+        """Every task of a run, state only (what ``simctl status RUN`` shows), in index order."""
+        self.run(run_id)
+        cols = ("task_id", "kind", "state", "worker_id", "attempts", "error")
+        return [
+            dict(zip(cols, row, strict=True))
+            for row in self.db.execute(
+                "SELECT task_id, kind, state, worker_id, attempt, error FROM tasks"
+                " WHERE run_id = ? ORDER BY idx",
+                (run_id,),
+            )
+        ]
+
     def observables(self, run_id: str) -> dict[str, dict[str, list[float]]]:
         """task_id -> observables of every stored result of a run."""
         from simproto.protocol import decode_series
