@@ -12,6 +12,9 @@ from simctl.ledger import Ledger
 CSV_FIXED = ("task_id", "kind", "state", "seed", "worker_id", "attempts", "elapsed_s")
 """The first CSV columns; ``param.<name>`` and ``summary.<name>`` follow."""
 
+SUMMARY_WIDTH = 80
+"""Widest summary cell of the table format (CSV and JSON carry every value)."""
+
 JSON_FIELDS = (
     "task_id",
     "kind",
@@ -74,7 +77,8 @@ def render(ledger: Ledger, run_id: str, fmt: str, observables: bool = False) -> 
     from simctl.display import table
 
     def summary_text(s: dict[str, float]) -> str:
-        return " ".join(f"{k}={v:.6g}" for k, v in s.items())
+        text = " ".join(f"{k}={v:.6g}" for k, v in s.items())
+        return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 3] + "..."
 
     return (
         table(
