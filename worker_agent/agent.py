@@ -299,7 +299,8 @@ class Agent:
         self._wake()
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
+        # Full pipe: a wake-up is already pending. Closed pipe: the agent is past teardown.
+        with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
     # ======================================================= messages (main thread)
