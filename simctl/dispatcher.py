@@ -1,9 +1,10 @@
 """The dispatcher: assigns pending tasks to workers, tracks leases, stores results.
 
 One dispatcher serves a ledger at a time (:class:`DispatcherLock`, an fcntl lock beside the
-ledger). paho callbacks only enqueue; :meth:`Dispatcher.serve` drains the queue in the main
-thread, writes every state change of one pass to the ledger in one transaction, and only
-then publishes what the pass decided (assignments, acks). See docs/cli.md, "Dispatch".
+ledger). The MQTT connection is pumped from the dispatcher's own loop (no network thread);
+paho callbacks only append to the inbox; :meth:`Dispatcher.step` drains the inbox, writes
+every state change of one pass to the ledger in one transaction, and only then publishes
+what the pass decided (assignments, acks). See docs/cli.md, "Dispatch".
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import fcntl
 import json
 import logging
 import os
-import queue
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,7 +23,7 @@ from typing import IO, Any
 import paho.mqtt.client as mqtt
 
 from simctl.ledger import Ledger, LiveTask, TaskState
-from simctl.mqtt import client_id, open_client
+from simctl.mqtt import Pump, client_id, open_client
 from simproto.connection import ConnectionSettings
 from simproto.protocol import (
     Ack,
@@ -59,6 +59,9 @@ REJECTION_BACKOFF_S = 0.2
 
 IDLE_WAIT_S = 0.05
 """Longest wait for a message when there is nothing to do (bounds timer latency)."""
+
+PACKETS_PER_PASS = 1000
+"""Most extra socket reads in one pass before its transaction is committed."""
 
 LEASE_CHECK_S = 0.1
 """How often expired leases are looked for."""
@@ -179,7 +182,7 @@ class Dispatcher:
         self.ledger = ledger
         self.settings = settings
         self.topics = settings.topics
-        self.inbox: queue.SimpleQueue[mqtt.MQTTMessage | str] = queue.SimpleQueue()
+        self.inbox: list[mqtt.MQTTMessage | str] = []
         self.workers: dict[str, WorkerView] = {}
         self.leases: dict[str, Lease] = {}
         self.runs: dict[str, RunView] = {}
@@ -196,6 +199,8 @@ class Dispatcher:
 
     # --------------------------------------------------------------- lifecycle
 
+    pump: Pump
+
     def connect(self) -> None:
         """Open the persistent session; queued results of an earlier dispatcher arrive now."""
         subs = [
@@ -206,17 +211,21 @@ class Dispatcher:
             self.settings,
             client_id(self.settings, "dispatcher"),
             subs,
-            self.inbox.put,
+            lambda msg: self.inbox.append(msg),  # self.inbox is swapped every pass
             session_expiry_s=SESSION_EXPIRY_S,
             resume_session=True,
-            on_connected=lambda: self.inbox.put("connected"),
-            on_disconnected=lambda: self.inbox.put("disconnected"),
+            on_connected=lambda: self.inbox.append("connected"),
+            on_disconnected=lambda: self.inbox.append("disconnected"),
+            threaded=False,
         )
+        self.pump = Pump(self.client, on_lost=lambda: self.inbox.append("disconnected"))
 
     def close(self) -> None:
         if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
+            if not self.pump.down:
+                self.client.disconnect()
+                # Let the DISCONNECT (and any last publishes) reach the socket.
+                self.client.loop(0.01)
             self.client = None
 
     def serve(
@@ -235,13 +244,16 @@ class Dispatcher:
 
     def step(self) -> None:
         """One pass: take messages, expire leases, pick up runs, assign; commit; publish."""
-        items: list[mqtt.MQTTMessage | str] = []
-        try:
-            items.append(self.inbox.get(timeout=IDLE_WAIT_S))
-            while True:
-                items.append(self.inbox.get_nowait())
-        except queue.Empty:
-            pass
+        self.pump.pump(0.0 if self.inbox else IDLE_WAIT_S)
+        # Read what else is already waiting, so one transaction covers it all.
+        for _ in range(PACKETS_PER_PASS):
+            before = len(self.inbox)
+            if self.pump.down:
+                break
+            self.pump.pump(0.0)
+            if len(self.inbox) == before:
+                break
+        items, self.inbox = self.inbox, []
         now = time.monotonic()
         with self.ledger.batch():
             for item in items:

@@ -18,7 +18,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from simctl.errors import ConnectionFailed
-from simproto.connection import ConnectionSettings, connect, make_client
+from simproto.connection import (
+    RECONNECT_MAX_DELAY_S,
+    RECONNECT_MIN_DELAY_S,
+    ConnectionSettings,
+    connect,
+    make_client,
+)
 from simproto.protocol import (
     Channel,
     DecodeError,
@@ -51,10 +57,13 @@ def open_client(
     on_connected: Callable[[], None] | None = None,
     on_disconnected: Callable[[], None] | None = None,
     timeout: float = CONNECT_TIMEOUT_S,
+    threaded: bool = True,
 ) -> mqtt.Client:
     """Connect, subscribe in on_connect (so reconnects re-subscribe) and start the loop.
 
-    Raises ConnectionFailed when the broker refuses or does not answer within ``timeout``.
+    With ``threaded=False`` no network thread is started: the caller pumps the connection
+    with ``client.loop()`` (see :class:`Pump`). Raises ConnectionFailed when the broker
+    refuses or does not answer within ``timeout``.
     """
     subs = list(subscriptions)
     connected = threading.Event()
@@ -93,13 +102,67 @@ def open_client(
         )
     except (OSError, ValueError) as e:
         raise ConnectionFailed(f"cannot reach the broker at {settings.broker}: {e}") from e
-    client.loop_start()
-    if not connected.wait(timeout) or refused:
-        client.loop_stop()
+    if threaded:
+        client.loop_start()
+        connected.wait(timeout)
+    else:
+        deadline = time.monotonic() + timeout
+        while not connected.is_set() and time.monotonic() < deadline:
+            if client.loop(0.05) != mqtt.MQTT_ERR_SUCCESS:
+                break
+    if not connected.is_set() or refused:
+        if threaded:
+            client.loop_stop()
         client.disconnect()
         why = f"refused: {refused[0]}" if refused else f"no answer within {timeout:g} s"
         raise ConnectionFailed(f"cannot connect to the broker at {settings.broker}: {why}")
     return client
+
+
+class Pump:
+    """Drives an unthreaded paho client from the caller's loop, reconnecting with backoff.
+
+    Used by the dispatcher: received messages are handled and the next assignment is
+    written to the socket in the same thread, without a hand-off to paho's network thread
+    and back (two thread wake-ups per message, which dominate latency on a busy machine).
+    """
+
+    MIN_DELAY_S = RECONNECT_MIN_DELAY_S
+    MAX_DELAY_S = RECONNECT_MAX_DELAY_S
+
+    def __init__(self, client: mqtt.Client, on_lost: Callable[[], None]) -> None:
+        self.client = client
+        self.on_lost = on_lost
+        self.down = False
+        self._delay = self.MIN_DELAY_S
+        self._retry_at = 0.0
+
+    def pump(self, wait: float) -> None:
+        """Exchange packets for up to ``wait`` seconds (returns early when one arrived)."""
+        if self.down:
+            self._reconnect(wait)
+            return
+        rc = self.client.loop(wait)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            log.info("connection to the broker lost (%s); reconnecting", rc)
+            self.down = True
+            self._retry_at = time.monotonic()
+            self.on_lost()
+
+    def _reconnect(self, wait: float) -> None:
+        now = time.monotonic()
+        if now < self._retry_at:
+            time.sleep(min(wait, self._retry_at - now))
+            return
+        try:
+            self.client.reconnect()
+        except OSError as e:
+            log.info("broker still unreachable (%s); next try in %.1f s", e, self._delay)
+            self._retry_at = now + self._delay
+            self._delay = min(self._delay * 2, self.MAX_DELAY_S)
+            return
+        self.down = False
+        self._delay = self.MIN_DELAY_S
 
 
 @dataclass
