@@ -175,10 +175,10 @@ class Agent:
 
     def _supervise_children(self) -> None:
         """Wait for a child message, a child death or the inbox; finish ended tasks."""
-        now = time.monotonic()
-        wake_at = min(t for t in (self._next_heartbeat, self._stop_deadline, self._status_due)
+        status_due = self._status_due if self.connected else None  # sent on (re)connect
+        wake_at = min(t for t in (self._next_heartbeat, self._stop_deadline, status_due)
                       if t is not None)
-        timeout = max(0.0, wake_at - now)
+        timeout = max(0.0, wake_at - time.monotonic())
         for outcome in self.pool.poll(timeout, [self._wake_r]):
             if outcome.error and outcome.error.startswith("worker process died"):
                 log.warning("task %s attempt %d lost with its child: %s",
