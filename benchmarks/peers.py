@@ -771,6 +771,7 @@ class Plan:
     sweep: Sweep
     kill_modes: tuple[str, ...]
     systems: tuple[str, ...] = SYSTEMS
+    kill_repetitions: int = 1
 
     def configs(self, reliable_variants: bool) -> list[Config]:
         """The configurations to run; ``reliable_variants`` adds Celery's reliable settings."""
@@ -821,7 +822,7 @@ def run_benchmarks(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[s
 
     ideal = statistics.median(sum(a) / WORKERS for a in raw["alone"])
     kill_timeout = max(20.0, 3 * ideal)
-    for rep in range(plan.repetitions):
+    for rep in range(plan.kill_repetitions):
         for config in rotated(kill_configs, rep):
             for mode in plan.kill_modes:
                 exec_log = Path(tempfile.mkstemp(prefix="exec-", dir=root)[1])
@@ -1067,6 +1068,12 @@ def main(argv: list[str] | None = None) -> int:
         help="repetitions per workload (default 3; --quick: 1)",
     )
     parser.add_argument(
+        "--kill-repetitions",
+        type=int,
+        help="repetitions of the kill workload (default: --repetitions); its figures are "
+        "counts, less sensitive to noise than the timings",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=DEFAULT_OUTPUT,
@@ -1102,12 +1109,19 @@ def main(argv: list[str] | None = None) -> int:
     systems = tuple(x.strip() for x in args.systems.split(",") if x.strip())
     if not systems or set(systems) - set(SYSTEMS):
         parser.error(f"--systems: expected some of {', '.join(SYSTEMS)}, got {args.systems!r}")
-    if args.repetitions < 1:
-        parser.error("--repetitions must be at least 1")
+    if args.repetitions < 1 or (args.kill_repetitions is not None and args.kill_repetitions < 1):
+        parser.error("--repetitions and --kill-repetitions must be at least 1")
     if args.quick:
         plan = Plan(1, 500, Sweep(SWEEP_KIND, SWEEP_PARAMS, 6), modes, systems)
     else:
-        plan = Plan(args.repetitions, 5000, Sweep(SWEEP_KIND, SWEEP_PARAMS, 24), modes, systems)
+        plan = Plan(
+            args.repetitions,
+            5000,
+            Sweep(SWEEP_KIND, SWEEP_PARAMS, 24),
+            modes,
+            systems,
+            args.kill_repetitions or args.repetitions,
+        )
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -1128,6 +1142,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python3", "benchmarks/peers.py", *(argv or sys.argv[1:])]),
         "quick": args.quick,
         "repetitions": plan.repetitions,
+        "kill_repetitions": plan.kill_repetitions,
         "workers": WORKERS,
         "noop_tasks": plan.noop_count,
         "sweep": asdict(plan.sweep),
