@@ -791,6 +791,9 @@ def run_benchmarks(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[s
     raw: dict[str, list[Any]] = {}
 
     def record(key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            # The machine is shared: keep its load next to every figure, to read noise by.
+            value["load1"] = os.getloadavg()[0]
         raw.setdefault(key, []).append(value)
 
     base = plan.configs(reliable_variants=False)
