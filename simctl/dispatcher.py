@@ -76,6 +76,9 @@ for the ack, so batching them costs no throughput and saves packets on every sid
 ACK_BATCH = 500
 """Most results one Ack message names."""
 
+NO_WORKER_WARNING_S = 10.0
+"""Pending work with no online worker for this long is worth a warning (with what is known)."""
+
 PROGRESS_EVERY_S = 0.5
 """Smallest interval between two retained RunProgress messages of one run."""
 
@@ -194,6 +197,7 @@ class Dispatcher:
         self._ack_count = 0
         self._acks_since = 0.0
         self._next_lease_check = 0.0
+        self._idle_since = time.monotonic()
         self._next_refresh = 0.0
         self.client: mqtt.Client | None = None
 
@@ -385,6 +389,9 @@ class Dispatcher:
 
     def on_status(self, status: WorkerStatus, now: float) -> None:
         worker = self.worker(status.worker_id)
+        if status.state != worker.state or status.session != worker.session:
+            log.info("worker %s: %s, %d slots, session %s", status.worker_id, status.state,
+                     status.slots, status.session)
         if status.state == WorkerState.OFFLINE.value:
             self.lose_all(worker, f"worker {worker.worker_id} went offline", now)
         else:
@@ -555,6 +562,14 @@ class Dispatcher:
             return
         runs = [r for r in self.runs.values() if r.pending]
         workers = [w for w in self.workers.values() if w.free(now) > 0]
+        if runs and not any(w.state == WorkerState.ONLINE.value for w in self.workers.values()):
+            if now - self._idle_since > NO_WORKER_WARNING_S:
+                known = ", ".join(f"{w.worker_id}={w.state}" for w in self.workers.values())
+                log.warning("tasks are pending but no worker is online (known: %s)",
+                            known or "none")
+                self._idle_since = now
+        else:
+            self._idle_since = now
         wall = time.time()
         turn = 0
         while runs and workers:
