@@ -30,7 +30,7 @@ import json
 import math
 import re
 import struct
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
@@ -218,8 +218,12 @@ class Message:
     MAX_BYTES: ClassVar[int] = MAX_CONTROL_BYTES
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object for this message (without ``v`` and ``type``)."""
-        return asdict(self)
+        """The JSON object for this message (without ``v`` and ``type``).
+
+        Shallow on purpose: fields hold plain JSON values, and ``dataclasses.asdict`` would
+        deep-copy every params dict and observable series just to serialize it.
+        """
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def encode(self) -> bytes:
         """Serialize to the wire format."""
@@ -395,7 +399,7 @@ class Result(Message):
         ResultState(self.state)
 
     def to_dict(self) -> dict[str, Any]:
-        obj = asdict(self)
+        obj = super().to_dict()
         obj["observables"] = {k: encode_series(v) for k, v in self.observables.items()}
         return obj
 
