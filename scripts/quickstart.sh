@@ -32,8 +32,8 @@ echo "==> results of run $run_id"
 printf '%s' "$summary" | .venv/bin/python -c '
 import json, sys
 s = json.load(sys.stdin)
-print(f"\nrun {s[\"run_id\"]}: {s[\"state\"]}, {s[\"done\"]}/{s[\"tasks\"]} done, "
-      f"{s[\"failed\"]} failed, {s[\"duplicates\"]} duplicates, {s[\"elapsed_s\"]:.1f} s")'
+print("\nrun {run_id}: {state}, {done}/{tasks} done, {failed} failed, {duplicates} duplicates, "
+      "{elapsed_s:.1f} s".format(**s))'
 
 cat <<EOT
 
