@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 DEFAULT_TASKFILE = Path("configs/tasks.yaml")
 """The task file ``simctl run`` and ``simctl validate`` use when none is named."""
 
+INTERRUPTED_EXIT_CODE = 130
+"""Exit code after Ctrl-C (128 + SIGINT), as shells report it."""
+
 pass_settings = click.make_pass_decorator(Settings)
 
 
@@ -247,6 +250,14 @@ def run(
         info = runner.follow(
             settings, ledger, run_id, timeout=timeout, on_update=bar.update, held=held
         )
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo(
+            f"\ninterrupted: run {run_id} is kept in the ledger; continue it with "
+            f"`simctl run --resume {run_id}` or stop it with `simctl cancel {run_id}`",
+            err=True,
+        )
+        _exit(INTERRUPTED_EXIT_CODE)
     finally:
         bar.close()
     _report_run(settings, ledger, info, as_json)

@@ -114,3 +114,4 @@ class ProgressBar:
         if self.enabled and self.tty and self._last_line:
             self.stream.write("\n")
             self.stream.flush()
+            self._last_line = ""
