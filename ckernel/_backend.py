@@ -16,6 +16,8 @@ from ckernel import reference
 from ckernel.errors import ParamError
 
 BACKENDS = ("auto", "cython", "numpy")
+THREADS = 1
+"""Threads a simulation uses: the kernels are serial by design (see ``_kernels.pyx``)."""
 
 compiled: ModuleType | None
 try:
@@ -40,8 +42,3 @@ def select(backend: str) -> tuple[str, ModuleType]:
         raise ParamError("backend = 'cython': the compiled extension ckernel._kernels is not "
                          "built; use backend 'numpy' or 'auto', or rebuild the package")
     return "cython", compiled
-
-
-def threads() -> int:
-    """OpenMP threads the compiled kernels use (1 without the extension or without OpenMP)."""
-    return compiled.max_threads() if compiled is not None else 1

@@ -4,38 +4,20 @@ The drivers validate everything; these functions trust their inputs (shapes, con
 positions wrapped into [0, box), finite values). Directives (boundscheck, wraparound,
 cdivision, ...) are set in ``setup.py``.
 
-Determinism: every sum is taken in an order fixed by the data, never by the thread count.
-The Lennard-Jones force loop runs serially over a half neighbour list (Newton's third law
-halves the work, which beats a threaded full list on the one-thread workers); the N-body
-force is a full O(N^2) sum per body, so its rows run in parallel with OpenMP while each row
-is summed in index order and the energy is reduced serially afterwards.
+Determinism: every kernel is serial and sums in an order fixed by the data, so a seed gives
+bit-identical results whatever OMP_NUM_THREADS says. Both force kernels use Newton's third
+law over half the pairs (a half neighbour list for Lennard-Jones, pairs j > i for gravity):
+on the one-thread workers that halves the work, which beats any threaded full sum.
 """
 
 import numpy as np
 
-from cython.parallel cimport prange
 from libc.math cimport floor, sqrt
-
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int ckernel_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    static int ckernel_max_threads(void) { return 1; }
-    #endif
-    """
-    int ckernel_max_threads() nogil
 
 cdef enum:  # potential codes, as in reference.py
     TRUNCATED = 0
     SHIFTED = 1
     FORCE_SHIFTED = 2
-
-
-def max_threads():
-    """OpenMP threads a parallel region would use (1 when built without OpenMP)."""
-    return ckernel_max_threads()
 
 
 cdef inline double minimum_image(double d, double box, double half) noexcept nogil:
@@ -47,13 +29,27 @@ cdef inline double minimum_image(double d, double box, double half) noexcept nog
     return d
 
 
+cdef inline int image_shift(double d, double half) noexcept nogil:
+    # -1, 0 or 1: the box multiple that minimum_image(d) adds.
+    if d > half:
+        return -1
+    if d < -half:
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------- Lennard-Jones
 
 def lj_neighbours(const double[:, ::1] pos, double box, double rlist):
-    """Half neighbour list (i < j, minimum-image distance < rlist) as CSR arrays (start, nbr).
+    """Half neighbour list (i < j, minimum-image distance < rlist) as CSR arrays
+    (start, nbr, image): the partners of i are nbr[start[i]:start[i+1]], and image holds
+    the periodic image of each pair (code (sx+1)*9 + (sy+1)*3 + (sz+1), s in {-1, 0, 1}).
 
-    Atoms are sorted into n^3 cells of side >= rlist by a counting sort; each atom scans its
-    own and the adjacent cells, or every distinct cell when n < 3 (small boxes).
+    Positions must lie in [0, box). Atoms are sorted into n^3 cells of side >= rlist by a
+    counting sort; each atom scans its own and the adjacent cells, or every distinct cell
+    when n < 3 (small boxes). Storing the image lets the force loop skip the minimum-image
+    branches until the next rebuild, so positions must not be wrapped in between (the
+    driver wraps them just before each rebuild, as LAMMPS does).
     """
     cdef Py_ssize_t n = pos.shape[0]
     cdef int n_side = max(1, <int>(box / rlist))
@@ -102,22 +98,23 @@ def lj_neighbours(const double[:, ::1] pos, double box, double rlist):
     cdef Py_ssize_t total
     while True:
         nbr_np = np.empty(capacity, dtype=np.intc)
+        image_np = np.empty(capacity, dtype=np.int8)
         total = _fill_neighbours(pos, box, rlist, n_side, shifts, n_shifts, cell, first,
-                                 by_cell, start, nbr_np, capacity)
+                                 by_cell, start, nbr_np, image_np, capacity)
         if total <= capacity:
-            return start_np, nbr_np[:total]
+            return start_np, nbr_np[:total], image_np[:total]
         capacity = total
 
 
 cdef Py_ssize_t _fill_neighbours(const double[:, ::1] pos, double box, double rlist, int n_side,
                                  int* shifts, int n_shifts, const int[::1] cell,
                                  const int[::1] first, const int[::1] by_cell,
-                                 Py_ssize_t[::1] start, int[::1] nbr,
+                                 Py_ssize_t[::1] start, int[::1] nbr, signed char[::1] image,
                                  Py_ssize_t capacity) noexcept nogil:
     """Write each atom's partners j > i into nbr; return the count (which may exceed capacity)."""
     cdef Py_ssize_t n = pos.shape[0]
     cdef Py_ssize_t i, k = 0
-    cdef int j, idx, sx, sy, sz, cx, cy, cz, other
+    cdef int j, idx, sx, sy, sz, cx, cy, cz, other, ix, iy, iz
     cdef double half = 0.5 * box, rl2 = rlist * rlist
     cdef double xi, yi, zi, dx, dy, dz
     for i in range(n):
@@ -133,45 +130,60 @@ cdef Py_ssize_t _fill_neighbours(const double[:, ::1] pos, double box, double rl
                 for sz in range(n_shifts):
                     other = (((cx + shifts[sx]) % n_side) * n_side
                              + (cy + shifts[sy]) % n_side) * n_side + (cz + shifts[sz]) % n_side
-                    for idx in range(first[other], first[other + 1]):
+                    # Atoms of a cell are in increasing index order: walking it backwards,
+                    # the first j <= i ends the partners j > i.
+                    for idx in range(first[other + 1] - 1, first[other] - 1, -1):
                         j = by_cell[idx]
                         if j <= i:
-                            continue
-                        dx = minimum_image(pos[j, 0] - xi, box, half)
-                        dy = minimum_image(pos[j, 1] - yi, box, half)
-                        dz = minimum_image(pos[j, 2] - zi, box, half)
+                            break
+                        ix = image_shift(xi - pos[j, 0], half)
+                        iy = image_shift(yi - pos[j, 1], half)
+                        iz = image_shift(zi - pos[j, 2], half)
+                        dx = xi - pos[j, 0] + ix * box
+                        dy = yi - pos[j, 1] + iy * box
+                        dz = zi - pos[j, 2] + iz * box
                         if dx * dx + dy * dy + dz * dz < rl2:
                             if k < capacity:
                                 nbr[k] = j
+                                image[k] = <signed char>(9 * ix + 3 * iy + iz + 13)
                             k += 1
     start[n] = k
     return k
 
 
 def lj_forces(const double[:, ::1] pos, double box, tuple pairs, double rc, int potential,
-              double[:, ::1] forces):
-    """Fill ``forces``; return the pair energy U and the virial W = sum_pairs r_ij . f_ij."""
+              double[:, ::1] forces, bint energy=True):
+    """Fill ``forces``; return the pair energy U and the virial W = sum_pairs r_ij . f_ij
+    (both 0.0 when ``energy`` is false: steps that are not sampled skip that work)."""
     cdef const Py_ssize_t[::1] start = pairs[0]
     cdef const int[::1] nbr = pairs[1]
+    cdef const signed char[::1] image = pairs[2]
     cdef double u = 0.0, w = 0.0
+    cdef double shift[27][3]
+    cdef int code
+    for code in range(27):
+        shift[code][0] = box * (code // 9 - 1)
+        shift[code][1] = box * ((code // 3) % 3 - 1)
+        shift[code][2] = box * (code % 3 - 1)
     with nogil:
-        _lj_forces(pos, box, start, nbr, rc, potential, forces, &u, &w)
+        _lj_forces(pos, start, nbr, image, shift, rc, potential, forces, energy, &u, &w)
     return u, w
 
 
-cdef void _lj_forces(const double[:, ::1] pos, double box, const Py_ssize_t[::1] start,
-                     const int[::1] nbr, double rc, int potential, double[:, ::1] f,
+cdef void _lj_forces(const double[:, ::1] pos, const Py_ssize_t[::1] start,
+                     const int[::1] nbr, const signed char[::1] image, double[27][3] shift,
+                     double rc, int potential, double[:, ::1] f, bint energy,
                      double* u_out, double* w_out) noexcept nogil:
     cdef Py_ssize_t n = pos.shape[0]
     cdef Py_ssize_t i, k
-    cdef int j
-    cdef double half = 0.5 * box, rc2 = rc * rc
+    cdef int j, c
+    cdef double rc2 = rc * rc
     cdef double inv_rc6 = 1.0 / (rc2 * rc2 * rc2)
-    cdef double shift = 0.0, f_rc = 0.0
+    cdef double u_rc = 0.0, f_rc = 0.0
     cdef double xi, yi, zi, dx, dy, dz, r2, r, inv_r2, inv_r6, f_over_r, u_ij
     cdef double fxi, fyi, fzi, u = 0.0, w = 0.0
     if potential != TRUNCATED:
-        shift = 4.0 * inv_rc6 * (inv_rc6 - 1.0)
+        u_rc = 4.0 * inv_rc6 * (inv_rc6 - 1.0)
     if potential == FORCE_SHIFTED:
         f_rc = 24.0 * inv_rc6 * (2.0 * inv_rc6 - 1.0) / rc
     for i in range(n):
@@ -187,21 +199,24 @@ cdef void _lj_forces(const double[:, ::1] pos, double box, const Py_ssize_t[::1]
         fzi = 0.0
         for k in range(start[i], start[i + 1]):
             j = nbr[k]
-            dx = minimum_image(xi - pos[j, 0], box, half)
-            dy = minimum_image(yi - pos[j, 1], box, half)
-            dz = minimum_image(zi - pos[j, 2], box, half)
+            c = image[k]
+            dx = xi - pos[j, 0] + shift[c][0]
+            dy = yi - pos[j, 1] + shift[c][1]
+            dz = zi - pos[j, 2] + shift[c][2]
             r2 = dx * dx + dy * dy + dz * dz
             if r2 < rc2:
                 inv_r2 = 1.0 / r2
                 inv_r6 = inv_r2 * inv_r2 * inv_r2
-                u_ij = 4.0 * inv_r6 * (inv_r6 - 1.0) - shift
                 f_over_r = 24.0 * inv_r6 * (2.0 * inv_r6 - 1.0) * inv_r2
                 if potential == FORCE_SHIFTED:
                     r = sqrt(r2)
-                    u_ij = u_ij + (r - rc) * f_rc
                     f_over_r = f_over_r - f_rc / r
-                u += u_ij
-                w += f_over_r * r2
+                if energy:
+                    u_ij = 4.0 * inv_r6 * (inv_r6 - 1.0) - u_rc
+                    if potential == FORCE_SHIFTED:
+                        u_ij = u_ij + (r - rc) * f_rc
+                    u += u_ij
+                    w += f_over_r * r2
                 fxi += f_over_r * dx
                 fyi += f_over_r * dy
                 fzi += f_over_r * dz
@@ -308,44 +323,65 @@ def gravity(const double[:, ::1] pos, const double[::1] mass, double G, double e
     """Fill ``acc`` with the softened accelerations; return the potential energy U."""
     cdef Py_ssize_t n = pos.shape[0]
     cdef Py_ssize_t i
-    # Coordinates as three contiguous arrays: the inner loop then streams memory.
+    # Coordinates as three contiguous arrays: the inner loops then stream memory.
     cdef const double[::1] xs = np.ascontiguousarray(pos[:, 0])
     cdef const double[::1] ys = np.ascontiguousarray(pos[:, 1])
     cdef const double[::1] zs = np.ascontiguousarray(pos[:, 2])
-    cdef double[::1] phi = np.empty(n)
+    cdef double[::1] ax = np.zeros(n)
+    cdef double[::1] ay = np.zeros(n)
+    cdef double[::1] az = np.zeros(n)
     cdef double potential = 0.0
     with nogil:
-        for i in prange(n, schedule="static"):
-            _gravity_row(i, xs, ys, zs, mass, eps * eps, G, acc, phi)
         for i in range(n):
-            potential -= 0.5 * G * mass[i] * phi[i]
-    return potential
+            potential += _gravity_row(i, xs, ys, zs, mass, eps * eps, ax, ay, az)
+        for i in range(n):
+            acc[i, 0] = G * ax[i]
+            acc[i, 1] = G * ay[i]
+            acc[i, 2] = G * az[i]
+    return -G * potential
 
 
-cdef void _gravity_row(Py_ssize_t i, const double[::1] xs, const double[::1] ys,
-                       const double[::1] zs, const double[::1] mass, double eps2, double G,
-                       double[:, ::1] acc, double[::1] phi) noexcept nogil:
-    """Body i's acceleration and potential sum_j m_j / r_ij, summed over j in index order."""
-    cdef Py_ssize_t j, side
-    cdef Py_ssize_t lo[2]
-    cdef Py_ssize_t hi[2]
-    cdef double xi = xs[i], yi = ys[i], zi = zs[i]
-    cdef double ax = 0.0, ay = 0.0, az = 0.0, p = 0.0
-    cdef double dx, dy, dz, inv_r, m_inv_r3
-    # Two ranges skip the self term without a branch in the loop.
-    lo[0], hi[0], lo[1], hi[1] = 0, i, i + 1, xs.shape[0]
-    for side in range(2):
-        for j in range(lo[side], hi[side]):
-            dx = xs[j] - xi
-            dy = ys[j] - yi
-            dz = zs[j] - zi
-            inv_r = 1.0 / sqrt(dx * dx + dy * dy + dz * dz + eps2)
-            m_inv_r3 = mass[j] * inv_r * inv_r * inv_r
-            ax += m_inv_r3 * dx
-            ay += m_inv_r3 * dy
-            az += m_inv_r3 * dz
-            p += mass[j] * inv_r
-    acc[i, 0] = G * ax
-    acc[i, 1] = G * ay
-    acc[i, 2] = G * az
-    phi[i] = p
+cdef enum:
+    GRAVITY_BLOCK = 64  # partners per block: small enough for the stack and L1
+
+
+cdef double _gravity_row(Py_ssize_t i, const double[::1] xs, const double[::1] ys,
+                         const double[::1] zs, const double[::1] mass, double eps2,
+                         double[::1] ax, double[::1] ay, double[::1] az) noexcept nogil:
+    """Pairs (i, j > i): add to i's and j's accelerations (without G); return
+    m_i sum_j m_j / r_ij.
+
+    Each block of partners takes three passes: separations and 1/r (vectorised, sqrt
+    included, with -fno-math-errno), the reaction on every j (vectorised: the j are
+    distinct), then i's own sums in index order.
+    """
+    cdef Py_ssize_t l, m, j0 = i + 1, n = xs.shape[0]
+    cdef double xi = xs[i], yi = ys[i], zi = zs[i], mi = mass[i]
+    cdef double dx[GRAVITY_BLOCK]
+    cdef double dy[GRAVITY_BLOCK]
+    cdef double dz[GRAVITY_BLOCK]
+    cdef double inv_r[GRAVITY_BLOCK]
+    cdef double inv_r3[GRAVITY_BLOCK]
+    cdef double sx = 0.0, sy = 0.0, sz = 0.0, p = 0.0
+    while j0 < n:
+        m = min(<Py_ssize_t>GRAVITY_BLOCK, n - j0)
+        for l in range(m):
+            dx[l] = xs[j0 + l] - xi
+            dy[l] = ys[j0 + l] - yi
+            dz[l] = zs[j0 + l] - zi
+            inv_r[l] = 1.0 / sqrt(dx[l] * dx[l] + dy[l] * dy[l] + dz[l] * dz[l] + eps2)
+            inv_r3[l] = inv_r[l] * inv_r[l] * inv_r[l]
+        for l in range(m):
+            ax[j0 + l] -= mi * inv_r3[l] * dx[l]
+            ay[j0 + l] -= mi * inv_r3[l] * dy[l]
+            az[j0 + l] -= mi * inv_r3[l] * dz[l]
+        for l in range(m):
+            sx += mass[j0 + l] * inv_r3[l] * dx[l]
+            sy += mass[j0 + l] * inv_r3[l] * dy[l]
+            sz += mass[j0 + l] * inv_r3[l] * dz[l]
+            p += mass[j0 + l] * inv_r[l]
+        j0 += m
+    ax[i] += sx
+    ay[i] += sy
+    az[i] += sz
+    return mi * p

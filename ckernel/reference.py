@@ -80,8 +80,12 @@ def lj_neighbours(pos: np.ndarray, box: float, rlist: float) -> tuple[np.ndarray
 
 
 def lj_forces(pos: np.ndarray, box: float, pairs: tuple[np.ndarray, np.ndarray], rc: float,
-              potential: int, forces: np.ndarray) -> tuple[float, float]:
-    """Fill ``forces``; return the pair energy U and the virial W = sum_pairs r_ij . f_ij."""
+              potential: int, forces: np.ndarray, energy: bool = True) -> tuple[float, float]:
+    """Fill ``forces``; return the pair energy U and the virial W = sum_pairs r_ij . f_ij.
+
+    ``energy`` is accepted for symmetry with the compiled kernel, which skips U and W when
+    it is false; here they cost little next to the gathers and are always computed.
+    """
     i, j = pairs
     d = pos[i] - pos[j]
     d -= box * np.round(d / box)

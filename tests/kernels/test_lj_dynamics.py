@@ -127,7 +127,8 @@ def test_explosive_time_step_raises_simulation_error(backend: str) -> None:
 
 
 def test_results_are_bit_identical_whatever_the_thread_count() -> None:
-    """Runs the same simulations in fresh interpreters with 1 and 2 OpenMP threads."""
+    """Runs the same simulations in fresh interpreters with 1 and 2 OpenMP threads (the
+    kernels are serial by design; this guards that choice)."""
     script = (
         "import json, ckernel\n"
         "out = [ckernel.simulate('lj', {'n_cells': 4, 'steps': 50, 'ensemble': 'nvt'}, 5),\n"
@@ -142,6 +143,5 @@ def test_results_are_bit_identical_whatever_the_thread_count() -> None:
                               text=True, check=True, timeout=120)
         outputs.append(json.loads(done.stdout))
     one, two = outputs
-    assert [r[2] for r in one] == [1, 1]
-    assert [r[2] for r in two] == [2, 2]
+    assert [r[2] for r in one] == [r[2] for r in two] == [1, 1]
     assert [r[:2] for r in one] == [r[:2] for r in two]
