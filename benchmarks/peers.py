@@ -622,11 +622,23 @@ class ThisSystem:
                         worker_env(PYTHONPATH=str(hook_dir), PEERS_EXEC_LOG=str(exec_log)),
                     )
                 )
-            wait_until(
-                lambda: system.online_workers() >= WORKERS,
-                START_TIMEOUT_S,
-                "two particle-sim agents to answer simctl ping",
-            )
+            try:
+                wait_until(
+                    lambda: (
+                        system.online_workers() >= WORKERS
+                        or any(a.poll() is not None for a in agents)
+                    ),
+                    START_TIMEOUT_S,
+                    "two particle-sim agents to answer simctl ping",
+                )
+                if any(a.poll() is not None for a in agents):
+                    raise BenchError("a worker-agent exited at start-up")
+            except BenchError as e:
+                logs = "\n".join(
+                    f"--- {log.name}:\n{log.read_text()[-1500:]}"
+                    for log in sorted(state.glob("agent-*.log"))
+                )
+                raise BenchError(f"{e}\n{logs}") from e
             yield system
         finally:
             stop_all(agents)
