@@ -77,6 +77,9 @@ STATUS_MIN_INTERVAL_S = 0.05
 """Least time between two statuses that only update the running tasks: at hundreds of
 tasks per second, changes within this window go out as one status (state changes go at once)."""
 
+SESSION_WIPE_TIMEOUT_S = 5.0
+"""How long discarding the previous process's session may take at start-up."""
+
 BROKER_WAIT_LOG_S = 10.0
 """While the broker is unreachable at start-up, how often to say so."""
 
@@ -110,7 +113,6 @@ class Agent:
         self.host = socket.gethostname()
         self.started_at = time.time()
         self.state = WorkerState.ONLINE
-        self.pool = ChildPool(config.slots)
         wid = config.worker_id
         self._assign_topic = self.topics.worker(wid, Channel.ASSIGN)
         self._control_topic = self.topics.worker(wid, Channel.CONTROL)
@@ -126,12 +128,14 @@ class Agent:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self.pool = ChildPool(config.slots, wake_fd=self._wake_r)
         self._stop_mode: StopMode | None = None
         self._signals = 0
         self._stop_deadline: float | None = None
         self._done = False
         self._status_due: float | None = 0.0  # monotonic time the status must go out by
         self._status_sent_at = 0.0
+        self._view_stale = True
         self._heartbeat_seq = 0
         self._next_heartbeat = time.monotonic()
         self._last_flush_info: mqtt.MQTTMessageInfo | None = None
@@ -167,7 +171,8 @@ class Agent:
             log.warning("task children are not ready after %.0f s; going online anyway",
                         CHILD_START_TIMEOUT_S)
         self.client = self._make_client()
-        connect(self.client, self.config.connection, session_expiry_s=SESSION_EXPIRY_S)
+        connect(self.client, self.config.connection, session_expiry_s=SESSION_EXPIRY_S,
+                resume_session=self._discard_old_session())
         self.client.loop_start()
         log.info("worker %s (%d slots, session %s) connecting to %s", self.config.worker_id,
                  self.config.slots, self.session, self.config.connection.broker)
@@ -179,7 +184,7 @@ class Agent:
         wake_at = min(t for t in (self._next_heartbeat, self._stop_deadline, status_due)
                       if t is not None)
         timeout = max(0.0, wake_at - time.monotonic())
-        for outcome in self.pool.poll(timeout, [self._wake_r]):
+        for outcome in self.pool.poll(timeout):
             if outcome.error and outcome.error.startswith("worker process died"):
                 log.warning("task %s attempt %d lost with its child: %s",
                             outcome.job.assignment.task_id, outcome.job.assignment.attempt,
@@ -237,8 +242,9 @@ class Agent:
             self._status_due = None
             self._status_sent_at = now
             self._publish(Channel.STATUS, self._status(self.state), retain=True)
-        if self.http is not None:
-            self.http.view = self._view()  # cheap; the HTTP thread reads it as a whole
+        if (self._view_stale or self.pool.changed) and self.http is not None:
+            self._view_stale = self.pool.changed = False
+            self.http.view = self._view()  # replaced whole: the HTTP thread needs no lock
 
     def _teardown(self) -> None:
         client = self.client
@@ -308,9 +314,10 @@ class Agent:
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
         if kind == "connected":
-            self._on_connected()
+            self._on_connected(item[1])
         elif kind == "disconnected":
             self.connected = False
+            self._view_stale = True
             for held in self.held.values():
                 held.sent = False  # re-sent on the next connect
             log.warning("disconnected from the broker: %s", item[1])
@@ -326,12 +333,14 @@ class Agent:
             self.handle_ping(item[1], item[2], item[3])
         elif kind == "invalid":
             self.counters["invalid_messages"] += 1
+            self._view_stale = True
             log.warning("invalid message on %s: %s", item[1], item[2])
             self._error_event(item[1], item[2])
 
-    def _on_connected(self) -> None:
+    def _on_connected(self, session_present: bool) -> None:
         self.connected = True
-        log.info("connected to %s", self.config.connection.broker)
+        log.info("connected to %s (%s)", self.config.connection.broker,
+                 "session resumed" if session_present else "new session")
         for held in self.held.values():
             self._send_result(held)
         if self.held:
@@ -351,6 +360,7 @@ class Agent:
             refusal = f"no free slot: all {self.config.slots} slots are busy"
         if refusal is not None:
             self.counters["tasks_rejected"] += 1
+            self._view_stale = True
             log.info("rejected %s attempt %d: %s", a.task_id, a.attempt, refusal)
             self._publish(Channel.EVENT, Event(self.config.worker_id, EventKind.REJECTED.value,
                                                refusal, time.time(), task_id=a.task_id,
@@ -464,6 +474,7 @@ class Agent:
 
     def _status_changed(self, urgent: bool = False) -> None:
         """Schedule a status: at once for a state change, else at most every 50 ms."""
+        self._view_stale = True
         due = time.monotonic() if urgent else self._status_sent_at + STATUS_MIN_INTERVAL_S
         if self._status_due is None or due < self._status_due:
             self._status_due = due
@@ -515,14 +526,14 @@ class Agent:
 
     # The callbacks below run in paho's thread: they decode and enqueue, nothing else.
 
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any,
                     _props: Any) -> None:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             return
         client.subscribe([(self._assign_topic, 1), (self._control_topic, 1),
                           (self.topics.ping, 0), (self._replies_topic, 0)])
-        self._enqueue("connected")
+        self._enqueue("connected", bool(flags.session_present))
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
                        _props: Any) -> None:
@@ -549,6 +560,33 @@ class Agent:
             self._enqueue("invalid", topic, str(e))
         except Exception as e:
             self._enqueue("invalid", topic, f"{type(e).__name__}: {e}")
+
+    def _discard_old_session(self) -> bool:
+        """End the session a previous agent process left under this client id.
+
+        Assignments queued there were given up by the dispatcher when the new session
+        appeared; running them would only make duplicates. A clean-start connection with no
+        session expiry discards that session; the real connection can then resume (create)
+        its session. Connecting clean in the real connection instead would do the same, but
+        Mosquitto 2.0 does not save a session begun with clean start to its persistence
+        file, so the first broker restart would lose it. Returns whether this worked (if
+        not, the real connection starts clean).
+        """
+        connected = threading.Event()
+
+        def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            if not reason.is_failure:
+                connected.set()
+
+        client = make_client(self.config.connection, self.config.client_id)
+        client.on_connect = on_connect
+        try:
+            connect(client, self.config.connection)  # clean start, session ends at disconnect
+            client.loop_start()
+            return connected.wait(SESSION_WIPE_TIMEOUT_S)
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     # ======================================================= start-up: the id check
 

@@ -11,10 +11,11 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import selectors
 import signal
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -90,9 +91,17 @@ def describe_exit(exitcode: int | None) -> str:
 class ChildPool:
     """A fixed number of slots, each served by a long-lived child process."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, wake_fd: int | None = None) -> None:
+        """``wake_fd``: a file descriptor that also ends :meth:`poll`'s wait when readable."""
         self._ctx = multiprocessing.get_context("spawn")
         self.slots = [Slot(i) for i in range(size)]
+        self.changed = False
+        """Set when a child started, became ready or died; the caller resets it."""
+        # One long-lived selector: building one per wait costs more than the wait itself
+        # at hundreds of tasks per second.
+        self._selector = selectors.DefaultSelector()
+        if wake_fd is not None:
+            self._selector.register(wake_fd, selectors.EVENT_READ, None)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,6 +133,7 @@ class ChildPool:
                     slot.process.kill()
         for slot in self.slots:
             self._reap(slot)
+        self._selector.close()
 
     def _spawn(self, slot: Slot) -> None:
         parent, child = self._ctx.Pipe(duplex=True)
@@ -134,11 +144,15 @@ class ChildPool:
         child.close()
         slot.process, slot.conn, slot.pid, slot.ready = process, parent, None, False
         slot.respawn_at = None
+        self.changed = True
+        self._selector.register(parent.fileno(), selectors.EVENT_READ, (slot, "message"))
+        self._selector.register(process.sentinel, selectors.EVENT_READ, (slot, "exit"))
         log.debug("slot %d: child process %d starting", slot.index, process.pid)
 
     def _reap(self, slot: Slot) -> None:
         process = slot.process
         if process is not None:
+            self._selector.unregister(process.sentinel)
             process.join(JOIN_TIMEOUT_S)
             if process.is_alive():
                 process.kill()
@@ -146,6 +160,7 @@ class ChildPool:
             if not process.is_alive():
                 process.close()
         if slot.conn is not None:
+            self._selector.unregister(slot.conn.fileno())
             slot.conn.close()
         slot.process, slot.conn, slot.pid, slot.ready = None, None, None, False
 
@@ -201,50 +216,51 @@ class ChildPool:
 
     # --------------------------------------------------------------------- polling
 
-    def poll(self, timeout: float, extra: list[int] | None = None) -> list[Outcome]:
-        """Wait up to ``timeout`` for a child message, a child death or an ``extra`` fd.
+    def poll(self, timeout: float) -> list[Outcome]:
+        """Wait up to ``timeout`` for a child message, a child death or the wake fd.
 
         Returns the jobs that ended (finished, failed, or lost with their child).
         """
         now = time.monotonic()
         for slot in self.slots:
-            if slot.process is None and slot.respawn_at is not None and slot.respawn_at <= now:
-                self._spawn(slot)
-        waitables: list[Any] = list(extra or [])
-        for slot in self.slots:
-            if slot.process is not None and slot.conn is not None:
-                waitables += [slot.conn, slot.process.sentinel]
-            elif slot.respawn_at is not None:
-                timeout = min(timeout, max(0.0, slot.respawn_at - now))
-        ready = set(wait(waitables, timeout))
+            if slot.process is None and slot.respawn_at is not None:
+                if slot.respawn_at <= now:
+                    self._spawn(slot)
+                else:
+                    timeout = min(timeout, slot.respawn_at - now)
+        events = [key.data for key, _ in self._selector.select(max(0.0, timeout)) if key.data]
+        events.sort(key=lambda event: event[1] == "exit")  # a last message precedes the death
         outcomes: list[Outcome] = []
-        for slot in self.slots:
-            if slot.conn is not None and slot.conn in ready:
-                outcomes += self._drain(slot)
-            if slot.process is not None and slot.process.sentinel in ready:
-                outcomes += self._drain(slot)  # a last message may precede the death
-                outcome = self._replace_dead(slot)
-                if outcome is not None:
-                    outcomes.append(outcome)
+        for slot, what in events:
+            if what == "message":
+                # One message per wake-up; the level-triggered selector reports the rest.
+                self._receive(slot, outcomes)
+            elif slot.process is not None:
+                while slot.conn is not None and slot.conn.poll(0):
+                    if not self._receive(slot, outcomes):
+                        break
+                lost = self._replace_dead(slot)
+                if lost is not None:
+                    outcomes.append(lost)
         return outcomes
 
-    def _drain(self, slot: Slot) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        conn = slot.conn
+    def _receive(self, slot: Slot, outcomes: list[Outcome]) -> bool:
+        """Handle one message of the slot's child; False when its pipe is closed."""
+        assert slot.conn is not None
         try:
-            while conn is not None and conn.poll():
-                message = conn.recv()
-                outcome = self._handle(slot, message)
-                if outcome is not None:
-                    outcomes.append(outcome)
+            message = slot.conn.recv()
         except (EOFError, OSError):
-            pass  # the child is gone; the sentinel path replaces it
-        return outcomes
+            return False  # the child is gone; its sentinel gets it replaced
+        outcome = self._handle(slot, message)
+        if outcome is not None:
+            outcomes.append(outcome)
+        return True
 
     def _handle(self, slot: Slot, message: tuple[Any, ...]) -> Outcome | None:
         tag = message[0]
         if tag == "ready":
             slot.ready, slot.pid = True, message[1]
+            self.changed = True
             log.info("slot %d: child process %d ready", slot.index, slot.pid)
             if slot.job is not None and not slot.job_sent:
                 self._send_job(slot)
