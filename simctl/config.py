@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from simctl.errors import ConfigError, NoBrokerConfigured
 from simproto.protocol import DEFAULT_TOPIC_PREFIX, Topics
 
@@ -68,6 +66,7 @@ def load_config_file(path: Path, required: bool) -> dict[str, Any]:
         if required:
             raise ConfigError(f"config file {path} does not exist")
         return {}
+    import yaml
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:

@@ -60,6 +60,9 @@ REJECTION_BACKOFF_S = 0.2
 IDLE_WAIT_S = 0.05
 """Longest wait for a message when there is nothing to do (bounds timer latency)."""
 
+CLOSE_FLUSH_S = 2.0
+"""Longest wait, when the dispatcher stops, for queued packets to reach the socket."""
+
 PACKETS_PER_PASS = 1000
 """Most extra socket reads in one pass before its transaction is committed."""
 
@@ -110,16 +113,6 @@ class DispatcherLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
-
-    def held_elsewhere(self) -> bool:
-        """Whether another process holds the lock right now."""
-        if self._file is not None:
-            return False
-        if self.acquire():
-            self.release()
-            return False
-        return True
-
 
 @dataclass
 class Lease:
@@ -227,8 +220,11 @@ class Dispatcher:
     def close(self) -> None:
         if self.client is not None:
             if not self.pump.down:
+                # Hand every queued publish (last acks, final progress) to the broker first.
+                deadline = time.monotonic() + CLOSE_FLUSH_S
+                while self.client.want_write() and time.monotonic() < deadline:
+                    self.client.loop(0.01)
                 self.client.disconnect()
-                # Let the DISCONNECT (and any last publishes) reach the socket.
                 self.client.loop(0.01)
             self.client = None
 

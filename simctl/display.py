@@ -8,7 +8,6 @@ import time
 from typing import IO, Any
 
 import click
-from tabulate import tabulate
 
 from simctl.ledger import RunInfo
 
@@ -24,6 +23,8 @@ PLAIN_REFRESH_S = 2.0
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
     """A plain text table."""
+    from tabulate import tabulate  # not needed for --json output, and slow to import
+
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 

@@ -20,11 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simctl.errors import LedgerError, UnknownRun
-from simctl.taskfile import TaskFile
 from simproto.protocol import Result, encode_series
+
+if TYPE_CHECKING:
+    from simctl.taskfile import TaskFile
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; bumped on an incompatible schema change."""
