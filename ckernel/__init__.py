@@ -6,6 +6,7 @@ Public API: :data:`KINDS`, :func:`validate`, :func:`simulate`, :class:`ParamErro
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ __all__ = ["KINDS", "CkernelError", "ParamError", "SimulationError", "simulate",
 _DRIVERS = {"lj": lj.run, "nbody": nbody.run, "brownian": brownian.run}
 
 
+@functools.cache  # reading the installed metadata costs about a millisecond
 def _package_version() -> str:
     try:
         return _metadata.version("particle-sim")
@@ -37,7 +39,9 @@ def _sleep(params: dict[str, Any], progress: Callable[[float], None] | None) -> 
     slices = PROGRESS_CALLS if seconds > 0.0 else 1
     started = time.monotonic()
     for i in range(1, slices + 1):
-        time.sleep(max(0.0, started + seconds * i / slices - time.monotonic()))
+        # time.sleep(0) still yields the CPU (over a millisecond on a busy machine).
+        if (delay := started + seconds * i / slices - time.monotonic()) > 0.0:
+            time.sleep(delay)
         if progress is not None:
             progress(i / slices)
     if params["fail"]:

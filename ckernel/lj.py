@@ -38,14 +38,22 @@ def fcc_lattice(n_cells: int, density: float) -> tuple[np.ndarray, float]:
     return positions, n_cells * a
 
 
+def _check_tail_args(n: int, box: float, rc: float) -> None:
+    if n < 0 or not box > 0.0 or not rc > 0.0:
+        raise ParamError(f"tail correction: need n >= 0, box > 0 and rc > 0, got "
+                         f"{n!r}, {box!r}, {rc!r}")
+
+
 def tail_correction(n: int, box: float, rc: float) -> float:
     """Energy tail correction (8/3) pi N rho [ rc^-9 / 3 - rc^-3 ] of the truncated potential."""
+    _check_tail_args(n, box, rc)
     rho = n / box**3
     return 8.0 / 3.0 * math.pi * n * rho * (rc**-9 / 3.0 - rc**-3)
 
 
 def tail_pressure(n: int, box: float, rc: float) -> float:
     """Pressure tail correction (16/3) pi rho^2 [ (2/3) rc^-9 - rc^-3 ] (truncated potential)."""
+    _check_tail_args(n, box, rc)
     rho = n / box**3
     return 16.0 / 3.0 * math.pi * rho * rho * (2.0 / 3.0 * rc**-9 - rc**-3)
 
