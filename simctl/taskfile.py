@@ -10,6 +10,7 @@ passed to ``ckernel.simulate``. Every error names the file, the line and the fie
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from simctl.errors import TaskFileError
+from simproto.protocol import MAX_CONTROL_BYTES
 
 DEFAULT_MAX_ATTEMPTS = 3
 """Tries per task, counting the first, when the file does not say."""
@@ -32,6 +34,10 @@ MAX_TASKS = 1_000_000
 
 MAX_NAME_LENGTH = 200
 """Longest run name."""
+
+MAX_PARAMS_BYTES = MAX_CONTROL_BYTES - 4096
+"""Largest parameter set (as JSON) of one task: it must fit in one assignment message."""
+
 
 TOP_KEYS = ("name", "description", "seed", "max_attempts", "defaults", "tasks")
 """Keys allowed at the top of a task file."""
@@ -324,6 +330,12 @@ def _expand_entry(
             else:
                 line, where = entry.line, f"{field}.params"
             raise check.fail(line, where, str(e)) from e
+        size = len(json.dumps(validated, separators=(",", ":")))
+        if size > MAX_PARAMS_BYTES:
+            raise check.fail(
+                entry.line, f"{field}.params",
+                f"parameters take {size} bytes as JSON; an assignment allows {MAX_PARAMS_BYTES}",
+            )
         for _ in range(replicas):
             yield kind, validated
 

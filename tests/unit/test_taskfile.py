@@ -151,3 +151,15 @@ def test_shipped_example_files_are_valid() -> None:
     example = load(root / "tasks.yaml")
     assert set(example.kinds()) == {"lj", "nbody", "brownian", "sleep"}
     assert load(root / "quick.yaml").tasks
+
+
+def test_parameters_must_fit_in_one_assignment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import simctl.taskfile as taskfile
+
+    text = "tasks:\n  - kind: sleep\n  - kind: sleep\n    params: {seconds: 1.5}\n"
+    # {"seconds":0.0,"fail":false} is 29 bytes as JSON: allow exactly that much.
+    monkeypatch.setattr(taskfile, "MAX_PARAMS_BYTES", 29)
+    with pytest.raises(TaskFileError) as info:
+        parse_text(text, Path("sweep.yaml"))
+    assert (info.value.line, info.value.field) == (3, "tasks[1].params")
+    assert "allows 29" in str(info.value)
