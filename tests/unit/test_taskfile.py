@@ -156,7 +156,7 @@ def test_shipped_example_files_are_valid() -> None:
 def test_parameters_must_fit_in_one_assignment(monkeypatch: pytest.MonkeyPatch) -> None:
     import simctl.taskfile as taskfile
 
-    text = "tasks:\n  - kind: sleep\n  - kind: sleep\n    params: {seconds: 1.5}\n"
+    text = "tasks:\n  - kind: sleep\n  - kind: sleep\n    params: {seconds: 1.25}\n"
     # {"seconds":0.0,"fail":false} is 29 bytes as JSON: allow exactly that much.
     monkeypatch.setattr(taskfile, "MAX_PARAMS_BYTES", 29)
     with pytest.raises(TaskFileError) as info:
