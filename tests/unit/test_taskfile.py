@@ -157,9 +157,9 @@ def test_parameters_must_fit_in_one_assignment(monkeypatch: pytest.MonkeyPatch) 
     import simctl.taskfile as taskfile
 
     text = "tasks:\n  - kind: sleep\n  - kind: sleep\n    params: {seconds: 1.25}\n"
-    # {"seconds":0.0,"fail":false} is 29 bytes as JSON: allow exactly that much.
-    monkeypatch.setattr(taskfile, "MAX_PARAMS_BYTES", 29)
+    # {"seconds":0.0,"fail":false} is 28 bytes as JSON: allow exactly that much.
+    monkeypatch.setattr(taskfile, "MAX_PARAMS_BYTES", 28)
     with pytest.raises(TaskFileError) as info:
         parse_text(text, Path("sweep.yaml"))
     assert (info.value.line, info.value.field) == (3, "tasks[1].params")
-    assert "allows 29" in str(info.value)
+    assert "take 29 bytes" in str(info.value) and "allows 28" in str(info.value)
