@@ -436,6 +436,10 @@ class Dispatcher:
     def on_result(self, result: Result, now: float) -> None:
         run = self.runs.get(result.run_id)
         lease = self.leases.get(result.task_id)
+        if lease is not None and lease.task.run_id != result.run_id:
+            log.warning("result of %s from %s names run %s, not %s; ignored", result.task_id,
+                        result.worker_id, result.run_id, lease.task.run_id)
+            return
         live = lease is not None or (run is not None and result.task_id in run.pending)
         if not live:
             known = self.ledger.assigned_state(result.task_id)
@@ -449,9 +453,13 @@ class Dispatcher:
             if known[0] not in (TaskState.PENDING.value, TaskState.ASSIGNED.value):
                 self.duplicate(result, now)
                 return
-            # A run that became active after our last look at the ledger.
-            self.load_run(result.run_id, now)
-            self.on_result(result, now)
+            if run is None and result.run_id not in self.finished_runs:
+                # A run that became active after our last look at the ledger.
+                self.load_run(result.run_id, now)
+                self.on_result(result, now)
+            else:
+                log.warning("result for %s from %s does not match the ledger; ignored",
+                            result.task_id, result.worker_id)
             return
         assert run is not None
         retry = result.retryable and result.state != ResultState.DONE.value
