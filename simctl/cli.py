@@ -496,7 +496,7 @@ def status(settings: Settings, run_id: str | None, as_json: bool) -> None:
     help="Refresh interval.",
 )
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N refreshes.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per refresh.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per refresh, one per line.")
 @pass_settings
 def monitor(settings: Settings, interval: float, count: int | None, as_json: bool) -> None:
     """A live view of workers, active runs and throughput; Ctrl-C leaves."""
@@ -585,7 +585,8 @@ class _MonitorView:
                     "workers": workers,
                     "runs": runs,
                     "throughput_per_s": None if rate is None else round(rate, 2),
-                }
+                },
+                lines=True,
             )
             return
         if self.tty:

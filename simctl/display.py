@@ -28,9 +28,9 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 
-def emit_json(obj: Any) -> None:
-    """Print one JSON document on stdout."""
-    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+def emit_json(obj: Any, lines: bool = False) -> None:
+    """Print one JSON document on stdout (on one line with ``lines``, for JSON Lines streams)."""
+    click.echo(json.dumps(obj, indent=None if lines else 2, default=str))
 
 
 def duration(seconds: float | None) -> str:

@@ -316,7 +316,7 @@ def test_detach_then_resume_follows_to_the_end(simctl: Simctl, agents: list[str]
 
 def test_monitor_refreshes_count_times(simctl: Simctl, agents: list[str]) -> None:
     lines = simctl("monitor", "--count", "2", "--interval", "0.2", "--json").stdout
-    docs = [json.loads(d) for d in lines.replace("}\n{", "}\n\x00{").split("\x00")]
+    docs = [json.loads(line) for line in lines.splitlines()]  # JSON Lines
     assert len(docs) == 2
     assert {w["worker_id"] for w in docs[0]["workers"]} == set(agents)
     assert docs[0]["throughput_per_s"] is None and docs[1]["throughput_per_s"] == 0
