@@ -38,7 +38,7 @@ SIMCTL_TIMEOUT_S = 120.0
 AGENT_START_TIMEOUT_S = 20.0
 """How long agents may take to announce themselves (start-up id check, imports, 2 busy cores)."""
 
-LOG_TAIL_CHARS = 3000
+LOG_TAIL_CHARS = 6000
 """How much of each process log is printed at teardown."""
 
 TEST_HEARTBEAT_S = 0.2
@@ -212,6 +212,18 @@ class Watcher:
         """
         return {(r.worker_id, r.attempt, r.started_at) for r in self.results_of(task_id)}
 
+    def describe(self) -> str:
+        """What was seen on the wire, for the log of a failed test."""
+        with self._lock:
+            lines = [f"watcher: {len(self.results)} results, {len(self.events)} events"]
+            lines += [f"  status {s.worker_id}: {s.state}, running {s.running}"
+                      for s in self.statuses.values()]
+            lines += [f"  result {r.task_id} attempt {r.attempt} from {r.worker_id}: {r.state}"
+                      f" started {r.started_at:.3f}" for r in self.results]
+            lines += [f"  event {e.worker_id} {e.kind} {e.task_id}: {e.detail}"
+                      for e in self.events]
+        return "\n".join(lines)
+
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
@@ -292,8 +304,9 @@ class Cluster:
             return json.loads(response.read())
 
     def simctl_argv(self, *args: str) -> list[str]:
+        # Info level: a failing test's log shows what the dispatcher saw and decided.
         return [*simctl_command(), "--broker", self.broker_address, "--topic-prefix",
-                self.prefix, "--store", str(self.ledger), *args]
+                self.prefix, "--store", str(self.ledger), "--log-level", "info", *args]
 
     def simctl(self, *args: str,
                timeout: float = SIMCTL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
@@ -368,13 +381,35 @@ class Cluster:
         failure only)."""
         for proc in self.procs:
             proc.kill()
+        self.kill_background_dispatchers()
         self.watcher.close()
         if not show_logs:
             return
         for proc in self.procs:
             print(proc.describe())
+        for log in self.workdir.glob("*.dispatcher.log"):
+            print(f"--- {log.name} tail:\n{log.read_text(errors='replace')[-LOG_TAIL_CHARS:]}")
+        print(self.watcher.describe())
         if self.watcher.undecodable:
             print("undecodable messages seen:", *self.watcher.undecodable[:20], sep="\n  ")
+
+    def kill_background_dispatchers(self) -> None:
+        """Kill dispatchers simctl started in the background for this cluster's ledger.
+
+        simctl detaches them into their own session (``run --detach``, or a foreground run
+        handing over other active runs), so they escape the process groups killed above;
+        they are found by the ledger path on their command line, unique to this cluster.
+        """
+        me = str(os.getpid())
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                argv = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue  # the process is gone
+            pid = cmdline.parent.name
+            if pid != me and str(self.ledger).encode() in argv:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
 
     def __enter__(self) -> Cluster:
         return self

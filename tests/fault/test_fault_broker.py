@@ -25,7 +25,7 @@ def test_broker_restarted_mid_run_completes(cluster: Cluster, broker: LocalBroke
                                             sig: signal.Signals) -> None:
     cluster.start_agents({"w1": 1, "w2": 1, "w3": 1})
     tasks = cluster.task_file(f"broker-{sig.name.lower()}", sleep_tasks(9, 0.6))
-    run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json")
+    run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json", "--quiet")
 
     def mid_run() -> bool:
         run.check_alive()
@@ -37,7 +37,7 @@ def test_broker_restarted_mid_run_completes(cluster: Cluster, broker: LocalBroke
     time.sleep(BROKER_DOWN_S)
     broker.start()
 
-    assert run.wait(90) == 0, run.describe()
+    assert run.wait(60) == 0, run.describe()
     summary = run.json()
     rows = cluster.results(summary["run_id"])
     assert_run_complete(summary, rows, 9)

@@ -14,7 +14,7 @@ cluster = procs.cluster
 def test_dispatcher_killed_then_resumed_runs_nothing_twice(cluster: Cluster) -> None:
     cluster.start_agents({"w1": 1, "w2": 1})
     tasks = cluster.task_file("resume", sleep_tasks(16, 0.5))
-    run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json")
+    run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json", "--quiet")
 
     def busy() -> bool:
         run.check_alive()
@@ -37,7 +37,7 @@ def test_dispatcher_killed_then_resumed_runs_nothing_twice(cluster: Cluster) -> 
     finished_while_dead = {r.task_id for r in cluster.watcher.results} - set(done_before)
     assert finished_while_dead, "no task finished while the dispatcher was dead"
 
-    summary = cluster.simctl_json("run", "--resume", run_id, "--json", timeout=90)
+    summary = cluster.simctl_json("run", "--resume", run_id, "--json", "--quiet", timeout=90)
     assert summary["run_id"] == run_id, summary
     rows = cluster.results(run_id)
     assert_run_complete(summary, rows, 16)

@@ -30,7 +30,7 @@ def wait_until_running(cluster: Cluster, worker_id: str, run: Proc) -> str:
 def test_worker_killed_mid_task_its_task_runs_again_elsewhere(cluster: Cluster) -> None:
     cluster.start_agents({"w1": 1, "w2": 1})
     tasks = cluster.task_file("kill9", sleep_tasks(6, 1.0))
-    run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json")
+    run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json", "--quiet")
 
     victim = wait_until_running(cluster, "w1", run)
     cluster.agents["w1"].signal(signal.SIGKILL)
@@ -51,7 +51,7 @@ def test_frozen_worker_late_result_counts_as_duplicate(cluster: Cluster) -> None
     # Tasks long enough that the run is still going when the frozen agent has reconnected
     # (reconnect backoff starts at 0.5 s) and delivers its late result.
     tasks = cluster.task_file("sigstop", sleep_tasks(6, 1.2))
-    run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json")
+    run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json", "--quiet")
 
     victim = wait_until_running(cluster, "w1", run)
     frozen = cluster.agents["w1"]

@@ -54,7 +54,7 @@ def test_two_runs_at_once_are_both_served_within_slots(cluster: Cluster) -> None
     cluster.start_agents(slots)
     first = cluster.task_file("first", sleep_tasks(6, 0.3))
     second = cluster.task_file("second", sleep_tasks(6, 0.3))
-    runs = [cluster.start_simctl(f"simctl-run-{n}", "run", str(f), "--json")
+    runs = [cluster.start_simctl(f"simctl-run-{n}", "run", str(f), "--json", "--quiet")
             for n, f in (("first", first), ("second", second))]
 
     # Sample every agent's own view (HTTP /ping) during the runs; the watcher also keeps the
