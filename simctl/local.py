@@ -111,11 +111,15 @@ class LocalCluster:
                 f"a local cluster with topic prefix {state.get('topic_prefix')!r} is running; "
                 "stop it first with `simctl local down`"
             )
+        previous_port = state.get("port")
         if not alive(state.get("broker_pid"), "mosquitto"):
             state = {
                 "workers": [p for p in state.get("workers", []) if alive(p["pid"], "worker_agent")]
             }
-            port = port or state.get("port") or free_port()
+            # Keep the previous port (clients may have it configured) unless it is taken now.
+            if not port and previous_port and not port_open("127.0.0.1", previous_port):
+                port = previous_port
+            port = port or free_port()
             broker = LocalBroker(self.dir, port)
             try:
                 broker.start()
