@@ -29,6 +29,15 @@ cdef inline double minimum_image(double d, double box, double half) noexcept nog
     return d
 
 
+cdef inline int wrapped(int c, int n_side) noexcept nogil:
+    # The image shift of a neighbour cell at coordinate c (-1 .. n_side) of an n_side grid.
+    if c < 0:
+        return 1
+    if c >= n_side:
+        return -1
+    return 0
+
+
 cdef inline int image_shift(double d, double half) noexcept nogil:
     # -1, 0 or 1: the box multiple that minimum_image(d) adds.
     if d > half:
@@ -66,9 +75,10 @@ def lj_neighbours(const double[:, ::1] pos, double box, double rlist):
     cdef Py_ssize_t i, k
     cdef int a, c
     cdef double scale = n_side / box
+    # Cell offsets per axis: -1, 0, 1, or the distinct ones (0, or 0 and 1) below 3 cells.
     shifts[0] = 0
     shifts[1] = 1
-    shifts[2] = n_side - 1  # -1 modulo n_side
+    shifts[2] = -1
     with nogil:
         for i in range(n):
             c = 0
@@ -111,12 +121,18 @@ cdef Py_ssize_t _fill_neighbours(const double[:, ::1] pos, double box, double rl
                                  const int[::1] first, const int[::1] by_cell,
                                  Py_ssize_t[::1] start, int[::1] nbr, signed char[::1] image,
                                  Py_ssize_t capacity) noexcept nogil:
-    """Write each atom's partners j > i into nbr; return the count (which may exceed capacity)."""
+    """Write each atom's partners j > i into nbr; return the count (which may exceed capacity).
+
+    With three or more cells per side, the periodic image of a pair follows from whether
+    the neighbour cell wrapped around the box, the same for all its atoms; with fewer, two
+    shifts can reach one cell, so each pair takes its minimum image instead.
+    """
     cdef Py_ssize_t n = pos.shape[0]
     cdef Py_ssize_t i, k = 0
-    cdef int j, idx, sx, sy, sz, cx, cy, cz, other, ix, iy, iz
+    cdef int j, idx, sx, sy, sz, cx, cy, cz, ox, oy, oz, other, ix, iy, iz
+    cdef bint per_pair = n_side < 3
     cdef double half = 0.5 * box, rl2 = rlist * rlist
-    cdef double xi, yi, zi, dx, dy, dz
+    cdef double xi, yi, zi, dx, dy, dz, bx, by, bz
     for i in range(n):
         start[i] = k
         cz = cell[i] % n_side
@@ -126,22 +142,35 @@ cdef Py_ssize_t _fill_neighbours(const double[:, ::1] pos, double box, double rl
         yi = pos[i, 1]
         zi = pos[i, 2]
         for sx in range(n_shifts):
+            ox = cx + shifts[sx]
+            ix = wrapped(ox, n_side)
             for sy in range(n_shifts):
+                oy = cy + shifts[sy]
+                iy = wrapped(oy, n_side)
                 for sz in range(n_shifts):
-                    other = (((cx + shifts[sx]) % n_side) * n_side
-                             + (cy + shifts[sy]) % n_side) * n_side + (cz + shifts[sz]) % n_side
+                    oz = cz + shifts[sz]
+                    iz = wrapped(oz, n_side)
+                    other = (((ox + n_side) % n_side) * n_side
+                             + (oy + n_side) % n_side) * n_side + (oz + n_side) % n_side
+                    bx = ix * box
+                    by = iy * box
+                    bz = iz * box
                     # Atoms of a cell are in increasing index order: walking it backwards,
                     # the first j <= i ends the partners j > i.
                     for idx in range(first[other + 1] - 1, first[other] - 1, -1):
                         j = by_cell[idx]
                         if j <= i:
                             break
-                        ix = image_shift(xi - pos[j, 0], half)
-                        iy = image_shift(yi - pos[j, 1], half)
-                        iz = image_shift(zi - pos[j, 2], half)
-                        dx = xi - pos[j, 0] + ix * box
-                        dy = yi - pos[j, 1] + iy * box
-                        dz = zi - pos[j, 2] + iz * box
+                        if per_pair:
+                            ix = image_shift(xi - pos[j, 0], half)
+                            iy = image_shift(yi - pos[j, 1], half)
+                            iz = image_shift(zi - pos[j, 2], half)
+                            bx = ix * box
+                            by = iy * box
+                            bz = iz * box
+                        dx = xi - pos[j, 0] + bx
+                        dy = yi - pos[j, 1] + by
+                        dz = zi - pos[j, 2] + bz
                         if dx * dx + dy * dy + dz * dz < rl2:
                             if k < capacity:
                                 nbr[k] = j
