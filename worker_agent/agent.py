@@ -185,10 +185,6 @@ class Agent:
                       if t is not None)
         timeout = max(0.0, wake_at - time.monotonic())
         for outcome in self.pool.poll(timeout):
-            if outcome.error and outcome.error.startswith("worker process died"):
-                log.warning("task %s attempt %d lost with its child: %s",
-                            outcome.job.assignment.task_id, outcome.job.assignment.attempt,
-                            outcome.error)
             self._finish(outcome.job, outcome.state, outcome.started_at, outcome.finished_at,
                          payload=outcome.payload, error=outcome.error,
                          retryable=outcome.retryable)
@@ -370,7 +366,7 @@ class Agent:
             ckernel.validate(a.kind, a.params)
         except (ckernel.ParamError, TypeError, ValueError) as e:
             now = time.time()
-            self._finish(Job(a, now), ResultState.FAILED, now, now, error=str(e),
+            self._finish(Job(a), ResultState.FAILED, now, now, error=str(e),
                          retryable=False)
             return
         self.pool.submit(a)

@@ -40,7 +40,6 @@ class Job:
     """One attempt of one task while it is on a slot."""
 
     assignment: Assignment
-    received_at: float
     progress: float = 0.0
 
     @property
@@ -182,7 +181,7 @@ class ChildPool:
     def submit(self, assignment: Assignment) -> Job:
         """Put an assignment on a free slot (the caller checked :attr:`free`)."""
         slot = next(s for s in self.slots if s.job is None)
-        slot.job = Job(assignment, time.time())
+        slot.job = Job(assignment)
         slot.job_sent = False
         slot.job_started_at = None
         if slot.ready:
@@ -285,7 +284,10 @@ class ChildPool:
         slot.process.join(JOIN_TIMEOUT_S)
         how = describe_exit(slot.process.exitcode)
         was_ready = slot.ready
-        log.warning("slot %d: child process %s died: %s", slot.index, slot.process.pid, how)
+        job = slot.job
+        lost = f"; {job.assignment.task_id} attempt {job.assignment.attempt} fails" if job else ""
+        log.warning("slot %d: child process %s died: %s%s", slot.index, slot.process.pid, how,
+                    lost)
         self._reap(slot)
         slot.restarts += 1
         outcome = None
