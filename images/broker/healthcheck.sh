@@ -1,0 +1,42 @@
+#!/bin/sh
+# Health probe of particle-broker: a retained message published and read back over the TLS
+# listener with the probe's own credentials, so "healthy" means TLS, authentication, the ACL
+# and message delivery all work (not merely that the port is open).
+#
+#   broker-healthcheck                 the probe (the image's HEALTHCHECK)
+#   broker-healthcheck ID [ID ...]     also wait until each worker ID has a retained
+#                                      "online" status (Ansible's registration check)
+#
+# Settings come from the container's environment (BROKER_PROBE_HOST, BROKER_PROBE_PORT,
+# BROKER_TOPIC_PREFIX) and the mounted files ca.crt and healthcheck.password.
+set -eu
+conf=/etc/particle-broker
+host=${BROKER_PROBE_HOST:?BROKER_PROBE_HOST is not set}
+port=${BROKER_PROBE_PORT:-8883}
+prefix=${BROKER_TOPIC_PREFIX:-sim}
+password=$(cat "$conf/healthcheck.password")
+
+mqtt() {
+    tool=$1
+    shift
+    "mosquitto_$tool" -h "$host" -p "$port" --cafile "$conf/ca.crt" -u healthcheck \
+        -P "$password" -V mqttv5 "$@"
+}
+
+stamp="probe-$(date +%s)-$$"
+mqtt pub -t particle-broker/health -m "$stamp" -r -q 1
+seen=$(mqtt sub -t particle-broker/health -C 1 -W 5 -q 1)
+if [ "$seen" != "$stamp" ]; then
+    echo "probe message not received back (got '$seen')" >&2
+    exit 1
+fi
+
+for worker_id in "$@"; do
+    # The worker's retained status; a JSON object with "state": "online" once it registered.
+    status=$(mqtt sub -t "$prefix/workers/$worker_id/status" -C 1 -W 5 || true)
+    case $status in
+        *'"state":"online"'* | *'"state": "online"'*) ;;
+        *) echo "worker $worker_id has not registered (status: ${status:-none})" >&2; exit 1 ;;
+    esac
+done
+echo "healthy"
