@@ -195,36 +195,20 @@ def run(
     """
     from simctl import runner
     from simctl import taskfile as tf_mod
-    from simctl.dispatcher import Dispatcher, DispatcherLock
     from simctl.display import ProgressBar
 
     if resume and taskfile:
         raise InputError("give either a task file or --resume RUN_ID, not both")
     conn = settings.connection()
+    held = None
     if resume:
         ledger = _open_ledger(settings)
         ledger.run(resume)
         run_id = resume
-        held = None
     else:
-        tf = tf_mod.load(taskfile or DEFAULT_TASKFILE)
+        tf = tf_mod.load(taskfile or DEFAULT_TASKFILE)  # checked before the ledger is touched
         ledger = _open_ledger(settings)
-        held = None
-        if detach:
-            from simctl.mqtt import Observer
-
-            Observer(conn).close()  # the broker must answer before anything is stored
-        else:
-            lock = DispatcherLock(settings.store)
-            if lock.acquire():
-                dispatcher = Dispatcher(ledger, conn)
-                try:
-                    dispatcher.connect()
-                except SimctlError:
-                    lock.release()
-                    raise
-                held = (lock, dispatcher)
-        run_id = ledger.create_run(tf)
+        run_id, held = runner.submit(settings, conn, ledger, tf, dispatch_here=not detach)
         if not as_json:
             click.echo(
                 f"run {run_id}: {len(tf.tasks)} tasks from {tf.path} (ledger {settings.store})",
@@ -268,42 +252,13 @@ def _run_json(info: RunInfo, settings: Settings) -> dict[str, Any]:
 
 
 def _report_run(settings: Settings, ledger: Ledger, info: RunInfo, as_json: bool) -> None:
-    from simctl.display import duration, emit_json, table
+    from simctl.display import emit_json
+    from simctl.results import run_summary
 
-    rows = ledger.task_rows(info.run_id)
     if as_json:
         emit_json(_run_json(info, settings))
     else:
-        per_kind: dict[str, list[Any]] = {}
-        for r in rows:
-            k = per_kind.setdefault(r["kind"], [r["kind"], 0, 0, 0, 0, 0.0, 0])
-            k[1] += 1
-            k[2] += r["state"] == "done"
-            k[3] += r["state"] == "failed"
-            k[4] += r["state"] == "cancelled"
-            if r["elapsed_s"] is not None and r["state"] == "done":
-                k[5] += r["elapsed_s"]
-                k[6] += 1
-        click.echo(
-            table(
-                [
-                    [k, n, d, f, c, f"{t / m:.3f}" if m else "-"]
-                    for k, n, d, f, c, t, m in per_kind.values()
-                ],
-                ["kind", "tasks", "done", "failed", "cancelled", "mean elapsed_s"],
-            )
-        )
-        click.echo(
-            f"\nrun {info.run_id} ({info.name}): {info.state}, {info.done}/{info.total} done, "
-            f"{info.failed} failed, {info.cancelled} cancelled, {info.duplicates} duplicates, "
-            f"{duration(info.elapsed_s)}"
-        )
-        failed = [r for r in rows if r["state"] in ("failed", "cancelled")]
-        for r in failed[:10]:
-            click.echo(f"  {r['task_id']} {r['state']}: {r['error']}")
-        if len(failed) > 10:
-            click.echo(f"  ... and {len(failed) - 10} more (simctl status {info.run_id})")
-        click.echo(f"results: simctl results {info.run_id}")
+        click.echo(run_summary(ledger, info))
     if info.state != "done":
         _exit(TasksFailed.exit_code)
 

@@ -67,6 +67,7 @@ def load_config_file(path: Path, required: bool) -> dict[str, Any]:
             raise ConfigError(f"config file {path} does not exist")
         return {}
     import yaml
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:

@@ -114,6 +114,7 @@ class DispatcherLock:
             self._file.close()
             self._file = None
 
+
 @dataclass
 class Lease:
     """One assigned attempt, renewed by heartbeats that list it."""
@@ -386,8 +387,13 @@ class Dispatcher:
     def on_status(self, status: WorkerStatus, now: float) -> None:
         worker = self.worker(status.worker_id)
         if status.state != worker.state or status.session != worker.session:
-            log.info("worker %s: %s, %d slots, session %s", status.worker_id, status.state,
-                     status.slots, status.session)
+            log.info(
+                "worker %s: %s, %d slots, session %s",
+                status.worker_id,
+                status.state,
+                status.slots,
+                status.session,
+            )
         if status.state == WorkerState.OFFLINE.value:
             self.lose_all(worker, f"worker {worker.worker_id} went offline", now)
         else:
@@ -437,8 +443,13 @@ class Dispatcher:
         run = self.runs.get(result.run_id)
         lease = self.leases.get(result.task_id)
         if lease is not None and lease.task.run_id != result.run_id:
-            log.warning("result of %s from %s names run %s, not %s; ignored", result.task_id,
-                        result.worker_id, result.run_id, lease.task.run_id)
+            log.warning(
+                "result of %s from %s names run %s, not %s; ignored",
+                result.task_id,
+                result.worker_id,
+                result.run_id,
+                lease.task.run_id,
+            )
             return
         live = lease is not None or (run is not None and result.task_id in run.pending)
         if not live:
@@ -458,8 +469,11 @@ class Dispatcher:
                 self.load_run(result.run_id, now)
                 self.on_result(result, now)
             else:
-                log.warning("result for %s from %s does not match the ledger; ignored",
-                            result.task_id, result.worker_id)
+                log.warning(
+                    "result for %s from %s does not match the ledger; ignored",
+                    result.task_id,
+                    result.worker_id,
+                )
             return
         assert run is not None
         retry = result.retryable and result.state != ResultState.DONE.value
@@ -569,8 +583,9 @@ class Dispatcher:
         if runs and not any(w.state == WorkerState.ONLINE.value for w in self.workers.values()):
             if now - self._idle_since > NO_WORKER_WARNING_S:
                 known = ", ".join(f"{w.worker_id}={w.state}" for w in self.workers.values())
-                log.warning("tasks are pending but no worker is online (known: %s)",
-                            known or "none")
+                log.warning(
+                    "tasks are pending but no worker is online (known: %s)", known or "none"
+                )
                 self._idle_since = now
         else:
             self._idle_since = now

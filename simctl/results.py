@@ -7,7 +7,10 @@ import io
 import json
 from typing import Any
 
-from simctl.ledger import Ledger
+from simctl.ledger import Ledger, RunInfo
+
+FAILURES_SHOWN = 10
+"""Failed tasks listed under a run's summary (all are in ``simctl status RUN``)."""
 
 CSV_FIXED = ("task_id", "kind", "state", "seed", "worker_id", "attempts", "elapsed_s")
 """The first CSV columns; ``param.<name>`` and ``summary.<name>`` follow."""
@@ -99,3 +102,46 @@ def render(ledger: Ledger, run_id: str, fmt: str, observables: bool = False) -> 
         )
         + "\n"
     )
+
+
+def run_summary(ledger: Ledger, info: RunInfo) -> str:
+    """The end-of-run text: a table per kind, one line for the run, the first failures."""
+    from simctl.display import duration, table
+
+    rows = ledger.task_rows(info.run_id)
+    per_kind: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        k = per_kind.setdefault(
+            r["kind"], {"tasks": 0, "done": 0, "failed": 0, "cancelled": 0, "elapsed": []}
+        )
+        k["tasks"] += 1
+        if r["state"] in ("done", "failed", "cancelled"):
+            k[r["state"]] += 1
+        if r["state"] == "done" and r["elapsed_s"] is not None:
+            k["elapsed"].append(r["elapsed_s"])
+    lines = [
+        table(
+            [
+                [
+                    kind,
+                    k["tasks"],
+                    k["done"],
+                    k["failed"],
+                    k["cancelled"],
+                    f"{sum(k['elapsed']) / len(k['elapsed']):.3f}" if k["elapsed"] else "-",
+                ]
+                for kind, k in per_kind.items()
+            ],
+            ["kind", "tasks", "done", "failed", "cancelled", "mean elapsed_s"],
+        ),
+        "",
+        f"run {info.run_id} ({info.name}): {info.state}, {info.done}/{info.total} done, "
+        f"{info.failed} failed, {info.cancelled} cancelled, {info.duplicates} duplicates, "
+        f"{duration(info.elapsed_s)}",
+    ]
+    failed = [r for r in rows if r["state"] in ("failed", "cancelled")]
+    lines += [f"  {r['task_id']} {r['state']}: {r['error']}" for r in failed[:FAILURES_SHOWN]]
+    if len(failed) > FAILURES_SHOWN:
+        lines.append(f"  ... and {len(failed) - FAILURES_SHOWN} more (simctl status {info.run_id})")
+    lines.append(f"results: simctl results {info.run_id}")
+    return "\n".join(lines)

@@ -14,11 +14,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from simctl.config import Settings
 from simctl.dispatcher import Dispatcher, DispatcherLock
 from simctl.errors import RunTimeout
 from simctl.ledger import Ledger, RunInfo, RunState
+from simctl.mqtt import Observer
+
+if TYPE_CHECKING:
+    from simctl.taskfile import TaskFile
+    from simproto.connection import ConnectionSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,36 @@ def spawn_background_dispatcher(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def submit(
+    settings: Settings,
+    conn: ConnectionSettings,
+    ledger: Ledger,
+    taskfile: TaskFile,
+    *,
+    dispatch_here: bool,
+) -> tuple[str, tuple[DispatcherLock, Dispatcher] | None]:
+    """Store a run once the broker is known to answer; returns its id.
+
+    With ``dispatch_here``, also takes the ledger's lock if it is free and connects this
+    process's dispatcher (returned with the lock, for :func:`follow`). Nothing is stored when
+    the broker cannot be reached.
+    """
+    held = None
+    if not dispatch_here:
+        Observer(conn).close()
+    else:
+        lock = DispatcherLock(settings.store)
+        if lock.acquire():
+            dispatcher = Dispatcher(ledger, conn)
+            try:
+                dispatcher.connect()
+            except BaseException:
+                lock.release()
+                raise
+            held = (lock, dispatcher)
+    return ledger.create_run(taskfile), held
 
 
 def finished(ledger: Ledger, run_id: str) -> bool:

@@ -333,7 +333,8 @@ def _expand_entry(
         size = len(json.dumps(validated, separators=(",", ":")))
         if size > MAX_PARAMS_BYTES:
             raise check.fail(
-                entry.line, f"{field}.params",
+                entry.line,
+                f"{field}.params",
                 f"parameters take {size} bytes as JSON; an assignment allows {MAX_PARAMS_BYTES}",
             )
         for _ in range(replicas):
