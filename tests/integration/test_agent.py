@@ -453,3 +453,26 @@ def test_settings_precedence_flag_env_config_default(tmp_path: Path,
     unknown.write_text("slot: 2\n")
     typo = CliRunner().invoke(main, ["--config", str(unknown), "--print-config"], env=env)
     assert typo.exit_code == 2 and "unknown setting 'slot'" in typo.output
+
+
+def test_kernel_output_becomes_plain_result_fields() -> None:
+    import numpy as np
+
+    from worker_agent.child import result_payload
+    from worker_agent.pool import describe_exit
+
+    payload = result_payload({
+        "observables": {"energy": np.array([1.0, 2.0]), "positions": np.arange(6.0).reshape(3, 2)},
+        "summary": {"steps": np.int64(10), "ok": True},
+        "metadata": {"backend": "numpy", "box": np.array([1.5, 1.5]), "drift": float("nan")},
+    })
+    assert payload["observables"] == {"energy": [1.0, 2.0],
+                                      "positions": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}
+    assert payload["metadata"]["observable_shapes"] == {"positions": [3, 2]}
+    assert payload["summary"] == {"steps": 10.0, "ok": 1.0}
+    assert payload["metadata"]["box"] == [1.5, 1.5] and payload["metadata"]["drift"] == "nan"
+    json.dumps(payload, allow_nan=False)  # what the wire needs
+    with pytest.raises(ValueError, match="not finite"):
+        result_payload({"summary": {"energy": float("inf")}})
+    assert describe_exit(-signal.SIGKILL) == "killed by signal 9 (SIGKILL)"
+    assert describe_exit(3) == "exit code 3"
