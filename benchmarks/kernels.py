@@ -186,15 +186,15 @@ def report(figures: dict[str, Any]) -> str:
 
     rows = [(name, f"{value:.4g}" if isinstance(value, float) else value)
             for name, value in figures.items()]
-    checks = []
+    checks: list[tuple[str, str, str, str]] = []
     for name, target in TARGETS.items():
+        at_most = name.endswith("_mb")
+        wanted = f"{'<=' if at_most else '>='} {target:g}"
         if name not in figures:
-            checks.append((name, "not measured", target, ""))
+            checks.append((name, "not measured", wanted, ""))
             continue
-        ok = figures[name] <= target if name.endswith("_mb") else figures[name] >= target
-        checks.append((name, f"{figures[name]:.4g}",
-                       f"{'<=' if name.endswith('_mb') else '>='} {target:g}",
-                       "yes" if ok else "NO"))
+        ok = figures[name] <= target if at_most else figures[name] >= target
+        checks.append((name, f"{figures[name]:.4g}", wanted, "yes" if ok else "NO"))
     return (tabulate(rows, headers=["figure", "value"]) + "\n\n"
             + tabulate(checks, headers=["target", "measured", "wanted", "met"]))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ def kepler_bodies() -> list[dict[str, object]]:
             {"mass": 0.5, "position": [-r_p / 2, 0.0, 0.0], "velocity": [0.0, -v_p / 2, 0.0]}]
 
 
-def kepler(steps_per_orbit: int, orbits: int, backend: str) -> dict[str, object]:
+def kepler(steps_per_orbit: int, orbits: int, backend: str) -> dict[str, Any]:
     return ckernel.simulate("nbody", {"bodies": kepler_bodies(), "softening": 0.0,
                                       "dt": KEPLER_PERIOD / steps_per_orbit,
                                       "steps": steps_per_orbit * orbits, "sample_every": 5},

@@ -6,12 +6,13 @@ import json
 import math
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 import ckernel
 
-SMALL = {
+SMALL: dict[str, dict[str, Any]] = {
     "lj": {"n_cells": 3, "steps": 30, "sample_every": 10},
     "nbody": {"n_bodies": 64, "steps": 30, "sample_every": 10},
     "brownian": {"n_particles": 50, "steps": 30, "sample_every": 10},
