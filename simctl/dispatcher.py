@@ -51,6 +51,9 @@ MISSED_HEARTBEATS = 3
 NOT_LISTED_GRACE = 2
 """Heartbeats of the same session that may omit a fresh assignment (it may be in flight)."""
 
+RESULT_OVERDUE_HEARTBEATS = 10
+"""Heartbeats that may report a task finished before its result must have arrived."""
+
 RESUMED_LEASE_S = 10.0
 """Lease of a task found assigned in the ledger whose worker has not been heard from yet."""
 
@@ -126,6 +129,8 @@ class Lease:
     session: str
     assigned_at: float
     renewed_at: float
+    finished_seen_at: float | None = None
+    """When a heartbeat first reported this task finished (progress 1) with no result here."""
 
 
 @dataclass
@@ -416,11 +421,26 @@ class Dispatcher:
             lease = self.leases[task_id]
             if task_id in hb.progress:
                 lease.renewed_at = now
+                self._check_overdue(lease, hb.progress[task_id], worker, now)
             elif (
                 lease.session == hb.session
                 and now - lease.assigned_at > NOT_LISTED_GRACE * worker.heartbeat_s
             ):
                 self.lose(lease, f"worker {worker.worker_id} no longer holds the task", now)
+
+    def _check_overdue(self, lease: Lease, progress: float, worker: WorkerView, now: float) -> None:
+        """A result the worker holds but never reached us (lost while we were resubscribing
+        after a broker restart, say) would renew the lease forever: give up on it."""
+        if progress < 1.0:
+            lease.finished_seen_at = None
+        elif lease.finished_seen_at is None:
+            lease.finished_seen_at = now
+        elif now - lease.finished_seen_at > RESULT_OVERDUE_HEARTBEATS * worker.heartbeat_s:
+            self.lose(
+                lease,
+                f"worker {worker.worker_id} reports the task finished but its result never arrived",
+                now,
+            )
 
     def on_event(self, event: Event, now: float) -> None:
         if event.kind == EventKind.REJECTED.value and event.task_id is not None:

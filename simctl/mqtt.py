@@ -73,11 +73,18 @@ def open_client(
     except ValueError as e:
         raise ConnectionFailed(str(e)) from e
 
-    def handle_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def handle_connect(c: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
+            log.warning("the broker at %s refused %s: %s", settings.broker, cid, reason)
             refused.append(str(reason))
             connected.set()
             return
+        log.info(
+            "connected to %s as %s (session present: %s)",
+            settings.broker,
+            cid,
+            flags.session_present,
+        )
         if subs:
             c.subscribe(subs)
         if on_connected is not None:
@@ -154,6 +161,7 @@ class Pump:
         if now < self._retry_at:
             time.sleep(min(wait, self._retry_at - now))
             return
+        log.info("reconnecting to the broker")
         try:
             self.client.reconnect()
         except OSError as e:

@@ -187,3 +187,19 @@ def test_message_from_another_worker_topic_is_refused(tmp_path: Path) -> None:
     with d.ledger.batch():
         d.handle(msg, time.monotonic())
     assert "w1" not in d.workers and "w2" not in d.workers
+
+
+def test_result_reported_finished_but_never_received_is_given_up(tmp_path: Path) -> None:
+    d, _ = make(tmp_path, n=1)
+    [a] = pass_(d, status("w1"))
+
+    def heartbeat(progress: float) -> Heartbeat:
+        return Heartbeat(worker_id="w1", session="s1", seq=1, ts=time.time(), free_slots=1,
+                         progress={a.task_id: progress})
+
+    pass_(d, heartbeat(0.5), heartbeat(1.0))
+    assert d.leases[a.task_id].finished_seen_at is not None
+    d.leases[a.task_id].finished_seen_at -= 3.0  # more than 10 heartbeats of 0.2 s
+    [again] = pass_(d, heartbeat(1.0))
+    assert again.task_id == a.task_id and again.attempt == 2
+    assert "result never arrived" in d.ledger.attempts(a.task_id)[0]["detail"]
