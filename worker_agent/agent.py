@@ -73,6 +73,14 @@ FLUSH_TIMEOUT_S = 5.0
 MAX_EVENT_DETAIL_CHARS = 1000
 """Error details are cut to this length (a hostile payload must not be echoed in full)."""
 
+RESEND_MIN_S = 5.0
+"""An unacknowledged result is sent again after max(this, 10 heartbeats), then at doubling
+intervals: re-sending only on reconnect is not enough when the broker lost the dispatcher's
+session (a broker killed before it saved), as nothing would queue the re-sent copy."""
+
+RESEND_MAX_S = 120.0
+"""Ceiling of the re-send interval of an unacknowledged result."""
+
 STATUS_MIN_INTERVAL_S = 0.05
 """Least time between two statuses that only update the running tasks: at hundreds of
 tasks per second, changes within this window go out as one status (state changes go at once)."""
@@ -99,7 +107,9 @@ class Held:
 
     result: Result
     payload: bytes
-    sent: bool = False
+    resend_at: float = 0.0
+    """Monotonic time of the next (re-)send; 0 = not sent since the last (re)connect."""
+    resend_every: float = 0.0
 
 
 class Agent:
@@ -217,8 +227,8 @@ class Agent:
         beat = Heartbeat(self.config.worker_id, self.session, self._heartbeat_seq, time.time(),
                          self.pool.free, progress)
         self._publish(Channel.HEARTBEAT, beat, qos=0)
-        for held in self.held.values():  # results the bounded queue could not take earlier
-            if not held.sent:
+        for held in self.held.values():  # unsent (queue full) or unacknowledged for long
+            if held.resend_at <= now:
                 self._send_result(held)
 
     def _maintenance(self) -> None:
@@ -268,7 +278,7 @@ class Agent:
         """Wait (bounded) until the broker has every result this agent published."""
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
         for held in self.held.values():
-            if not held.sent:
+            if not held.resend_at:
                 self._send_result(held)
         info = self._last_flush_info
         if info is not None:
@@ -315,7 +325,7 @@ class Agent:
             self.connected = False
             self._view_stale = True
             for held in self.held.values():
-                held.sent = False  # re-sent on the next connect
+                held.resend_at = 0.0  # re-sent on the next connect
             log.warning("disconnected from the broker: %s", item[1])
         elif kind == "assign":
             self.handle_assignment(item[1])
@@ -444,9 +454,14 @@ class Agent:
             return
         info = self.client.publish(self.topics.worker(self.config.worker_id, Channel.RESULT),
                                    held.payload, qos=1)
-        held.sent = info.rc == mqtt.MQTT_ERR_SUCCESS
-        if held.sent:
-            self._last_flush_info = info
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            held.resend_at = 0.0  # the bounded queue is full: again at the next heartbeat
+            return
+        self._last_flush_info = info
+        first = max(RESEND_MIN_S, 10 * self.config.heartbeat_s)
+        held.resend_every = min(RESEND_MAX_S, 2 * held.resend_every) if held.resend_every \
+            else first
+        held.resend_at = time.monotonic() + held.resend_every
 
     # ===================================================================== helpers
 
