@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernel_testing import both_backends
 from scipy import stats
 
 import ckernel
@@ -11,6 +12,7 @@ import ckernel
 BATH = {"temperature": 1.5, "gamma": 2.0, "mass": 1.5}
 
 
+@both_backends
 def test_velocities_follow_maxwell_boltzmann(backend: str) -> None:
     record, _, params = ckernel.run("brownian", {**BATH, "n_particles": 3000, "dt": 0.05,
                                                  "steps": 400, "sample_every": 50}, 2,
@@ -22,6 +24,7 @@ def test_velocities_follow_maxwell_boltzmann(backend: str) -> None:
     assert stats.kstest(speeds, stats.maxwell.cdf).pvalue > 0.01
 
 
+@both_backends
 @pytest.mark.parametrize("overdamped", [False, True])
 def test_free_diffusion_coefficient(overdamped: bool, backend: str) -> None:
     summary = ckernel.simulate("brownian", {**BATH, "n_particles": 4000, "dt": 0.02,
@@ -33,6 +36,7 @@ def test_free_diffusion_coefficient(overdamped: bool, backend: str) -> None:
     assert summary["diffusion_coefficient"] == pytest.approx(expected, rel=0.05)
 
 
+@both_backends
 @pytest.mark.parametrize("overdamped", [False, True])
 def test_trap_equipartition(overdamped: bool, backend: str) -> None:
     summary = ckernel.simulate("brownian", {**BATH, "n_particles": 2000, "trap_k": 4.0,

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from kernel_testing import both_backends
 
 import ckernel
 from ckernel import lj
@@ -27,6 +28,18 @@ def test_forces_agree_between_backends(potential: str) -> None:
         f_cy, u_cy, w_cy = lj.forces(positions, box, rc, potential, backend="cython")
         scale = np.abs(f_np).max()
         assert np.abs(f_cy - f_np).max() <= 1e-10 * scale
+        assert u_cy == pytest.approx(u_np, rel=1e-10)
+        assert w_cy == pytest.approx(w_np, rel=1e-10)
+
+
+def test_forces_agree_on_uniformly_random_positions() -> None:
+    """No lattice at all: close pairs give forces spanning many orders of magnitude."""
+    rng = np.random.default_rng(12)
+    for n, box in ((300, 8.0), (40, 5.2)):
+        positions = rng.uniform(0.0, box, (n, 3))
+        f_np, u_np, w_np = lj.forces(positions, box, 2.5, "shifted", backend="numpy")
+        f_cy, u_cy, w_cy = lj.forces(positions, box, 2.5, "shifted", backend="cython")
+        assert np.abs(f_cy - f_np).max() <= 1e-10 * np.abs(f_np).max()
         assert u_cy == pytest.approx(u_np, rel=1e-10)
         assert w_cy == pytest.approx(w_np, rel=1e-10)
 
@@ -54,6 +67,7 @@ def test_short_trajectories_agree_between_backends(ensemble: str) -> None:
         np.testing.assert_allclose(b["observables"][name], values, rtol=1e-9, atol=1e-12)
 
 
+@both_backends
 def test_nve_momentum_and_drift(backend: str) -> None:
     result = ckernel.simulate("lj", {**NVE, "dt": 0.005, "steps": 2000, "sample_every": 10}, 1,
                               backend=backend)
@@ -64,6 +78,7 @@ def test_nve_momentum_and_drift(backend: str) -> None:
     assert 0.5 < summary["mean_temperature"] < 1.0
 
 
+@both_backends
 def test_nve_energy_fluctuation_scales_as_dt_squared(backend: str) -> None:
     """Same start, same time span; halving dt must cut the fluctuation about fourfold."""
     coarse = ckernel.simulate("lj", {**NVE, "dt": 0.005, "steps": 200, "sample_every": 1}, 2,
@@ -85,6 +100,7 @@ def test_rebuild_every_k_steps_matches_displacement_check() -> None:
                                checked["observables"]["total_energy"], rtol=1e-10)
 
 
+@both_backends
 def test_nvt_langevin_holds_the_temperature(backend: str) -> None:
     result = ckernel.simulate("lj", {**NVE, "n_cells": 4, "ensemble": "nvt", "temperature": 1.5,
                                      "gamma": 5.0, "steps": 1500, "sample_every": 5}, 8,
@@ -111,6 +127,7 @@ def test_start_is_at_the_requested_temperature_with_zero_momentum() -> None:
     assert np.abs(record.state["velocities"].sum(axis=0)).max() < 1e-12
 
 
+@both_backends
 def test_overlapping_atoms_raise_simulation_error(backend: str) -> None:
     positions = [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [3.0, 3.0, 3.0]]
     with pytest.raises(ckernel.SimulationError, match=r"lj: .*step 0"):
@@ -118,6 +135,7 @@ def test_overlapping_atoms_raise_simulation_error(backend: str) -> None:
                          backend=backend)
 
 
+@both_backends
 def test_explosive_time_step_raises_simulation_error(backend: str) -> None:
     """Atoms 0.3 apart fly off at huge speed; the run must stop with an error, not NaN."""
     positions = [[1.0, 1.0, 1.0], [1.3, 1.0, 1.0], [3.0, 3.0, 3.0], [4.0, 4.0, 4.5]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_xyz
+from kernel_testing import both_backends, load_xyz
 
 from ckernel import lj
 
@@ -27,6 +27,7 @@ def published(value: float) -> float:
     return float(f"{value:.4e}")
 
 
+@both_backends
 @pytest.mark.parametrize("name", sorted(NIST))
 def test_nist_truncated_energies_and_virial(name: str, backend: str) -> None:
     u3, w3, _, u4, _, _, _ = NIST[name]
@@ -37,6 +38,7 @@ def test_nist_truncated_energies_and_virial(name: str, backend: str) -> None:
     assert published(u) == u4
 
 
+@both_backends
 @pytest.mark.parametrize("name", sorted(NIST))
 def test_nist_linear_force_shifted(name: str, backend: str) -> None:
     *_, u_lfs, w_lfs = NIST[name]
@@ -66,6 +68,7 @@ def brute_force(positions: np.ndarray, box: float, rc: float) -> tuple[float, fl
     return u, w
 
 
+@both_backends
 @pytest.mark.parametrize("n_cells,rc", [(1, 0.85), (2, 1.7), (3, 2.5)])
 def test_small_boxes_match_all_pairs(n_cells: int, rc: float, backend: str) -> None:
     """Boxes with one, two and three cells per side (where adjacent cells repeat)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kernel_testing import both_backends
 
 import ckernel
 from ckernel import nbody
@@ -31,6 +32,7 @@ def kepler(steps_per_orbit: int, orbits: int, backend: str) -> dict[str, Any]:
                             0, backend=backend)
 
 
+@both_backends
 def test_kepler_orbit_returns_after_one_period(backend: str) -> None:
     summary = kepler(2000, 1, backend)["summary"]
     assert summary["return_distance"] < 2e-3
@@ -39,6 +41,7 @@ def test_kepler_orbit_returns_after_one_period(backend: str) -> None:
     assert summary["max_angular_momentum_change"] < 1e-13 * summary["angular_momentum_initial"]
 
 
+@both_backends
 def test_kepler_energy_error_is_bounded_and_scales_as_dt_squared(backend: str) -> None:
     one = kepler(1000, 1, backend)["summary"]["max_relative_energy_error"]
     ten = kepler(1000, 10, backend)["summary"]
@@ -49,6 +52,7 @@ def test_kepler_energy_error_is_bounded_and_scales_as_dt_squared(backend: str) -
     assert 3.0 < one / half_dt < 5.0
 
 
+@both_backends
 def test_figure_eight_returns_after_its_period(backend: str) -> None:
     """Chenciner-Montgomery three-body choreography (Simo's initial conditions)."""
     x1 = [0.97000436, -0.24308753, 0.0]
@@ -80,6 +84,7 @@ def test_gravity_agrees_between_backends() -> None:
     assert u_cy == pytest.approx(u_np, rel=1e-12)
 
 
+@both_backends
 def test_plummer_sphere_is_in_virial_equilibrium(backend: str) -> None:
     result = ckernel.simulate("nbody", {"n_bodies": 1000, "steps": 20, "sample_every": 10}, 4,
                               backend=backend)
@@ -91,6 +96,7 @@ def test_plummer_sphere_is_in_virial_equilibrium(backend: str) -> None:
                                result["observables"]["total_energy"], rtol=1e-11)
 
 
+@both_backends
 def test_collision_without_softening_raises_simulation_error(backend: str) -> None:
     bodies = [{"mass": 1.0, "position": [0.0, 0.0, 0.0], "velocity": [0.0, 0.0, 0.0]},
               {"mass": 1.0, "position": [0.0, 0.0, 0.0], "velocity": [0.0, 0.0, 0.0]}]

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import pytest
+from kernel_testing import both_backends
 
 import ckernel
 
@@ -24,6 +25,7 @@ def test_kinds_are_the_documented_ones() -> None:
     assert ckernel.KINDS == ("lj", "nbody", "brownian", "sleep")
 
 
+@both_backends
 @pytest.mark.parametrize("kind", sorted(SMALL))
 def test_result_is_json_with_the_documented_keys(kind: str, backend: str) -> None:
     result = ckernel.simulate(kind, SMALL[kind], 12, backend=backend)

@@ -1,4 +1,8 @@
-"""Shared helpers for the kernel tests: backends and the NIST reference configurations."""
+"""Shared helpers for the kernel tests: both backends and the NIST reference configurations.
+
+Deliberately not a conftest.py: other test folders do ``from conftest import ...`` and a
+second module called conftest on sys.path would shadow theirs.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,8 @@ NIST_DIR = Path(__file__).resolve().parent.parent / "data" / "nist-lj"
 
 BACKENDS = ("numpy", "cython")
 
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    """Each test using this runs on both backends."""
-    return request.param
+both_backends = pytest.mark.parametrize("backend", BACKENDS)
+"""Runs the decorated test (which takes a ``backend`` argument) on each backend."""
 
 
 def load_xyz(name: str) -> tuple[np.ndarray, float]:
