@@ -487,7 +487,7 @@ class _MonitorView:
         statuses, heard, progress = self.obs.snapshot()
         now = time.time()
         ledger_runs = {r.run_id: r for r in self.ledger.runs(active_only=True)}
-        runs = []
+        runs: list[dict[str, Any]] = []
         for r in ledger_runs.values():
             runs.append(
                 {

@@ -126,7 +126,7 @@ class Settings:
                 raise ConfigError(str(e)) from e
 
         def as_path(key: str) -> Path | None:
-            return Path(merged[key]).expanduser() if merged[key] else None
+            return Path(str(merged[key])).expanduser() if merged[key] else None
 
         return cls(
             broker=merged["broker"],

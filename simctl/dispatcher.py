@@ -23,7 +23,7 @@ from typing import IO, Any
 import paho.mqtt.client as mqtt
 
 from simctl.ledger import Ledger, LiveTask, TaskState
-from simctl.mqtt import Pump, client_id, open_client
+from simctl.mqtt import Pump, client_id, open_client, payload_of
 from simproto.connection import ConnectionSettings
 from simproto.protocol import (
     Ack,
@@ -373,13 +373,15 @@ class Dispatcher:
             worker_id, channel = self.topics.parse_worker_topic(item.topic)
             if channel is Channel.STATUS:
                 if item.payload:
-                    self.on_status(self._check(WorkerStatus.decode(item.payload), worker_id), now)
+                    self.on_status(
+                        self._check(WorkerStatus.decode(payload_of(item)), worker_id), now
+                    )
             elif channel is Channel.HEARTBEAT:
-                self.on_heartbeat(self._check(Heartbeat.decode(item.payload), worker_id), now)
+                self.on_heartbeat(self._check(Heartbeat.decode(payload_of(item)), worker_id), now)
             elif channel is Channel.RESULT:
-                self.on_result(self._check(Result.decode(item.payload), worker_id), now)
+                self.on_result(self._check(Result.decode(payload_of(item)), worker_id), now)
             elif channel is Channel.EVENT:
-                self.on_event(self._check(Event.decode(item.payload), worker_id), now)
+                self.on_event(self._check(Event.decode(payload_of(item)), worker_id), now)
         except DecodeError as e:
             log.warning("ignoring a malformed message on %s: %s", item.topic, e)
 

@@ -285,7 +285,8 @@ class Ledger:
         return counts
 
     def _run_info(self, row: tuple[Any, ...], counts: dict[str, int]) -> RunInfo:
-        return RunInfo(*row, counts=counts)
+        fields = self._RUN_COLUMNS.replace(" ", "").split(",")
+        return RunInfo(**dict(zip(fields, row, strict=True)), counts=counts)
 
     _RUN_COLUMNS = (
         "run_id, name, seed, max_attempts, taskfile, total, state, created_at, finished_at,"

@@ -173,6 +173,11 @@ class Pump:
         self._delay = self.MIN_DELAY_S
 
 
+def payload_of(msg: mqtt.MQTTMessage) -> bytes:
+    """paho types payloads as bytes or bytearray; decoding takes either."""
+    return msg.payload  # type: ignore[return-value]
+
+
 @dataclass
 class PongReply:
     """One worker's answer to a ping."""
@@ -227,7 +232,7 @@ class Observer:
                 self._on_reply(msg, now)
                 return
             if msg.topic.startswith(f"{self.topics.prefix}/runs/"):
-                rp = RunProgress.decode(msg.payload)
+                rp = RunProgress.decode(payload_of(msg))
                 with self._cond:
                     self.progress[rp.run_id] = rp
                 return
@@ -237,10 +242,10 @@ class Observer:
                     if not msg.payload:
                         self.statuses.pop(worker_id, None)  # retained status cleared
                         return
-                    self.statuses[worker_id] = WorkerStatus.decode(msg.payload)
+                    self.statuses[worker_id] = WorkerStatus.decode(payload_of(msg))
                     self.heard[worker_id] = max(self.heard.get(worker_id, 0.0), now)
                 elif channel is Channel.HEARTBEAT:
-                    Heartbeat.decode(msg.payload)
+                    Heartbeat.decode(payload_of(msg))
                     self.heard[worker_id] = now
                 self._cond.notify_all()
         except DecodeError as e:
@@ -252,7 +257,7 @@ class Observer:
             if msg.payload == b"" and corr in self._markers:
                 self._markers.discard(corr)
             elif corr in self._ping_sent:
-                pong = Pong.decode(msg.payload)
+                pong = Pong.decode(payload_of(msg))
                 self.pongs[pong.worker_id] = PongReply(pong, (now - self._ping_sent[corr]) * 1000)
             self._cond.notify_all()
 

@@ -48,14 +48,14 @@ ENTRY_KEYS = ("kind", "params", "sweep", "replicas")
 _SEED_MASK = (1 << 63) - 1
 
 
-class _Mapping(dict):  # type: ignore[type-arg]
+class _Mapping(dict):
     """A YAML mapping that remembers the line (1-based) of each key and of itself."""
 
     line: int
     key_lines: dict[Any, int]
 
 
-class _List(list):  # type: ignore[type-arg]
+class _List(list):
     """A YAML sequence that remembers the line of itself and of each item."""
 
     line: int
@@ -65,13 +65,13 @@ class _List(list):  # type: ignore[type-arg]
 class _LineLoader(yaml.SafeLoader):
     """A safe loader whose mappings and sequences carry line numbers; duplicate keys fail."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Mapping:  # type: ignore[override]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Mapping:
         mapping = _Mapping()
         mapping.line = node.start_mark.line + 1
         mapping.key_lines = {}
         self.flatten_mapping(node)
         for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)
             except TypeError as e:
@@ -82,12 +82,12 @@ class _LineLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
                 )
-            mapping[key] = self.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+            mapping[key] = self.construct_object(value_node, deep=True)
             mapping.key_lines[key] = key_node.start_mark.line + 1
         return mapping
 
-    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> _List:  # type: ignore[override]
-        seq = _List(self.construct_object(child, deep=True) for child in node.value)  # type: ignore[no-untyped-call]
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> _List:
+        seq = _List(self.construct_object(child, deep=True) for child in node.value)
         seq.line = node.start_mark.line + 1
         seq.item_lines = [child.start_mark.line + 1 for child in node.value]
         return seq
@@ -157,7 +157,7 @@ class _Checker:
             return container.item_lines[key]
         return getattr(container, "line", None)
 
-    def int_field(self, mapping: _Mapping, key: str, field: str, lo: int, hi: int) -> int:
+    def int_field(self, mapping: dict[Any, Any], key: str, field: str, lo: int, hi: int) -> int:
         value = mapping[key]
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(self.line_of(mapping, key), field, f"must be an integer, got {value!r}")
@@ -167,15 +167,15 @@ class _Checker:
             )
         return value
 
-    def mapping(self, container: Any, key: Any, field: str) -> _Mapping:
+    def mapping(self, container: Any, key: Any, field: str) -> dict[Any, Any]:
         value = container[key]
         if not isinstance(value, dict):
             raise self.fail(
                 self.line_of(container, key), field, f"must be a mapping, got {_kind_of(value)}"
             )
-        return value  # type: ignore[return-value]
+        return value
 
-    def keys(self, mapping: _Mapping, allowed: tuple[str, ...], field: str) -> None:
+    def keys(self, mapping: dict[Any, Any], allowed: tuple[str, ...], field: str) -> None:
         for key in mapping:
             if key not in allowed:
                 where = f"{field}.{key}" if field else str(key)
@@ -184,6 +184,11 @@ class _Checker:
                     where,
                     f"unknown key {key!r}; allowed: {', '.join(allowed)}",
                 )
+
+
+def _line(node: Any) -> int | None:
+    """The line of a mapping or sequence from the file (None for anything else)."""
+    return getattr(node, "line", None)
 
 
 def _kind_of(value: Any) -> str:
@@ -230,7 +235,7 @@ def parse_text(text: str, path: Path) -> TaskFile:
         else DEFAULT_MAX_ATTEMPTS
     )
 
-    defaults: _Mapping = _Mapping()
+    defaults: dict[Any, Any] = _Mapping()
     if "defaults" in doc and doc["defaults"] is not None:
         defaults = check.mapping(doc, "defaults", "defaults")
         for kind in defaults:
@@ -243,7 +248,7 @@ def parse_text(text: str, path: Path) -> TaskFile:
             check.mapping(defaults, kind, f"defaults.{kind}")
 
     if "tasks" not in doc:
-        raise check.fail(doc.line, "tasks", "missing: list the tasks to run")
+        raise check.fail(_line(doc), "tasks", "missing: list the tasks to run")
     entries = doc["tasks"]
     if not isinstance(entries, list) or not entries:
         raise check.fail(check.line_of(doc, "tasks"), "tasks", "must be a non-empty list")
@@ -261,10 +266,10 @@ def parse_text(text: str, path: Path) -> TaskFile:
 
 def _expand_entry(
     check: _Checker,
-    entries: _List,
+    entries: list[Any],
     i: int,
     entry: Any,
-    defaults: _Mapping,
+    defaults: dict[Any, Any],
     already: int,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Expand one ``tasks`` entry: sweep combinations (keys as written), replicas innermost."""
@@ -277,7 +282,7 @@ def _expand_entry(
         )
     check.keys(entry, ENTRY_KEYS, field)
     if "kind" not in entry:
-        raise check.fail(entry.line, f"{field}.kind", "missing: say which kind of simulation")
+        raise check.fail(_line(entry), f"{field}.kind", "missing: say which kind of simulation")
     kind = entry["kind"]
     if kind not in KINDS:
         raise check.fail(
@@ -285,10 +290,10 @@ def _expand_entry(
             f"{field}.kind",
             f"unknown kind {kind!r}; allowed kinds: {', '.join(KINDS)}",
         )
-    params: _Mapping = (
+    params: dict[Any, Any] = (
         check.mapping(entry, "params", f"{field}.params") if "params" in entry else _Mapping()
     )
-    sweep: _Mapping = (
+    sweep: dict[Any, Any] = (
         check.mapping(entry, "sweep", f"{field}.sweep") if "sweep" in entry else _Mapping()
     )
     replicas = (
@@ -322,18 +327,18 @@ def _expand_entry(
             name = _param_named(str(e), kind, merged)
             if name in sweep:
                 j = dict(zip(keys, combo, strict=False))[name][0]
-                line, where = sweep[name].item_lines[j], f"{field}.sweep.{name}[{j}]"
+                line, where = check.line_of(sweep[name], j), f"{field}.sweep.{name}[{j}]"
             elif name in params:
                 line, where = check.line_of(params, name), f"{field}.params.{name}"
             elif name in kind_defaults:
                 line, where = check.line_of(kind_defaults, name), f"defaults.{kind}.{name}"
             else:
-                line, where = entry.line, f"{field}.params"
+                line, where = _line(entry), f"{field}.params"
             raise check.fail(line, where, str(e)) from e
         size = len(json.dumps(validated, separators=(",", ":")))
         if size > MAX_PARAMS_BYTES:
             raise check.fail(
-                entry.line,
+                _line(entry),
                 f"{field}.params",
                 f"parameters take {size} bytes as JSON; an assignment allows {MAX_PARAMS_BYTES}",
             )
