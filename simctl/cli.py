@@ -41,10 +41,13 @@ class SimctlGroup(click.Group):
             ctx.exit(e.exit_code)
 
 
-def _version() -> str:
+def _print_version(ctx: click.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
     from simproto.protocol import PROTOCOL_VERSION, package_version
 
-    return f"{package_version()} (protocol {PROTOCOL_VERSION})"
+    click.echo(f"simctl {package_version()} (protocol {PROTOCOL_VERSION})")
+    ctx.exit()
 
 
 @click.group(cls=SimctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,8 +103,13 @@ def _version() -> str:
     type=click.Path(path_type=Path),
     help="YAML config file [default: ~/.config/simctl/config.yaml].",
 )
-@click.version_option(
-    version=None, message="simctl %(version)s", package_name="particle-sim", prog_name="simctl"
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _print_version(ctx, value),
+    help="Show the version (and the protocol version) and exit.",
 )
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
