@@ -190,7 +190,6 @@ class Dispatcher:
         self.runs: dict[str, RunView] = {}
         self.finished_runs: dict[str, str] = {}
         self.connected = False
-        self.duplicates = 0
         self._outbox: list[tuple[str, bytes]] = []
         self._acks: dict[str, list[list[Any]]] = {}
         self._ack_count = 0
@@ -527,7 +526,6 @@ class Dispatcher:
     def duplicate(self, result: Result, now: float) -> None:
         self.ledger.record_attempt_end(result, "duplicate")
         self.ledger.add_duplicates(result.run_id, 1)
-        self.duplicates += 1
         self.ack(result)
 
     def ack(self, result: Result) -> None:
