@@ -1,8 +1,11 @@
 """The worker agent: takes assignments from the broker, runs them on child processes, reports.
 
-Threads: paho's network thread only decodes messages and puts them on the inbox; the HTTP
-thread only reads the latest :class:`~worker_agent.http.View`; everything else (children,
-results, publishing, the stop sequence) happens in the main thread, in :meth:`Agent.run`.
+Threads: the main thread runs :meth:`Agent.run`, one loop that waits on the MQTT socket,
+the children's pipes and process sentinels and a wake-up pipe at once, and pumps paho itself
+(no network thread: an assignment goes from the socket to a child's pipe, and a result from
+a child's pipe to the socket, without a hand-off between threads). paho's callbacks only
+decode and enqueue; the kernels run in child processes. The HTTP thread only reads the
+latest :class:`~worker_agent.http.View`.
 The behaviour is the runtime contract documented in ``docs/protocol.md``.
 """
 
@@ -12,8 +15,10 @@ import contextlib
 import logging
 import os
 import queue
+import select
 import signal
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -27,7 +32,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import ckernel
-from simproto.connection import connect, make_client
+from simproto.connection import (
+    RECONNECT_MAX_DELAY_S,
+    RECONNECT_MIN_DELAY_S,
+    connect,
+    make_client,
+)
 from simproto.protocol import (
     Ack,
     Assignment,
@@ -85,6 +95,9 @@ STATUS_MIN_INTERVAL_S = 0.05
 """Least time between two statuses that only update the running tasks: at hundreds of
 tasks per second, changes within this window go out as one status (state changes go at once)."""
 
+MQTT_MISC_INTERVAL_S = 0.5
+"""Longest wait between two calls of paho's keepalive bookkeeping (``loop_misc``)."""
+
 SESSION_WIPE_TIMEOUT_S = 5.0
 """How long discarding the previous process's session may take at start-up."""
 
@@ -138,7 +151,13 @@ class Agent:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.pool = ChildPool(config.slots, wake_fd=self._wake_r)
+        self.pool = ChildPool(config.slots)
+        self.pool.watch(self._wake_r, "wake")
+        self._socket: Any = None  # the MQTT socket the loop watches, and its fd
+        self._socket_fd = -1
+        self._want_write = False
+        self._reconnect_at: float | None = None
+        self._reconnect_delay = RECONNECT_MIN_DELAY_S
         self._stop_mode: StopMode | None = None
         self._signals = 0
         self._stop_deadline: float | None = None
@@ -160,6 +179,7 @@ class Agent:
                 return 0  # stopped by a signal while waiting for the broker
             while not self._done:
                 self._supervise_children()
+                self._network()
                 self._take_messages()
                 self._heartbeat()
                 self._maintenance()
@@ -180,20 +200,23 @@ class Agent:
         if not self.pool.wait_ready(CHILD_START_TIMEOUT_S):
             log.warning("task children are not ready after %.0f s; going online anyway",
                         CHILD_START_TIMEOUT_S)
+        resume = self._discard_old_session()
         self.client = self._make_client()
-        connect(self.client, self.config.connection, session_expiry_s=SESSION_EXPIRY_S,
-                resume_session=self._discard_old_session())
-        self.client.loop_start()
         log.info("worker %s (%d slots, session %s) connecting to %s", self.config.worker_id,
                  self.config.slots, self.session, self.config.connection.broker)
+        client, settings = self.client, self.config.connection
+        self._open_connection(lambda: connect(client, settings, session_expiry_s=SESSION_EXPIRY_S,
+                                              resume_session=resume, asynchronous=False))
         return True
 
     def _supervise_children(self) -> None:
         """Wait for a child message, a child death or the inbox; finish ended tasks."""
+        now = time.monotonic()
         status_due = self._status_due if self.connected else None  # sent on (re)connect
-        wake_at = min(t for t in (self._next_heartbeat, self._stop_deadline, status_due)
+        wake_at = min(t for t in (self._next_heartbeat, self._stop_deadline, status_due,
+                                  self._reconnect_at, now + MQTT_MISC_INTERVAL_S)
                       if t is not None)
-        timeout = max(0.0, wake_at - time.monotonic())
+        timeout = max(0.0, wake_at - now)
         for outcome in self.pool.poll(timeout):
             self._finish(outcome.job, outcome.state, outcome.started_at, outcome.finished_at,
                          payload=outcome.payload, error=outcome.error,
@@ -254,19 +277,16 @@ class Agent:
 
     def _teardown(self) -> None:
         client = self.client
-        if client is not None:
-            if self.connected:
-                self._flush()
-                info = self._publish(Channel.STATUS, self._status(WorkerState.OFFLINE),
-                                     retain=True)
-                with contextlib.suppress(RuntimeError, ValueError):
-                    if info is not None:
-                        info.wait_for_publish(FLUSH_TIMEOUT_S)
-                # A clean exit needs no session: the broker may drop it now.
-                props = Properties(PacketTypes.DISCONNECT)
-                props.SessionExpiryInterval = 0
-                client.disconnect(properties=props)
-            client.loop_stop()
+        if client is not None and self.connected:
+            self._flush()
+            info = self._publish(Channel.STATUS, self._status(WorkerState.OFFLINE),
+                                 retain=True)
+            if info is not None:
+                self._pump_until(info.is_published, FLUSH_TIMEOUT_S)
+            # A clean exit needs no session: the broker may drop it now.
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+            client.disconnect(properties=props)
         self.pool.close()
         if self.http is not None:
             self.http.stop()
@@ -276,14 +296,28 @@ class Agent:
 
     def _flush(self) -> None:
         """Wait (bounded) until the broker has every result this agent published."""
-        deadline = time.monotonic() + FLUSH_TIMEOUT_S
         for held in self.held.values():
             if not held.resend_at:
                 self._send_result(held)
         info = self._last_flush_info
         if info is not None:
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            self._pump_until(info.is_published, FLUSH_TIMEOUT_S)
+
+    def _pump_until(self, done: Callable[[], bool], timeout: float) -> None:
+        """Run paho's I/O alone (at exit) until ``done()`` or ``timeout``, or disconnection."""
+        client = self.client
+        assert client is not None
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            sock = client.socket()
+            if sock is None:
+                return  # disconnected
+            select.select([sock], [sock] if client.want_write() else [], [],
+                          max(0.0, min(0.1, deadline - time.monotonic())))
+            client.loop_read()
+            if client.socket() is not None:
+                client.loop_write()
+                client.loop_misc()
 
     # ============================================================ stopping (signals)
 
@@ -326,7 +360,12 @@ class Agent:
             self._view_stale = True
             for held in self.held.values():
                 held.resend_at = 0.0  # re-sent on the next connect
-            log.warning("disconnected from the broker: %s", item[1])
+            log.warning("disconnected from the broker: %s; reconnecting in %.1f s", item[1],
+                        self._reconnect_delay)
+            self._watch_socket()
+            if not self._done:
+                self._reconnect_at = time.monotonic() + self._reconnect_delay
+                self._reconnect_delay = min(2 * self._reconnect_delay, RECONNECT_MAX_DELAY_S)
         elif kind == "assign":
             self.handle_assignment(item[1])
         elif kind == "control":
@@ -345,6 +384,7 @@ class Agent:
 
     def _on_connected(self, session_present: bool) -> None:
         self.connected = True
+        self._reconnect_delay = RECONNECT_MIN_DELAY_S
         log.info("connected to %s (%s)", self.config.connection.broker,
                  "session resumed" if session_present else "new session")
         for held in self.held.values():
@@ -518,6 +558,62 @@ class Agent:
                                            time.time(), topic=topic))
 
     # =============================================================== MQTT (paho)
+
+    def _network(self) -> None:
+        """paho's I/O, pumped from the main loop: read, write, keepalive, reconnect."""
+        client = self.client
+        if client is None:
+            return
+        if "mqtt" in self.pool.ready_fds and self._socket is not None:
+            client.loop_read()
+            # TLS may hold decrypted bytes that select() cannot see.
+            while isinstance(sock := client.socket(), ssl.SSLSocket) and sock.pending():
+                client.loop_read()
+        self._mqtt_write_and_misc()
+        if self._reconnect_at is not None and time.monotonic() >= self._reconnect_at:
+            self._reconnect_at = None
+            self._open_connection(client.reconnect)
+
+    def _mqtt_write_and_misc(self) -> None:
+        client = self.client
+        assert client is not None
+        if client.socket() is None:
+            return
+        if client.want_write():
+            client.loop_write()  # what did not fit into the socket buffer earlier
+        client.loop_misc()  # keepalive pings; notices a dead connection
+        if self._socket is None or client.socket() is not self._socket:
+            return  # disconnected just now: _watch_socket follows the change
+        # Wake up for writability only while paho has bytes waiting for it.
+        want_write = client.want_write()
+        if want_write != self._want_write:
+            self._want_write = want_write
+            self.pool.watch(self._socket_fd, "mqtt", write=want_write)
+
+    def _open_connection(self, attempt: Callable[[], Any]) -> None:
+        """Open the TCP (and TLS) connection; on failure try again after the backoff."""
+        try:
+            attempt()
+        except (OSError, ValueError) as e:
+            log.warning("broker %s unreachable (%s); next try in %.1f s",
+                        self.config.connection.broker, e, self._reconnect_delay)
+            self._reconnect_at = time.monotonic() + self._reconnect_delay
+            self._reconnect_delay = min(2 * self._reconnect_delay, RECONNECT_MAX_DELAY_S)
+            return
+        self._watch_socket()
+
+    def _watch_socket(self) -> None:
+        """Follow paho's current socket in the main loop's wait (it changes on reconnect)."""
+        assert self.client is not None
+        sock = self.client.socket()
+        if sock is self._socket:
+            return
+        if self._socket is not None:
+            self.pool.unwatch(self._socket_fd)  # by the old number: paho closed the socket
+        self._socket, self._want_write = sock, False
+        if sock is not None:
+            self._socket_fd = sock.fileno()
+            self.pool.watch(self._socket_fd, "mqtt")
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config

@@ -90,8 +90,7 @@ def describe_exit(exitcode: int | None) -> str:
 class ChildPool:
     """A fixed number of slots, each served by a long-lived child process."""
 
-    def __init__(self, size: int, wake_fd: int | None = None) -> None:
-        """``wake_fd``: a file descriptor that also ends :meth:`poll`'s wait when readable."""
+    def __init__(self, size: int) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self.slots = [Slot(i) for i in range(size)]
         self.changed = False
@@ -99,8 +98,8 @@ class ChildPool:
         # One long-lived selector: building one per wait costs more than the wait itself
         # at hundreds of tasks per second.
         self._selector = selectors.DefaultSelector()
-        if wake_fd is not None:
-            self._selector.register(wake_fd, selectors.EVENT_READ, None)
+        self.ready_fds: set[str] = set()
+        """Tags of the :meth:`watch`-ed file descriptors the last :meth:`poll` found ready."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -215,10 +214,23 @@ class ChildPool:
 
     # --------------------------------------------------------------------- polling
 
-    def poll(self, timeout: float) -> list[Outcome]:
-        """Wait up to ``timeout`` for a child message, a child death or the wake fd.
+    def watch(self, fd: int, tag: str, write: bool = False) -> None:
+        """Let :meth:`poll` also wake when ``fd`` is readable (or writable); see ready_fds."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
+        try:
+            self._selector.modify(fd, events, ("fd", tag))
+        except KeyError:
+            self._selector.register(fd, events, ("fd", tag))
 
-        Returns the jobs that ended (finished, failed, or lost with their child).
+    def unwatch(self, fd: int) -> None:
+        with contextlib.suppress(KeyError):
+            self._selector.unregister(fd)
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        """Wait up to ``timeout`` for a child message, a child death or a watched fd.
+
+        Returns the jobs that ended (finished, failed, or lost with their child); the tags of
+        watched fds that are ready are in :attr:`ready_fds`.
         """
         now = time.monotonic()
         for slot in self.slots:
@@ -227,10 +239,13 @@ class ChildPool:
                     self._spawn(slot)
                 else:
                     timeout = min(timeout, slot.respawn_at - now)
-        events = [key.data for key, _ in self._selector.select(max(0.0, timeout)) if key.data]
+        events = [key.data for key, _ in self._selector.select(max(0.0, timeout))]
         events.sort(key=lambda event: event[1] == "exit")  # a last message precedes the death
+        self.ready_fds = {tag for kind, tag in events if kind == "fd"}
         outcomes: list[Outcome] = []
         for slot, what in events:
+            if not isinstance(slot, Slot):
+                continue  # a watched fd
             if what == "message":
                 # One message per wake-up; the level-triggered selector reports the rest.
                 self._receive(slot, outcomes)
