@@ -210,7 +210,8 @@ class Agent:
         return True
 
     def _supervise_children(self) -> None:
-        """Wait for a child message, a child death or the inbox; finish ended tasks."""
+        """Wait for the MQTT socket, a child message or death, a signal or the next timer;
+        finish the tasks that ended."""
         now = time.monotonic()
         status_due = self._status_due if self.connected else None  # sent on (re)connect
         wake_at = min(t for t in (self._next_heartbeat, self._stop_deadline, status_due,
@@ -223,9 +224,11 @@ class Agent:
                          retryable=outcome.retryable)
 
     def _take_messages(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._wake_r, 4096):
-                pass
+        """Act on what paho's callbacks decoded (assignments, control, pings, connects)."""
+        if "wake" in self.pool.ready_fds:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
         while True:
             try:
                 item = self._inbox.get_nowait()
