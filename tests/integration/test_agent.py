@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -26,8 +27,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from procs import Cluster, Proc
 
+import simctl.local_broker
 import simproto as p
-from simctl.local_broker import LocalBroker
+from simctl.local_broker import LocalBroker, free_port
 from simproto.connection import BrokerAddress, ConnectionSettings, connect, make_client
 
 cluster = procs.cluster
@@ -43,8 +45,9 @@ DECODERS: dict[p.Channel, type[p.Message]] = {
 class FakeDispatcher:
     """simctl's side of the protocol, by hand: publishes what a test says, records the rest."""
 
-    def __init__(self, address: str, prefix: str) -> None:
-        self.settings = ConnectionSettings(BrokerAddress.parse(address), prefix, keepalive_s=5)
+    def __init__(self, address: str, prefix: str, tls_ca: Path | None = None) -> None:
+        self.settings = ConnectionSettings(BrokerAddress.parse(address), prefix, keepalive_s=5,
+                                           tls_ca=tls_ca)
         self.topics = self.settings.topics
         self.client_id = f"test-dispatcher-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
@@ -490,3 +493,54 @@ def test_kernel_output_becomes_plain_result_fields() -> None:
         result_payload({"summary": {"energy": float("inf")}})
     assert describe_exit(-signal.SIGKILL) == "killed by signal 9 (SIGKILL)"
     assert describe_exit(3) == "exit code 3"
+
+
+def make_tls_files(folder: Path) -> dict[str, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    files = {name: folder / name for name in ("ca.key", "ca.crt", "server.key", "server.csr",
+                                              "server.crt", "san.cnf")}
+    files["san.cnf"].write_text("subjectAltName=IP:127.0.0.1\n")
+    for argv in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", files["ca.key"], "-out",
+         files["ca.crt"], "-days", "1", "-subj", "/CN=particle-sim test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", files["server.key"], "-out",
+         files["server.csr"], "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", files["server.csr"], "-CA", files["ca.crt"], "-CAkey",
+         files["ca.key"], "-CAcreateserial", "-out", files["server.crt"], "-days", "1",
+         "-extfile", files["san.cnf"]],
+    ):
+        subprocess.run(["openssl", *map(str, argv)], check=True, capture_output=True)
+    return files
+
+
+def test_agent_over_tls_survives_a_broker_restart(tmp_path: Path, topic_prefix: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    tls = make_tls_files(tmp_path)
+    plain = simctl.local_broker.render_local_config
+    monkeypatch.setattr(simctl.local_broker, "render_local_config", lambda *a: plain(*a) + (
+        f"cafile {tls['ca.crt']}\ncertfile {tls['server.crt']}\nkeyfile {tls['server.key']}\n"))
+    broker = LocalBroker(tmp_path / "broker", free_port())
+    broker.state_dir.mkdir()
+    broker.start()
+    address = f"mqtts://127.0.0.1:{broker.port}"
+    dispatcher = FakeDispatcher(address, topic_prefix, tls_ca=tls["ca.crt"])
+    agent = Proc("agent-tls", [*procs.agent_command(), "--broker", address, "--tls-ca",
+                               str(tls["ca.crt"]), "--topic-prefix", topic_prefix,
+                               "--worker-id", "w1", "--slots", "1", "--http-port", "0",
+                               "--heartbeat", "0.2", "--keepalive", "1"],
+                 tmp_path, dict(os.environ))
+    try:
+        wait_for(lambda: (s := dispatcher.status()) and s.state == "online", 20,
+                 what="agent online over TLS")
+        dispatcher.assign("t1", seconds=0)
+        dispatcher.ack(wait_result(dispatcher, "t1"))
+        broker.stop()
+        broker.start()
+        wait_for(dispatcher.client.is_connected, 20, what="test dispatcher reconnected")
+        dispatcher.assign("t2", seconds=0)  # waits in the agent's session if it is not back yet
+        assert wait_result(dispatcher, "t2", timeout=20).state == "done"
+        assert "(session resumed)" in agent.log(), agent.describe()
+    finally:
+        agent.kill()
+        dispatcher.close()
+        broker.stop()
