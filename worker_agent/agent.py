@@ -373,10 +373,12 @@ class Agent:
             self.handle_assignment(item[1])
         elif kind == "control":
             message = item[1]
-            handler: Callable[[Any], None] = {
-                Cancel: self.handle_cancel, Ack: self.handle_ack, Drain: self.handle_drain,
-            }[type(message)]
-            handler(message)
+            if isinstance(message, Cancel):
+                self.handle_cancel(message)
+            elif isinstance(message, Ack):
+                self.handle_ack(message)
+            else:
+                self.handle_drain(message)
         elif kind == "ping":
             self.handle_ping(item[1], item[2], item[3])
         elif kind == "invalid":
@@ -650,14 +652,14 @@ class Agent:
         self._enqueue("disconnected", str(reason))
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        topic = msg.topic
+        topic, payload = msg.topic, bytes(msg.payload)
         try:
             if topic == self._assign_topic:
-                self._enqueue("assign", Assignment.decode(msg.payload))
+                self._enqueue("assign", Assignment.decode(payload))
             elif topic == self._control_topic:
-                self._enqueue("control", decode_control(msg.payload))
+                self._enqueue("control", decode_control(payload))
             elif topic == self.topics.ping:
-                ping = Ping.decode(msg.payload)
+                ping = Ping.decode(payload)
                 props = msg.properties
                 response_topic = getattr(props, "ResponseTopic", None)
                 if not response_topic or any(c in response_topic for c in "+#"):
@@ -665,7 +667,7 @@ class Agent:
                 self._enqueue("ping", ping, response_topic, getattr(props, "CorrelationData",
                                                                     None))
             elif topic == self._replies_topic:
-                Pong.decode(msg.payload)  # our own answer to an id check: nothing to do
+                Pong.decode(payload)  # our own answer to an id check: nothing to do
         except DecodeError as e:
             self._enqueue("invalid", topic, str(e))
         except Exception as e:
@@ -733,9 +735,9 @@ class Agent:
         def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             with contextlib.suppress(DecodeError):
                 if msg.topic == status_topic:
-                    hosts.append(WorkerStatus.decode(msg.payload).host)
+                    hosts.append(WorkerStatus.decode(bytes(msg.payload)).host)
                 elif getattr(msg.properties, "CorrelationData", None) == token:
-                    pong = Pong.decode(msg.payload)
+                    pong = Pong.decode(bytes(msg.payload))
                     if pong.worker_id == cfg.worker_id:
                         answers.put(pong)
 
