@@ -352,7 +352,7 @@ class Agent:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
-    # ======================================================= messages (main thread)
+    # ================================================================ messages
 
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
@@ -636,7 +636,7 @@ class Agent:
         self._inbox.put(item)
         self._wake()
 
-    # The callbacks below run in paho's thread: they decode and enqueue, nothing else.
+    # paho calls these from inside loop_read/loop_misc: they decode and enqueue, nothing else.
 
     def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any,
                     _props: Any) -> None:
