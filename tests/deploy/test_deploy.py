@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -146,7 +147,8 @@ class Lab:
             "images_base_image": self.images["slim"],
             "images_builder_image": self.images["builder"],
             "images_broker_base_image": self.images["broker"],
-            # Developers sharing a working tree may pin the build to a commit (e.g. HEAD).
+            # Developers sharing a working tree may pin the build to a commit
+            # (DEPLOY_TEST_SOURCE_REF=$(git rev-parse HEAD)); CI builds its clean checkout.
             "images_source_ref": os.environ.get("DEPLOY_TEST_SOURCE_REF", ""),
         }))
         return inventory
@@ -200,32 +202,37 @@ class Lab:
 
 def parse_recap(output: str) -> dict[str, dict[str, int]]:
     """``host : ok=3 changed=0 ...`` lines of the PLAY RECAP as {host: {field: n}}."""
-    recap = output[output.rindex("PLAY RECAP"):]
+    recap = output[output.rindex("PLAY RECAP"):].splitlines()[1:]
     hosts = {}
-    for line in recap.splitlines()[1:]:
-        match = re.match(r"^(\S+)\s*:\s*(.*)$", line.strip())
-        if match:
-            hosts[match[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match[2])}
+    for line in recap:
+        match = re.match(r"^(\S+)\s*:\s*(ok=.*)$", line.strip())
+        if not match:
+            break  # the recap ends at the first line that is not a host's counts
+        hosts[match[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match[2])}
     return hosts
 
 
 @pytest.fixture
-def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     if shutil.which("docker") is None or subprocess.run(
             ["docker", "info"], capture_output=True).returncode != 0:
         pytest.fail("the deploy test needs a running Docker engine (scripts/test.sh starts one)")
     phases = Phases(request)
     with phases.run("clean-up before"):
         vms.remove_labelled()
-    instance = Lab(tmp_path, phases)
+    # Not pytest's tmp_path: other pytest sessions on a shared machine prune old basetemp
+    # folders, and this test's generated secrets must outlive a long run.
+    workdir = Path(tempfile.mkdtemp(prefix="particle-deploy-"))
+    instance = Lab(workdir, phases)
     try:
         yield instance
     finally:
         if os.environ.get("DEPLOY_TEST_KEEP") == "1":
-            phases.say(f"[deploy] DEPLOY_TEST_KEEP=1: containers kept; work folder {tmp_path}")
+            phases.say(f"[deploy] DEPLOY_TEST_KEEP=1: containers kept; work folder {workdir}")
         else:
             with phases.run("clean-up after"):
                 vms.remove_labelled()
+                shutil.rmtree(workdir, ignore_errors=True)
         total = sum(phases.durations.values())
         phases.say(f"[deploy] total: {total:.1f} s")
 
@@ -266,6 +273,13 @@ def _connect(settings, client_id: str):  # type: ignore[no-untyped-def]
     return client, outcome["rc"]
 
 
+def _wait(condition, what: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def check_refused_and_confined(lab: Lab) -> None:
     from simproto.protocol import Channel, Topics
 
@@ -301,17 +315,24 @@ def check_refused_and_confined(lab: Lab) -> None:
 
     worker, rc = _connect(_settings(lab, "worker1", password), f"forger-{lab.tag}")
     assert not rc.is_failure, f"worker1's own credentials were refused ({rc})"
+    acks: dict[int, object] = {}
+    worker.on_publish = lambda _c, _u, mid, reason, _p: acks.__setitem__(mid, reason)
+    verdicts = {}
     for topic, payload in forged.items():
-        worker.publish(topic, payload, qos=1).wait_for_publish(10)
+        # Mosquitto answers a refused QoS 1 publish with PUBACK "Not authorized" and then
+        # drops the connection; the client reconnects before the next attempt.
+        _wait(worker.is_connected, "worker1's test client to reconnect")
+        mid = worker.publish(topic, payload, qos=1).mid
+        _wait(lambda mid=mid: mid in acks, f"PUBACK of {topic}")
+        verdicts[topic] = str(acks[mid])
+    refused = {t: v for t, v in verdicts.items() if v == "Not authorized"}
+    assert set(refused) == set(forged) - {topics.worker("worker1", Channel.EVENT)}, verdicts
     own = forged[topics.worker("worker1", Channel.EVENT)]
-    deadline = time.monotonic() + 10
-    while own not in received and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait(lambda: own in received, "worker1's own (allowed) event at the watcher")
     time.sleep(1.0)  # anything forged would have arrived with or before the allowed message
     for c in (worker, watcher):
         c.loop_stop()
         c.disconnect()
-    assert own in received, "the watcher never saw worker1's own (allowed) event"
     leaked = [p for p in received if p.startswith(b"forged-")]
     assert not leaked, f"the ACL let worker1 publish as simctl / as worker2: {leaked}"
 
