@@ -90,10 +90,11 @@ def timed_run(cluster: Cluster, name: str, tasks: int,
 
 def dispatch_figures(cluster: Cluster, run_id: str) -> dict[str, float | None]:
     """Latency and dispatch span from the stored results (None when a stamp is missing)."""
-    rows = cluster.results(run_id).values()
-    stamps = [(r.get("assigned_at"), r.get("started_at"), r.get("finished_at")) for r in rows]
-    if not stamps or any(None in s for s in stamps):
+    rows = list(cluster.results(run_id).values())
+    names = ("assigned_at", "started_at", "finished_at")
+    if not rows or any(r.get(name) is None for r in rows for name in names):
         return {"latency_median_ms": None, "latency_p95_ms": None, "span_s": None}
+    stamps = [tuple(float(r[name]) for name in names) for r in rows]
     latencies = sorted((s - a) * 1000 for a, s, _f in stamps)
     span = max(f for _a, _s, f in stamps) - min(a for a, _s, _f in stamps)
     return {

@@ -165,20 +165,21 @@ class Watcher:
                               for ch in (p.Channel.STATUS, p.Channel.RESULT, p.Channel.EVENT)])
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
         try:
             _worker, channel = self.topics.parse_worker_topic(msg.topic)
             if channel is p.Channel.STATUS:
-                status = p.WorkerStatus.decode(msg.payload)
+                status = p.WorkerStatus.decode(payload)
                 with self._lock:
                     self.statuses[status.worker_id] = status
                     self.max_running[status.worker_id] = max(
                         self.max_running.get(status.worker_id, 0), len(status.running))
             elif channel is p.Channel.RESULT:
-                result = p.Result.decode(msg.payload)
+                result = p.Result.decode(payload)
                 with self._lock:
                     self.results.append(result)
             elif channel is p.Channel.EVENT:
-                event = p.Event.decode(msg.payload)
+                event = p.Event.decode(payload)
                 with self._lock:
                     self.events.append(event)
         except p.DecodeError as e:

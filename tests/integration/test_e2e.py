@@ -5,6 +5,7 @@ sharing the workers without any worker holding more tasks than its slots."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import procs
 from procs import Cluster, assert_run_complete, sleep_tasks
@@ -13,7 +14,7 @@ import ckernel
 
 cluster = procs.cluster
 
-SWEEP = [
+SWEEP: list[dict[str, Any]] = [
     {"kind": "lj", "params": {"n_cells": 3, "density": 0.8, "temperature": 1.0, "rc": 2.5,
                               "steps": 200, "sample_every": 20},
      "sweep": {"temperature": [0.9, 1.2]}},
