@@ -64,7 +64,8 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
 @click.option("--heartbeat", envvar="WORKER_HEARTBEAT", type=float,
               default=DEFAULT_HEARTBEAT_S, show_default=True,
               help="Seconds between heartbeats (at least 0.2).")
-@click.option("--grace", envvar="WORKER_GRACE", type=float, default=DEFAULT_GRACE_S, show_default=True,
+@click.option("--grace", envvar="WORKER_GRACE", type=float, default=DEFAULT_GRACE_S,
+              show_default=True,
               help="Seconds running tasks get to finish after SIGTERM before being handed back.")
 @click.option("--keepalive", type=int, default=DEFAULT_KEEPALIVE_S, show_default=True,
               help="MQTT keepalive in whole seconds; the Last Will fires ~1.5x after silence.")
