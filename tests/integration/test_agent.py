@@ -381,8 +381,14 @@ def test_duplicate_worker_id_refused_but_stale_status_does_not_block(
                               qos=1, retain=True).wait_for_publish(5)
     start(cluster, dispatcher, "w2", 1)  # waits for a status of a new session
 
-    # And the killed agent's id can be taken again at once.
+    # Killed outright: the broker publishes its Last Will (offline, same session) ...
+    alive = dispatcher.status("w1")
+    assert alive is not None and alive.state == "online"
     first.kill()
+    will = wait_for(lambda: (s := dispatcher.status("w1")) and s.state == "offline" and s, 10,
+                    what="w1's Last Will")
+    assert will.session == alive.session
+    # ... and its id can be taken again at once.
     start(cluster, dispatcher, "w1", 1)
 
 
