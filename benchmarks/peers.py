@@ -836,10 +836,10 @@ def run_benchmarks(plan: Plan, root: Path, say: Callable[[str], None]) -> dict[s
         record("alone", alone)
 
     ideal = statistics.median(sum(a) / WORKERS for a in raw["alone"])
-    # Three times the slowest measured sweep: on a loaded machine the sweep takes longer than
+    # Twice the slowest measured sweep: on a loaded machine the sweep takes longer than
     # the ideal, and a system that recovers must not be cut off by the timeout.
     slowest = max(r["seconds"] for key, runs in raw.items() if key.endswith("|sweep") for r in runs)
-    kill_timeout = max(20.0, 3 * ideal, 3 * slowest)
+    kill_timeout = max(20.0, 3 * ideal, 2 * slowest)
     for rep in range(plan.kill_repetitions):
         for config in rotated(kill_configs, rep):
             for mode in plan.kill_modes:
