@@ -971,28 +971,38 @@ def plot(rows: list[dict[str, Any]], ideal: float, path: Path) -> None:
         1, 2 + len(kill_workloads), figsize=(5 * (2 + len(kill_workloads)), 4.2)
     )
     overhead = pick("overhead", "tasks/s")
-    axes[0].bar(
+    bars = axes[0].bar(
         [r["system"] for r in overhead], [r["median"] for r in overhead], color=["C0", "C1", "C2"]
     )
+    axes[0].bar_label(bars, fmt="%.0f")
     axes[0].set_title("overhead: no-op tasks per second (higher is better)")
     sweep = pick("sweep", "makespan")
-    axes[1].bar(
+    bars = axes[1].bar(
         [r["system"] for r in sweep], [r["median"] for r in sweep], color=["C0", "C1", "C2"]
+    )
+    in_run = {r["system"]: r["median"] for r in pick("sweep", "makespan / in-run ideal")}
+    axes[1].bar_label(
+        bars,
+        labels=[f"{r['median']:.1f} s\n{in_run[r['system']]:.2f} x in-run ideal" for r in sweep],
     )
     axes[1].axhline(ideal, color="k", linestyle="--", label=f"ideal {ideal:.1f} s")
     axes[1].set_title("sweep: makespan in s (lower is better)")
-    axes[1].legend()
+    axes[1].legend(loc="lower right")
     for ax, workload in zip(axes[2:], kill_workloads, strict=True):
         lost = pick(workload, "lost")
         twice = pick(workload, "ran twice")
         xs = range(len(lost))
-        ax.bar([x - 0.2 for x in xs], [r["median"] for r in lost], width=0.4, label="lost")
-        ax.bar([x + 0.2 for x in xs], [r["median"] for r in twice], width=0.4, label="ran twice")
+        for shift, data, label in ((-0.2, lost, "lost"), (0.2, twice, "ran twice")):
+            bars = ax.bar(
+                [x + shift for x in xs], [r["median"] for r in data], width=0.4, label=label
+            )
+            ax.bar_label(bars, fmt="%g")
         ax.set_xticks(list(xs), [r["system"] for r in lost])
         ax.set_title(f"{workload}: tasks (lower is better)")
         ax.legend()
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        ax.margins(y=0.2)  # room for the bar labels
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -1118,6 +1128,11 @@ def main(argv: list[str] | None = None) -> int:
         "temporary folder, removed at the end)",
     )
     parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="measure nothing: print the table and draw the plot of an earlier JSON results file",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print the JSON results instead of the table"
     )
     args = parser.parse_args(argv)
@@ -1144,8 +1159,14 @@ def main(argv: list[str] | None = None) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    if args.from_json is not None:
+        report = json.loads(args.from_json.read_text())
+        plot(report["rows"], report["ideal_makespan_s"], args.plot)
+        print(table(report["rows"]))
+        return 0
     try:
         check_prerequisites(systems)
+        started_versions = versions()  # the code measured, before anything else changes it
         if args.state_dir is not None:
             args.state_dir.mkdir(parents=True, exist_ok=True)
             measured = run_benchmarks(plan, args.state_dir.resolve(), say)
@@ -1167,7 +1188,7 @@ def main(argv: list[str] | None = None) -> int:
         "ideal_makespan_s": measured["ideal_s"],
         "kill_timeout_s": measured["kill_timeout_s"],
         "machine": machine(),
-        "versions": versions(),
+        "versions": started_versions,
         "rows": rows,
         "raw": measured["raw"],
     }
