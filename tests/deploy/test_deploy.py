@@ -50,6 +50,7 @@ class Phases:
 
     def __init__(self, request: pytest.FixtureRequest) -> None:
         self._reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        self._capture = request.config.pluginmanager.get_plugin("capturemanager")
         self.durations: dict[str, float] = {}
 
     def run(self, name: str):  # type: ignore[no-untyped-def]
@@ -66,10 +67,11 @@ class Phases:
         return _Timer()
 
     def say(self, line: str) -> None:
-        if self._reporter is not None:
-            self._reporter.write_line(line)
-        else:
+        if self._reporter is None or self._capture is None:
             print(line, file=sys.stderr)
+            return
+        with self._capture.global_and_fixture_disabled():
+            self._reporter.write_line(line)
 
 
 class Lab:
