@@ -22,6 +22,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -95,6 +96,9 @@ STATUS_MIN_INTERVAL_S = 0.05
 """Least time between two statuses that only update the running tasks: at hundreds of
 tasks per second, changes within this window go out as one status (state changes go at once)."""
 
+VIEW_MIN_INTERVAL_S = 0.1
+"""The HTTP endpoint's snapshot is rebuilt at most this often (so it may lag by as much)."""
+
 MQTT_MISC_INTERVAL_S = 0.5
 """Longest wait between two calls of paho's keepalive bookkeeping (``loop_misc``)."""
 
@@ -147,7 +151,7 @@ class Agent:
         self.connected = False
         self.http: HealthServer | None = None
         self.client: mqtt.Client | None = None
-        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._inbox: deque[tuple[Any, ...]] = deque()  # filled by paho's callbacks
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -165,6 +169,7 @@ class Agent:
         self._status_due: float | None = 0.0  # monotonic time the status must go out by
         self._status_sent_at = 0.0
         self._view_stale = True
+        self._view_at = 0.0
         self._heartbeat_seq = 0
         self._next_heartbeat = time.monotonic()
         self._last_flush_info: mqtt.MQTTMessageInfo | None = None
@@ -214,8 +219,9 @@ class Agent:
         finish the tasks that ended."""
         now = time.monotonic()
         status_due = self._status_due if self.connected else None  # sent on (re)connect
+        view_due = self._view_at + VIEW_MIN_INTERVAL_S if self._view_stale else None
         wake_at = min(t for t in (self._next_heartbeat, self._stop_deadline, status_due,
-                                  self._reconnect_at, now + MQTT_MISC_INTERVAL_S)
+                                  view_due, self._reconnect_at, now + MQTT_MISC_INTERVAL_S)
                       if t is not None)
         timeout = max(0.0, wake_at - now)
         for outcome in self.pool.poll(timeout):
@@ -229,11 +235,8 @@ class Agent:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_r, 4096):
                     pass
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
+        while self._inbox:
+            item = self._inbox.popleft()
             try:
                 self._handle(item)
             except Exception as e:
@@ -274,8 +277,10 @@ class Agent:
             self._status_due = None
             self._status_sent_at = now
             self._publish(Channel.STATUS, self._status(self.state), retain=True)
-        if (self._view_stale or self.pool.changed) and self.http is not None:
+        stale = self._view_stale or self.pool.changed
+        if stale and self.http is not None and now >= self._view_at + VIEW_MIN_INTERVAL_S:
             self._view_stale = self.pool.changed = False
+            self._view_at = now
             self.http.view = self._view()  # replaced whole: the HTTP thread needs no lock
 
     def _teardown(self) -> None:
@@ -633,8 +638,8 @@ class Agent:
         return client
 
     def _enqueue(self, *item: Any) -> None:
-        self._inbox.put(item)
-        self._wake()
+        # No wake-up needed: paho runs in the main loop, which takes the inbox right after.
+        self._inbox.append(item)
 
     # paho calls these from inside loop_read/loop_misc: they decode and enqueue, nothing else.
 

@@ -168,6 +168,13 @@ def http_get(dispatcher: FakeDispatcher, path: str, worker: str = "w1") -> bytes
         return bytes(r.read())
 
 
+def metrics_with(dispatcher: FakeDispatcher, line: str) -> str:
+    """GET /metrics until it contains ``line`` (the snapshot may lag briefly); the text."""
+    text = wait_for(lambda: line in (t := http_get(dispatcher, "/metrics").decode()) and t, 5,
+                    interval=0.05, what=f"/metrics showing {line}")
+    return str(text)
+
+
 def child_pid(dispatcher: FakeDispatcher, worker: str = "w1", slot: int = 0) -> int | None:
     """The pid of a slot's child, from the agent's GET /ping."""
     children = json.loads(http_get(dispatcher, "/ping", worker))["children"]
@@ -244,9 +251,9 @@ def test_status_result_ack_heartbeat_ping_and_http(cluster: Cluster,
     assert (failed.state, failed.retryable) == ("failed", False)
     assert "on purpose" in (failed.error or "")
 
-    metrics = http_get(dispatcher, "/metrics").decode()
+    # The HTTP snapshot may lag the loop by up to 0.1 s.
+    metrics = metrics_with(dispatcher, 'worker_agent_tasks_failed_total{worker_id="w1"} 2')
     assert 'worker_agent_tasks_done_total{worker_id="w1"} 1' in metrics
-    assert 'worker_agent_tasks_failed_total{worker_id="w1"} 2' in metrics
     assert 'worker_agent_slots{worker_id="w1"} 2' in metrics
     assert "# TYPE worker_agent_slots_busy gauge" in metrics
     agent.check_alive()
@@ -298,8 +305,7 @@ def test_child_killed_mid_task_is_a_failed_attempt(cluster: Cluster,
     wait_for(lambda: (new := child_pid(dispatcher)) and new != pid, 15, what="new child")
     dispatcher.assign("next", seconds=0)
     assert wait_result(dispatcher, "next").state == "done"
-    assert 'worker_agent_child_restarts_total{worker_id="w1"} 1' in \
-        http_get(dispatcher, "/metrics").decode()
+    metrics_with(dispatcher, 'worker_agent_child_restarts_total{worker_id="w1"} 1')
 
 
 def test_unacked_result_is_resent_after_broker_restart(cluster: Cluster, broker: LocalBroker,
@@ -444,8 +450,7 @@ def test_malformed_messages_get_error_events_and_the_agent_stays_up(
     dispatcher.assign("fine", seconds=0)
     assert wait_result(dispatcher, "fine").state == "done"
     agent.check_alive()
-    assert 'worker_agent_invalid_messages_total{worker_id="w1"} 15' in \
-        http_get(dispatcher, "/metrics").decode()
+    metrics_with(dispatcher, 'worker_agent_invalid_messages_total{worker_id="w1"} 15')
 
 
 def test_settings_precedence_flag_env_config_default(tmp_path: Path,
