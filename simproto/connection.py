@@ -10,6 +10,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -162,15 +163,18 @@ def connect(
 
     paho sends no session expiry unless asked, and the session would then end at
     disconnect. With a persistent session, QoS 1 messages queued by the broker while this
-    client was away are delivered when it comes back. ``resume_session`` also resumes a
-    session left by an earlier process with the same client id (the dispatcher after
-    ``--resume``); without it the first connect starts clean (a restarted worker must not
-    run assignments queued for its previous life) and only reconnects resume.
+    client was away are delivered when it comes back. ``resume_session`` resumes (or
+    creates) the session on every connect, including the first; a client that must not
+    inherit a predecessor's session ends it first with a short clean connection (the worker
+    agent does), because Mosquitto 2.0 does not persist a session begun with clean start.
+    Without ``resume_session`` the first connect starts clean and reconnects resume.
     """
     properties = Properties(PacketTypes.CONNECT)
     if session_expiry_s > 0:
         properties.SessionExpiryInterval = session_expiry_s
-        clean_start: bool | int = False if resume_session else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+        clean_start: bool | Literal[3] = (
+            False if resume_session else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+        )
     else:
         clean_start = True
     do_connect = client.connect_async if asynchronous else client.connect

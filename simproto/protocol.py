@@ -11,7 +11,7 @@ about half the size of JSON text and bit-exact. NaN and infinities are refused o
 
 The topic tree, under a prefix (default ``sim``)::
 
-    {p}/workers/{id}/status      retained, QoS 1  worker -> all     WorkerStatus (also the Last Will)
+    {p}/workers/{id}/status      retained, QoS 1  worker -> all     WorkerStatus (and Last Will)
     {p}/workers/{id}/heartbeat   QoS 0            worker -> simctl  Heartbeat
     {p}/workers/{id}/result      QoS 1            worker -> simctl  Result
     {p}/workers/{id}/event       QoS 1            worker -> simctl  Event (errors, rejections)
@@ -49,7 +49,7 @@ MAX_RESULT_BYTES = 64 << 20
 MAX_ID_LENGTH = 64
 """Longest worker, run, task or client id."""
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,%d}$" % (MAX_ID_LENGTH - 1))
+_ID_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_ID_LENGTH - 1}}}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 
 
@@ -229,7 +229,9 @@ class Message:
         """Serialize to the wire format."""
         payload = _dumps({"v": PROTOCOL_VERSION, "type": self.TYPE, **self.to_dict()})
         if len(payload) > self.MAX_BYTES:
-            raise ValueError(f"{self.TYPE} message of {len(payload)} bytes exceeds {self.MAX_BYTES}")
+            raise ValueError(
+                f"{self.TYPE} message of {len(payload)} bytes exceeds {self.MAX_BYTES}"
+            )
         return payload
 
     @classmethod
@@ -243,7 +245,9 @@ class Message:
                 raise DecodeError(f"{cls.TYPE}: missing field {f.name!r}")
             value = obj[f.name]
             if not _type_ok(value, str(f.type)):
-                raise DecodeError(f"{cls.TYPE}: field {f.name!r} must be {f.type}, got {value!r:.80}")
+                raise DecodeError(
+                    f"{cls.TYPE}: field {f.name!r} must be {f.type}, got {value!r:.80}"
+                )
             kwargs[f.name] = value
         try:
             return cls(**kwargs)
