@@ -185,7 +185,8 @@ def build_image(spec: ImageSpec, wheelhouse: Path | None, labels: dict[str, str]
         ref = f"{spec.name}:{tag}"
         built = False
         if image_id(ref) is None:
-            cmd = ["docker", "build", "--quiet", "--tag", ref,
+            # --force-rm: no container is left behind by a failed step.
+            cmd = ["docker", "build", "--quiet", "--force-rm", "--tag", ref,
                    "--label", f"org.particle-sim.inputs={tag}"]
             for key, value in [*spec.build_args.items()]:
                 cmd += ["--build-arg", f"{key}={value}"]
