@@ -24,6 +24,7 @@ Needs the ``mosquitto`` binary and the test extra (the process harness lives in 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -97,9 +98,18 @@ def dispatch_figures(cluster: Cluster, run_id: str) -> dict[str, float | None]:
     stamps = [tuple(float(r[name]) for name in names) for r in rows]
     latencies = sorted((s - a) * 1000 for a, s, _f in stamps)
     span = max(f for _a, _s, f in stamps) - min(a for a, _s, _f in stamps)
+    # The dispatcher's share of the round trip: a worker's result finished to that worker's
+    # next assignment (with one slot, nothing else can run on it meanwhile).
+    by_worker: dict[str, list[tuple[float, ...]]] = {}
+    for row, stamp in zip(rows, stamps, strict=True):
+        by_worker.setdefault(str(row["worker_id"]), []).append(stamp)
+    turnaround = [(b[0] - a[2]) * 1000 for seq in by_worker.values()
+                  for a, b in itertools.pairwise(sorted(seq))]
     return {
         "latency_median_ms": statistics.median(latencies),
         "latency_p95_ms": latencies[int(0.95 * (len(latencies) - 1))],
+        "task_median_ms": statistics.median((f - s) * 1000 for _a, s, f in stamps),
+        "turnaround_median_ms": statistics.median(turnaround) if turnaround else None,
         "span_s": span,
     }
 
@@ -209,6 +219,10 @@ def report(figures: dict[str, Any]) -> str:
          f"< {TARGET_LATENCY_MS:g} ms",
          verdict(small["latency_median_ms"], TARGET_LATENCY_MS, False)],
         ["latency assignment -> start, p95", f"{fmt(small['latency_p95_ms'], '.2f')} ms", "", ""],
+        ["task run time (start -> finish), median", f"{fmt(small['task_median_ms'], '.2f')} ms",
+         "", ""],
+        ["result finished -> next assignment to that worker, median",
+         f"{fmt(small['turnaround_median_ms'], '.2f')} ms", "", ""],
         [f"simctl peak RSS, {n} tasks", f"{small['peak_rss_mb']:.0f} MB", "", ""],
     ]
     if "big" in figures:
