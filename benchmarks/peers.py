@@ -54,6 +54,9 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "out" / "peers.json"
 DEFAULT_PLOT = REPO / "docs" / "img" / "peers.png"
+QUICK_OUTPUT = BENCH_DIR / "out" / "peers-quick.json"
+QUICK_PLOT = BENCH_DIR / "out" / "peers-quick.png"
+"""A smoke run must not overwrite the figures docs/benchmarks.md shows."""
 
 WORKERS = 2
 """Worker processes per system: one per core of the reference machine."""
@@ -1104,14 +1107,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output",
         type=Path,
-        default=DEFAULT_OUTPUT,
-        help=f"JSON results file (default {DEFAULT_OUTPUT.relative_to(REPO)})",
+        help=f"JSON results file (default {DEFAULT_OUTPUT.relative_to(REPO)}; --quick: "
+        f"{QUICK_OUTPUT.relative_to(REPO)})",
     )
     parser.add_argument(
         "--plot",
         type=Path,
-        default=DEFAULT_PLOT,
-        help=f"PNG plot (default {DEFAULT_PLOT.relative_to(REPO)})",
+        help=f"PNG plot (default {DEFAULT_PLOT.relative_to(REPO)}; --quick: "
+        f"{QUICK_PLOT.relative_to(REPO)})",
     )
     parser.add_argument(
         "--kill-modes", default="process,node", help="comma-separated: process, node (default both)"
@@ -1136,6 +1139,10 @@ def main(argv: list[str] | None = None) -> int:
         "--json", action="store_true", help="print the JSON results instead of the table"
     )
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT
+    if args.plot is None:
+        args.plot = QUICK_PLOT if args.quick else DEFAULT_PLOT
     modes = tuple(m.strip() for m in args.kill_modes.split(",") if m.strip())
     if not modes or set(modes) - {"process", "node"}:
         parser.error(f"--kill-modes: expected process and/or node, got {args.kill_modes!r}")
