@@ -16,7 +16,7 @@ sudo_cmd=()
 
 apt_packages=(mosquitto mosquitto-clients python3-venv gcc python3-dev)
 if (( want_test )); then
-    apt_packages+=(docker.io mmdebstrap iproute2 curl openssl)
+    apt_packages+=(docker.io mmdebstrap iproute2 curl openssl openssh-client git)
 fi
 
 missing=()
