@@ -66,27 +66,13 @@ def load_config_file(path: Path, required: bool) -> dict[str, Any]:
         if required:
             raise ConfigError(f"config file {path} does not exist")
         return {}
-    import yaml
+    from simproto.settings_file import read_settings_file  # yaml only when a file exists
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read config file {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: must be a mapping of {', '.join(CONFIG_KEYS)}")
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        norm = str(key).replace("-", "_")
-        if norm not in CONFIG_KEYS:
-            raise ConfigError(
-                f"config file {path}: unknown key {key!r}; allowed: {', '.join(CONFIG_KEYS)}"
-            )
-        if value is None:
-            continue
-        if norm in PATH_KEYS:
-            value = path.parent / Path(str(value)).expanduser()
-        values[norm] = str(value)
-    return values
+        values = read_settings_file(path, CONFIG_KEYS, PATH_KEYS)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return {key: str(value) for key, value in values.items()}
 
 
 @dataclass(frozen=True)

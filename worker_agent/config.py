@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from simproto.connection import DEFAULT_KEEPALIVE_S, BrokerAddress, ConnectionSettings
 from simproto.protocol import DEFAULT_TOPIC_PREFIX, Topics, check_id
+from simproto.settings_file import read_settings_file
 from worker_agent.errors import ConfigError
 
 DEFAULT_BROKER = "127.0.0.1:1883"
@@ -41,6 +40,9 @@ CONFIG_KEYS = (
     "tls_ca", "tls_cert", "tls_key", "heartbeat", "grace", "keepalive", "log_level",
 )
 """Keys a YAML config file may set (the long flag names; '-' and '_' are interchangeable)."""
+
+PATH_KEYS = ("password_file", "tls_ca", "tls_cert", "tls_key")
+"""Settings that name files; in a config file they are relative to the file's folder."""
 
 
 def default_worker_id() -> str:
@@ -152,21 +154,6 @@ class AgentConfig:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The settings of a YAML config file, keys normalised to ``CONFIG_KEYS``."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings")
-    settings: dict[str, Any] = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in CONFIG_KEYS:
-            raise ConfigError(
-                f"config file {path}: unknown setting {key!r}; known: {', '.join(CONFIG_KEYS)}"
-            )
-        settings[name] = value
-    return settings
+        return read_settings_file(path, CONFIG_KEYS, PATH_KEYS)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e

@@ -196,7 +196,7 @@ def test_config_file_env_and_flag_precedence(tmp_path: Path) -> None:
     )
     bad = write(tmp_path, "bad-config.yaml", "colour: red\n")
     result = CliRunner().invoke(cli, ["--config", str(bad), "status"], env=clean_env())
-    assert result.exit_code == 2 and "unknown key 'colour'" in result.stderr
+    assert result.exit_code == 2 and "unknown setting 'colour'" in result.stderr
 
 
 # ------------------------------------------------------------------------ with a broker
