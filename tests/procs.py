@@ -67,7 +67,9 @@ class Proc:
         self.argv = argv
         self.log_path = workdir / f"{name}.log"
         self.out_path = workdir / f"{name}.out" if separate_stdout else self.log_path
-        with open(self.log_path, "wb") as log, open(self.out_path, "ab") as out:
+        with contextlib.ExitStack() as files:
+            log = files.enter_context(open(self.log_path, "wb"))
+            out = files.enter_context(open(self.out_path, "wb")) if separate_stdout else log
             self.popen = subprocess.Popen(
                 argv,
                 stdout=out,
