@@ -344,12 +344,14 @@ class Cluster:
     # ---------------------------------------------------------------- runs and results
 
     def task_file(self, name: str, tasks: list[dict[str, Any]], *, seed: int = 20261127,
-                  max_attempts: int = 3) -> Path:
+                  max_attempts: int = 3, defaults: dict[str, Any] | None = None) -> Path:
         """Write a task file in the documented form and return its path."""
+        doc: dict[str, Any] = {"name": name, "seed": seed, "max_attempts": max_attempts}
+        if defaults:
+            doc["defaults"] = defaults
+        doc["tasks"] = tasks
         path = self.workdir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(
-            {"name": name, "seed": seed, "max_attempts": max_attempts, "tasks": tasks},
-            sort_keys=False))
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
     def results(self, run_id: str, *extra: str) -> dict[str, dict[str, Any]]:

@@ -14,9 +14,11 @@ import ckernel
 
 cluster = procs.cluster
 
+# Precedence defaults < params < sweep is exercised end to end: steps come from the
+# defaults, temperature from the sweep over the params' value.
+DEFAULTS = {"lj": {"steps": 200, "sample_every": 20, "temperature": 2.0}}
 SWEEP: list[dict[str, Any]] = [
-    {"kind": "lj", "params": {"n_cells": 3, "density": 0.8, "temperature": 1.0, "rc": 2.5,
-                              "steps": 200, "sample_every": 20},
+    {"kind": "lj", "params": {"n_cells": 3, "density": 0.8, "temperature": 1.0, "rc": 2.5},
      "sweep": {"temperature": [0.9, 1.2]}},
     {"kind": "nbody", "params": {"n_bodies": 16, "steps": 200, "sample_every": 20}, "replicas": 2},
     {"kind": "brownian", "params": {"n_particles": 64, "steps": 400, "sample_every": 40},
@@ -32,7 +34,7 @@ def floats(series: dict[str, list[float]]) -> dict[str, list[float]]:
 
 def test_example_sweep_results_equal_direct_simulation(cluster: Cluster) -> None:
     cluster.start_agents({"w1": 1, "w2": 1, "w3": 1})
-    tasks = cluster.task_file("e2e-sweep", SWEEP)
+    tasks = cluster.task_file("e2e-sweep", SWEEP, defaults=DEFAULTS)
 
     summary = cluster.simctl_json("run", str(tasks), "--json", timeout=120)
     rows = cluster.results(summary["run_id"], "--observables")
@@ -43,6 +45,9 @@ def test_example_sweep_results_equal_direct_simulation(cluster: Cluster) -> None
     assert len({r["seed"] for r in rows.values()}) == SWEEP_TASKS, "seeds must differ per task"
     assert {r["worker_id"] for r in rows.values()} == {"w1", "w2", "w3"}
     assert all(r["attempts"] == 1 for r in rows.values()), rows
+    lj = sorted((r["params"]["temperature"], r["params"]["steps"])
+                for r in rows.values() if r["kind"] == "lj")
+    assert lj == [(0.9, 200), (1.2, 200)], lj
 
     for task_id, row in rows.items():
         expected = ckernel.simulate(row["kind"], row["params"], row["seed"])
