@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import jinja2
+import mqtt_probe
 import pytest
 
 from simctl.local_broker import find_mosquitto, free_port, port_open
-from simproto.connection import BrokerAddress, ConnectionSettings, make_client
+from simproto.connection import BrokerAddress, ConnectionSettings
 from simproto.protocol import Channel, Topics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,19 +89,7 @@ def _client(port: int, tmp_path: Path, user: str, password: str, name: str):  # 
     pw_file.write_text(password + "\n")
     settings = ConnectionSettings(BrokerAddress("127.0.0.1", port), username=user,
                                   password_file=pw_file)
-    client = make_client(settings, name)
-    connected = threading.Event()
-    outcome = {}
-
-    def on_connect(_c, _u, _f, reason_code, _p) -> None:  # type: ignore[no-untyped-def]
-        outcome["rc"] = reason_code
-        connected.set()
-
-    client.on_connect = on_connect
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    assert connected.wait(10)
-    return client, outcome["rc"]
+    return mqtt_probe.connect(settings, name)
 
 
 def test_filter_line_is_stable_and_in_mosquitto_format() -> None:

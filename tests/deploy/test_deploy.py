@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import mqtt_probe
 import pytest
 import vms
 import yaml
@@ -256,25 +257,6 @@ def _settings(lab: Lab, username: str | None, password: str | None):  # type: ig
         tls_ca=lab.generated / "ca" / "ca.crt")
 
 
-def _connect(settings, client_id: str):  # type: ignore[no-untyped-def]
-    """Connect; returns (client, CONNACK reason code). The caller stops the client."""
-    from simproto.connection import make_client
-
-    client = make_client(settings, client_id)
-    answered = threading.Event()
-    outcome = {}
-
-    def on_connect(_c, _u, _flags, reason_code, _props) -> None:  # type: ignore[no-untyped-def]
-        outcome["rc"] = reason_code
-        answered.set()
-
-    client.on_connect = on_connect
-    client.connect(settings.broker.host, settings.broker.port, keepalive=10)
-    client.loop_start()
-    assert answered.wait(10), "no CONNACK from the broker"
-    return client, outcome["rc"]
-
-
 def _wait(condition, what: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not condition():
@@ -288,12 +270,12 @@ def check_refused_and_confined(lab: Lab) -> None:
     topics = Topics("sim")
     password = (lab.generated / "passwords" / "worker1").read_text().strip()
 
-    client, rc = _connect(_settings(lab, None, None), f"anon-{lab.tag}")
+    client, rc = mqtt_probe.connect(_settings(lab, None, None), f"anon-{lab.tag}")
     client.loop_stop()
     client.disconnect()
     assert rc.is_failure, f"an anonymous client was accepted ({rc})"
 
-    client, rc = _connect(_settings(lab, "worker1", password + "x"), f"wrongpw-{lab.tag}")
+    client, rc = mqtt_probe.connect(_settings(lab, "worker1", password + "x"), f"wrongpw-{lab.tag}")
     client.loop_stop()
     client.disconnect()
     assert rc.is_failure, f"a wrong password was accepted ({rc})"
@@ -301,7 +283,7 @@ def check_refused_and_confined(lab: Lab) -> None:
     # A subscriber with simctl's rights watches worker2's assignments and status and worker1's
     # events; worker1's credentials then publish to all three. Only its own event may arrive.
     simctl_pw = (lab.generated / "passwords" / "simctl").read_text().strip()
-    watcher, rc = _connect(_settings(lab, "simctl", simctl_pw), f"watch-{lab.tag}")
+    watcher, rc = mqtt_probe.connect(_settings(lab, "simctl", simctl_pw), f"watch-{lab.tag}")
     assert not rc.is_failure, rc
     received: list[bytes] = []
     subscribed = threading.Event()
@@ -315,7 +297,7 @@ def check_refused_and_confined(lab: Lab) -> None:
     watcher.subscribe([(t, 1) for t in forged])
     assert subscribed.wait(10)
 
-    worker, rc = _connect(_settings(lab, "worker1", password), f"forger-{lab.tag}")
+    worker, rc = mqtt_probe.connect(_settings(lab, "worker1", password), f"forger-{lab.tag}")
     assert not rc.is_failure, f"worker1's own credentials were refused ({rc})"
     acks: dict[int, object] = {}
     worker.on_publish = lambda _c, _u, mid, reason, _p: acks.__setitem__(mid, reason)
