@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from simctl.background import spawn_detached
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "out" / "peers.json"
@@ -266,21 +268,6 @@ def worker_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def spawn(
-    argv: list[str], log_path: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """A background process in its own session (so its whole group can be killed at once)."""
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-
-
 def stop_all(processes: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
     """SIGTERM each process group, then SIGKILL what is left."""
     for p in processes:
@@ -383,7 +370,7 @@ def redis_server(state: Path) -> Iterator[str]:
         "the Celery benchmark needs Debian's Redis server: apt-get install -y redis-server",
     )
     port = free_port()
-    proc = spawn(
+    proc = spawn_detached(
         [
             binary,
             "--port",
@@ -422,7 +409,7 @@ class CelerySystem:
                 f"peers.celery_worker_main({url!r}, {reliable!r}, sys.argv[1])"
             )
             workers = [
-                spawn(
+                spawn_detached(
                     [sys.executable, "-c", code, f"w{i + 1}"],
                     state / f"celery-w{i + 1}.log",
                     worker_env(),
@@ -487,7 +474,7 @@ class DaskSystem:
 
         port = free_port()
         address = f"tcp://127.0.0.1:{port}"
-        scheduler = spawn(
+        scheduler = spawn_detached(
             [
                 sys.executable,
                 "-m",
@@ -505,7 +492,7 @@ class DaskSystem:
             wait_until(lambda: port_open(port), START_TIMEOUT_S, "the Dask scheduler")
             for i in range(WORKERS):
                 processes.append(
-                    spawn(
+                    spawn_detached(
                         [
                             sys.executable,
                             "-m",
@@ -607,7 +594,7 @@ class ThisSystem:
         try:
             for i in range(WORKERS):
                 agents.append(
-                    spawn(
+                    spawn_detached(
                         [
                             entry_point("worker-agent"),
                             "--broker",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simctl.background import spawn_detached
 from simctl.errors import LocalClusterError
 from simctl.local_broker import LocalBroker, free_port, port_open
 
@@ -158,14 +159,7 @@ class LocalCluster:
                 "--grace",
                 f"{grace:g}",
             ]
-            with open(log_path, "ab") as out:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            proc = spawn_detached(cmd, log_path)
             running[worker_id] = {
                 "worker_id": worker_id,
                 "pid": proc.pid,

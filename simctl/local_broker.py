@@ -15,6 +15,8 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
+from simctl.background import spawn_detached
+
 READY_TIMEOUT_S = 10.0
 """How long a starting broker may take to accept connections."""
 
@@ -85,17 +87,8 @@ class LocalBroker:
         """Start mosquitto (keeping the data folder, so persistence carries over restarts)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(render_local_config(self.port, self.data_dir, self.host))
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        try:
-            self.process = subprocess.Popen(
-                [find_mosquitto(), "-c", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        self.process = spawn_detached([find_mosquitto(), "-c", str(self.config_path)],
+                                      self.log_path)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not port_open(self.host, self.port):
             if self.process.poll() is not None:

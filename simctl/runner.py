@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from simctl.background import spawn_detached
 from simctl.config import Settings
 from simctl.dispatcher import Dispatcher, DispatcherLock
 from simctl.errors import RunTimeout
@@ -47,21 +48,8 @@ def spawn_background_dispatcher(
     """
     path = dispatcher_log(settings.store)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "simctl",
-                *settings.global_args(),
-                "_serve",
-                *([run_id] if run_id else []),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    argv = [sys.executable, "-m", "simctl", *settings.global_args(), "_serve"]
+    return spawn_detached([*argv, run_id] if run_id else argv, path)
 
 
 def submit(
