@@ -4,7 +4,8 @@ One dispatcher serves a ledger at a time (:class:`DispatcherLock`, an fcntl lock
 ledger). The MQTT connection is pumped from the dispatcher's own loop (no network thread);
 paho callbacks only append to the inbox; :meth:`Dispatcher.step` drains the inbox, writes
 every state change of one pass to the ledger in one transaction, and only then publishes
-what the pass decided (assignments, acks). See docs/cli.md, "Dispatch".
+what the pass decided (assignments, acks) and acknowledges (PUBACK) the messages it took, so
+the broker re-delivers anything received but not yet stored. See docs/cli.md, "Dispatch".
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import IO, Any
 import paho.mqtt.client as mqtt
 
 from simctl.ledger import Ledger, LiveTask, TaskState
-from simctl.mqtt import Pump, client_id, open_client, payload_of
+from simctl.mqtt import Pump, client_id, exchange, open_client, payload_of
 from simproto.connection import ConnectionSettings
 from simproto.protocol import (
     Ack,
@@ -198,6 +199,12 @@ class Dispatcher:
         self._idle_since = time.monotonic()
         self._next_refresh = 0.0
         self.client: mqtt.Client | None = None
+        self._connection_number = 0
+        """Counts connects and disconnects: a message id only means something on the
+        connection it came by, so a PUBACK is sent only if that connection is still up."""
+        self._inbox_number = 0
+        """The connection number when the current inbox was started."""
+        self._worker_topics: dict[tuple[str, Channel], str] = {}
 
     # --------------------------------------------------------------- lifecycle
 
@@ -216,11 +223,16 @@ class Dispatcher:
             lambda msg: self.inbox.append(msg),  # self.inbox is swapped every pass
             session_expiry_s=SESSION_EXPIRY_S,
             resume_session=True,
-            on_connected=lambda: self.inbox.append("connected"),
-            on_disconnected=lambda: self.inbox.append("disconnected"),
+            on_connected=lambda: self._connection_event("connected"),
+            on_disconnected=lambda: self._connection_event("disconnected"),
             threaded=False,
+            manual_ack=True,
         )
-        self.pump = Pump(self.client, on_lost=lambda: self.inbox.append("disconnected"))
+        self.pump = Pump(self.client, on_lost=lambda: self._connection_event("disconnected"))
+
+    def _connection_event(self, event: str) -> None:
+        self._connection_number += 1
+        self.inbox.append(event)
 
     def close(self) -> None:
         if self.client is not None:
@@ -228,9 +240,9 @@ class Dispatcher:
                 # Hand every queued publish (last acks, final progress) to the broker first.
                 deadline = time.monotonic() + CLOSE_FLUSH_S
                 while self.client.want_write() and time.monotonic() < deadline:
-                    self.client.loop(0.01)
+                    exchange(self.client, 0.01)
                 self.client.disconnect()
-                self.client.loop(0.01)
+                exchange(self.client, 0.01)
             self.client = None
 
     def serve(
@@ -259,19 +271,31 @@ class Dispatcher:
             if len(self.inbox) == before:
                 break
         items, self.inbox = self.inbox, []
+        number, self._inbox_number = self._inbox_number, self._connection_number
+        received: list[tuple[int, int]] = []  # (connection number, message id) to PUBACK
         now = time.monotonic()
-        with self.ledger.batch():
-            for item in items:
-                self.handle(item, now)
-            if now >= self._next_lease_check:
-                self._next_lease_check = now + LEASE_CHECK_S
-                self.expire_leases(now)
-            if now >= self._next_refresh:
-                self._next_refresh = now + RUNS_REFRESH_S
-                self.refresh_runs(now)
-            self.assign(now)
-            self.finish_runs()
+        timers_due = now >= self._next_lease_check or now >= self._next_refresh
+        if items or timers_due or self._assignable(now):
+            with self.ledger.batch():
+                for item in items:
+                    if isinstance(item, str):
+                        number += 1
+                    elif item.qos > 0:
+                        received.append((number, item.mid))
+                    self.handle(item, now)
+                if now >= self._next_lease_check:
+                    self._next_lease_check = now + LEASE_CHECK_S
+                    self.expire_leases(now)
+                if now >= self._next_refresh:
+                    self._next_refresh = now + RUNS_REFRESH_S
+                    self.refresh_runs(now)
+                self.assign(now)
+                self.finish_runs()
         self.flush(now)
+        assert self.client is not None
+        for connection, mid in received:
+            if connection == self._connection_number:
+                self.client.ack(mid, 1)
         self.publish_progress(now)
 
     def flush(self, now: float, force: bool = False) -> None:
@@ -288,7 +312,7 @@ class Dispatcher:
         for worker_id, items in self._acks.items():
             for i in range(0, len(items), ACK_BATCH):
                 self.client.publish(
-                    self.topics.worker(worker_id, Channel.CONTROL),
+                    self.topic(worker_id, Channel.CONTROL),
                     Ack(results=items[i : i + ACK_BATCH]).encode(),
                     qos=1,
                 )
@@ -594,6 +618,20 @@ class Dispatcher:
 
     # -------------------------------------------------------------- assignment
 
+    def _assignable(self, now: float) -> bool:
+        """Whether a pending task and a free slot both exist (else a pass has nothing to do)."""
+        return any(r.pending for r in self.runs.values()) and any(
+            w.free(now) > 0 for w in self.workers.values()
+        )
+
+    def topic(self, worker_id: str, channel: Channel) -> str:
+        """A worker's topic (built and checked once per worker)."""
+        key = (worker_id, channel)
+        topic = self._worker_topics.get(key)
+        if topic is None:
+            topic = self._worker_topics[key] = self.topics.worker(worker_id, channel)
+        return topic
+
     def assign(self, now: float) -> None:
         """Fill the free slots of online workers, round-robin over workers and runs."""
         if not self.connected:
@@ -659,7 +697,7 @@ class Dispatcher:
             assigned_at=wall,
         )
         self._outbox.append(
-            (self.topics.worker(worker.worker_id, Channel.ASSIGN), message.encode())
+            (self.topic(worker.worker_id, Channel.ASSIGN), message.encode())
         )
 
     # -------------------------------------------------------------- progress

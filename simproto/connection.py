@@ -118,16 +118,20 @@ def make_client(
     client_id: str,
     *,
     will: tuple[str, bytes] | None = None,
+    manual_ack: bool = False,
 ) -> mqtt.Client:
     """A paho client (MQTT v5, callback API 2) with credentials, TLS, backoff and Last Will.
 
     ``will`` is (topic, payload), published retained at QoS 1 when the client vanishes.
+    With ``manual_ack`` the caller acknowledges every QoS 1 message itself
+    (``client.ack(mid, 1)``), once it has acted on it.
     Call :func:`connect` afterwards, then ``loop_start()``.
     """
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
     )
     client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)  # type: ignore[arg-type]
     if settings.username:

@@ -173,6 +173,8 @@ class Agent:
         self._heartbeat_seq = 0
         self._next_heartbeat = time.monotonic()
         self._last_flush_info: mqtt.MQTTMessageInfo | None = None
+        self._connection_number = 0
+        """Counts connections: a message id is only meaningful on the connection it came by."""
 
     # ================================================================== main loop
 
@@ -384,6 +386,8 @@ class Agent:
                 self.handle_ack(message)
             else:
                 self.handle_drain(message)
+        elif kind == "ack":
+            self._acknowledge(item[1], item[2])
         elif kind == "ping":
             self.handle_ping(item[1], item[2], item[3])
         elif kind == "invalid":
@@ -513,6 +517,14 @@ class Agent:
             else first
         held.resend_at = time.monotonic() + held.resend_every
 
+    def _acknowledge(self, connection_number: int, mid: int) -> None:
+        """PUBACK a message once it has been acted on (an assignment is on its way to a
+        child first: the acknowledgement is off the task's path). After a reconnect the
+        broker re-sends what was not acknowledged, and the message id may mean another
+        message, so an acknowledgement from an earlier connection is dropped."""
+        if connection_number == self._connection_number and self.client is not None:
+            self.client.ack(mid, 1)
+
     # ===================================================================== helpers
 
     def _status(self, state: WorkerState) -> WorkerStatus:
@@ -629,7 +641,7 @@ class Agent:
         cfg = self.config
         will = (self.topics.worker(cfg.worker_id, Channel.STATUS),
                 self._status(WorkerState.OFFLINE).encode())
-        client = make_client(cfg.connection, cfg.client_id, will=will)
+        client = make_client(cfg.connection, cfg.client_id, will=will, manual_ack=True)
         client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
         client.max_inflight_messages_set(MAX_INFLIGHT_MESSAGES)
         client.on_connect = self._on_connect
@@ -648,12 +660,14 @@ class Agent:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             return
+        self._connection_number += 1
         client.subscribe([(self._assign_topic, 1), (self._control_topic, 1),
                           (self.topics.ping, 0), (self._replies_topic, 0)])
         self._enqueue("connected", bool(flags.session_present))
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
                        _props: Any) -> None:
+        self._connection_number += 1
         self._enqueue("disconnected", str(reason))
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -677,6 +691,8 @@ class Agent:
             self._enqueue("invalid", topic, str(e))
         except Exception as e:
             self._enqueue("invalid", topic, f"{type(e).__name__}: {e}")
+        if msg.qos > 0:
+            self._enqueue("ack", self._connection_number, msg.mid)
 
     def _discard_old_session(self) -> bool:
         """End the session a previous agent process left under this client id.
