@@ -26,10 +26,12 @@ The topic tree, under a prefix (default ``sim``)::
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
@@ -182,32 +184,60 @@ def _dumps(obj: dict[str, Any]) -> bytes:
         raise ValueError(f"cannot encode message: {e}") from e
 
 
-def _type_ok(value: Any, annotation: str) -> bool:
-    """Check a decoded JSON value against the (string) annotation of a message field."""
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_BASE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "None": lambda value: value is None,
+    "str": lambda value: isinstance(value, str),
+    "bool": lambda value: isinstance(value, bool),
+    "int": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "float": _is_number,
+    "list": lambda value: isinstance(value, list),
+    "dict": lambda value: isinstance(value, dict),
+    "Any": lambda value: True,
+}
+
+
+@functools.cache
+def _type_check(annotation: str) -> Callable[[Any], bool]:
+    """The check of a decoded JSON value against the (string) annotation of a message field,
+    built once per annotation: every message decoded runs one per field."""
     if "|" in annotation:
-        return any(_type_ok(value, a.strip()) for a in annotation.split("|"))
+        checks = tuple(_type_check(a.strip()) for a in annotation.split("|"))
+        return lambda value: any(check(value) for check in checks)
     base = annotation.split("[", 1)[0]
-    if base == "None":
-        return value is None
-    if base == "str":
-        return isinstance(value, str)
-    if base == "bool":
-        return isinstance(value, bool)
-    if base == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if base == "float":
-        return (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
+    if base not in _BASE_CHECKS:
+        raise TypeError(f"unsupported field annotation {annotation!r}")  # programming error
+    return _BASE_CHECKS[base]
+
+
+@dataclass(frozen=True)
+class _FieldSpec:
+    name: str
+    required: bool
+    annotation: str
+    check: Callable[[Any], bool]
+
+
+_FIELD_SPECS: dict[type, tuple[_FieldSpec, ...]] = {}
+
+
+def _field_specs(cls: type) -> tuple[_FieldSpec, ...]:
+    """The fields of a message class with their checks, built once per class."""
+    specs = _FIELD_SPECS.get(cls)
+    if specs is None:
+        specs = _FIELD_SPECS[cls] = tuple(
+            _FieldSpec(
+                f.name,
+                f.default is MISSING and f.default_factory is MISSING,
+                str(f.type),
+                _type_check(str(f.type)),
+            )
+            for f in fields(cls)
         )
-    if base == "list":
-        return isinstance(value, list)
-    if base == "dict":
-        return isinstance(value, dict)
-    if base == "Any":
-        return True
-    raise TypeError(f"unsupported field annotation {annotation!r}")  # programming error
+    return specs
 
 
 @dataclass(frozen=True)
@@ -223,7 +253,7 @@ class Message:
         Shallow on purpose: fields hold plain JSON values, and ``dataclasses.asdict`` would
         deep-copy every params dict and observable series just to serialize it.
         """
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {spec.name: getattr(self, spec.name) for spec in _field_specs(type(self))}
 
     def encode(self) -> bytes:
         """Serialize to the wire format."""
@@ -238,17 +268,18 @@ class Message:
     def from_dict(cls: type[M], obj: dict[str, Any]) -> M:
         """Build from a decoded JSON object (``v`` and ``type`` already checked)."""
         kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in obj:
-                if f.default is not MISSING or f.default_factory is not MISSING:
+        for spec in _field_specs(cls):
+            if spec.name not in obj:
+                if not spec.required:
                     continue  # optional field, its default applies
-                raise DecodeError(f"{cls.TYPE}: missing field {f.name!r}")
-            value = obj[f.name]
-            if not _type_ok(value, str(f.type)):
+                raise DecodeError(f"{cls.TYPE}: missing field {spec.name!r}")
+            value = obj[spec.name]
+            if not spec.check(value):
                 raise DecodeError(
-                    f"{cls.TYPE}: field {f.name!r} must be {f.type}, got {value!r:.80}"
+                    f"{cls.TYPE}: field {spec.name!r} must be {spec.annotation}, "
+                    f"got {value!r:.80}"
                 )
-            kwargs[f.name] = value
+            kwargs[spec.name] = value
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as e:
@@ -338,7 +369,7 @@ class Heartbeat(Message):
     def __post_init__(self) -> None:
         check_id(self.worker_id, "worker id")
         for k, v in self.progress.items():
-            if not isinstance(k, str) or not _type_ok(v, "float"):
+            if not isinstance(k, str) or not _is_number(v):
                 raise ValueError("progress must map task ids to fractions")
 
 
@@ -414,7 +445,7 @@ class Result(Message):
             raise DecodeError("result: observables must be an object")
         obj = {**obj, "observables": {str(k): decode_series(v) for k, v in series.items()}}
         summary = obj.get("summary", {})
-        if not isinstance(summary, dict) or not all(_type_ok(v, "float") for v in summary.values()):
+        if not isinstance(summary, dict) or not all(_is_number(v) for v in summary.values()):
             raise DecodeError("result: summary must map names to finite numbers")
         return super().from_dict(obj)
 
@@ -472,7 +503,7 @@ class Ack(Message):
                 isinstance(item, list)
                 and len(item) == 2
                 and isinstance(item[0], str)
-                and _type_ok(item[1], "int")
+                and _BASE_CHECKS["int"](item[1])
             ):
                 raise ValueError("ack items must be [task_id, attempt]")
 
