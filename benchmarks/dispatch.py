@@ -150,7 +150,9 @@ def benchmark(tasks: int, big_tasks: int, repeat: int) -> dict[str, Any]:
         broker = LocalBroker(workdir / "broker", free_port())
         broker.state_dir.mkdir()
         broker.start()
-        cluster = Cluster(broker.address, f"bench-{uuid.uuid4().hex[:8]}", workdir / "cluster")
+        # The harness's watcher would decode every result too: a load no deployment has.
+        cluster = Cluster(broker.address, f"bench-{uuid.uuid4().hex[:8]}", workdir / "cluster",
+                          watch_results=False)
         ok = False
         try:
             cluster.start_agents({"w1": 1, "w2": 1}, heartbeat=AGENT_HEARTBEAT_S,

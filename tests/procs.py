@@ -145,8 +145,11 @@ class Watcher:
     simctl), reconnects after a broker restart, and keeps what it saw for assertions.
     """
 
-    def __init__(self, address: str, prefix: str) -> None:
+    def __init__(self, address: str, prefix: str, watch_results: bool = True) -> None:
         settings = ConnectionSettings(BrokerAddress.parse(address), prefix, keepalive_s=5)
+        self.channels = [p.Channel.STATUS, p.Channel.EVENT]
+        if watch_results:
+            self.channels.append(p.Channel.RESULT)
         self.topics = settings.topics
         self._lock = threading.Lock()
         self.statuses: dict[str, p.WorkerStatus] = {}
@@ -163,8 +166,7 @@ class Watcher:
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
                     _props: Any) -> None:
         if not reason.is_failure:
-            client.subscribe([(self.topics.all_workers(ch), 1)
-                              for ch in (p.Channel.STATUS, p.Channel.RESULT, p.Channel.EVENT)])
+            client.subscribe([(self.topics.all_workers(ch), 1) for ch in self.channels])
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
@@ -235,7 +237,8 @@ class Watcher:
 class Cluster:
     """Agents, simctl processes, a ledger and a watcher around one broker and topic prefix."""
 
-    def __init__(self, broker_address: str, prefix: str, workdir: Path) -> None:
+    def __init__(self, broker_address: str, prefix: str, workdir: Path,
+                 watch_results: bool = True) -> None:
         self.broker_address = broker_address
         self.prefix = prefix
         self.workdir = workdir
@@ -244,7 +247,7 @@ class Cluster:
         self.procs: list[Proc] = []
         self.agents: dict[str, Proc] = {}
         self.slots: dict[str, int] = {}
-        self.watcher = Watcher(broker_address, prefix)
+        self.watcher = Watcher(broker_address, prefix, watch_results)
 
     # ------------------------------------------------------------------ processes
 
