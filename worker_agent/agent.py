@@ -141,8 +141,9 @@ class Agent:
         self.started_at = time.time()
         self.state = WorkerState.ONLINE
         wid = config.worker_id
-        self._assign_topic = self.topics.worker(wid, Channel.ASSIGN)
-        self._control_topic = self.topics.worker(wid, Channel.CONTROL)
+        self._topic = {channel: self.topics.worker(wid, channel) for channel in Channel}
+        self._assign_topic = self._topic[Channel.ASSIGN]
+        self._control_topic = self._topic[Channel.CONTROL]
         self._replies_topic = self.topics.replies(wid)
         self.held: dict[tuple[str, int], Held] = {}
         self.counters = dict.fromkeys(
@@ -506,8 +507,7 @@ class Agent:
     def _send_result(self, held: Held) -> None:
         if not self.connected or self.client is None:
             return
-        info = self.client.publish(self.topics.worker(self.config.worker_id, Channel.RESULT),
-                                   held.payload, qos=1)
+        info = self.client.publish(self._topic[Channel.RESULT], held.payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             held.resend_at = 0.0  # the bounded queue is full: again at the next heartbeat
             return
@@ -567,8 +567,8 @@ class Agent:
                  retain: bool = False) -> mqtt.MQTTMessageInfo | None:
         if self.client is None:
             return None
-        info = self.client.publish(self.topics.worker(self.config.worker_id, channel),
-                                   message.encode(), qos=qos, retain=retain)
+        info = self.client.publish(self._topic[channel], message.encode(), qos=qos,
+                                   retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             log.warning("outgoing queue full: %s message dropped", message.TYPE)
         return info
@@ -639,7 +639,7 @@ class Agent:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        will = (self.topics.worker(cfg.worker_id, Channel.STATUS),
+        will = (self._topic[Channel.STATUS],
                 self._status(WorkerState.OFFLINE).encode())
         client = make_client(cfg.connection, cfg.client_id, will=will, manual_ack=True)
         client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
