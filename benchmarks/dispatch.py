@@ -4,9 +4,10 @@ Two local worker agents of one slot each run ``sleep`` tasks with ``seconds: 0``
 second measured is runtime overhead: task file validation, the ledger, MQTT, the agents'
 child processes, acknowledgements. Measured:
 
-- throughput of a run of ``--tasks`` (default 5,000) tasks, from starting ``simctl run`` to
-  its exit after the last result is stored (the figure a user sees), and over the dispatch
-  span alone (first assignment to last result finished);
+- throughput of a run of ``--tasks`` (default 5,000) tasks from submission (the run stored
+  in the ledger) to the last result stored, the target's measure; from starting
+  ``simctl run`` to its exit (adds the interpreter's start and reading the task file); and
+  over the dispatch span alone (first assignment to last result finished);
 - median latency from assignment (``assigned_at`` recorded by the dispatcher) to start
   (``started_at`` recorded by the agent), from ``simctl results --format json``;
 - with ``--big-tasks`` (default 10,000) tasks: simctl's peak resident memory (``ru_maxrss``
@@ -211,17 +212,20 @@ def report(figures: dict[str, Any]) -> str:
     rates = sorted(n / r["elapsed_s"] for r in figures["repeats"])
     # The issue's measure: from submission (the run stored in the ledger) to the last result
     # stored. Start to exit adds the interpreter's start and reading the task file.
-    summary = small["summary"]
-    submit_rate = n / (summary["finished_at"] - summary["created_at"])
+    submit_rates = sorted(n / (r["summary"]["finished_at"] - r["summary"]["created_at"])
+                          for r in figures["repeats"])
+    submit_rate = statistics.median(submit_rates)
     rows = [
-        [f"throughput, {n} tasks, run submitted to last result stored (same run)",
+        [f"throughput, {n} tasks, run submitted to last result stored, median of "
+         f"{len(submit_rates)} (range {submit_rates[0]:.0f}-{submit_rates[-1]:.0f})",
          f"{submit_rate:.0f} tasks/s", f">= {TARGET_TASKS_PER_S:.0f}",
          verdict(submit_rate, TARGET_TASKS_PER_S, True)],
         [f"throughput, {n} tasks, simctl run start to exit, median of {len(rates)}"
          f" (range {rates[0]:.0f}-{rates[-1]:.0f})", f"{rate:.0f} tasks/s", "", ""],
-        [f"throughput, {n} tasks, first assignment to last result (same run)",
+        [f"throughput, {n} tasks, first assignment to last result (run of median start to exit)",
          f"{fmt(span_rate, '.0f')} tasks/s", "", ""],
-        *[[f"reference: {name}", f"{ref:.0f} tasks/s", "", f"x{rate / ref:.2f} (ours/theirs)"]
+        *[[f"reference: {name}", f"{ref:.0f} tasks/s", "",
+           f"x{submit_rate / ref:.2f} (ours, run submitted to last result / theirs)"]
           for name, ref in REFERENCE_TASKS_PER_S.items()],
         ["latency assignment -> start, median", f"{fmt(small['latency_median_ms'], '.2f')} ms",
          f"< {TARGET_LATENCY_MS:g} ms",
