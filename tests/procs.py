@@ -300,14 +300,28 @@ class Cluster:
 
         wait_for(all_online, AGENT_START_TIMEOUT_S, what=f"agents {ids} online")
 
-    def http_ping(self, worker_id: str) -> dict[str, Any]:
-        """GET /ping of an agent, at the HTTP port its status reports."""
+    def http_get(self, worker_id: str, path: str) -> bytes:
+        """GET ``path`` of an agent's HTTP endpoint, at the port its status reports."""
         status = self.watcher.status(worker_id)
         if status is None or status.http_port is None:
             raise AssertionError(f"{worker_id} reported no HTTP port in its status: {status}")
-        url = f"http://127.0.0.1:{status.http_port}/ping"
+        url = f"http://127.0.0.1:{status.http_port}{path}"
         with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
+            return bytes(response.read())
+
+    def http_ping(self, worker_id: str) -> dict[str, Any]:
+        """An agent's ``GET /ping``."""
+        return dict(json.loads(self.http_get(worker_id, "/ping")))
+
+    def metrics(self, worker_id: str) -> dict[str, float]:
+        """An agent's ``GET /metrics`` as metric name -> value (summed over its labels)."""
+        values: dict[str, float] = {}
+        for line in self.http_get(worker_id, "/metrics").decode().splitlines():
+            if line and not line.startswith("#"):
+                name_and_labels, value = line.rsplit(" ", 1)
+                name = name_and_labels.split("{", 1)[0]
+                values[name] = values.get(name, 0.0) + float(value)
+        return values
 
     def simctl_argv(self, *args: str) -> list[str]:
         # Info level: a failing test's log shows what the dispatcher saw and decided.
