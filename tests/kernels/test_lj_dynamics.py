@@ -96,6 +96,7 @@ def test_rebuild_every_k_steps_matches_displacement_check() -> None:
     fixed = ckernel.simulate("lj", {**params, "rebuild_every": 5}, 4, backend="cython")
     assert fixed["metadata"]["neighbour_rebuilds"] == 21
     assert checked["metadata"]["neighbour_rebuilds"] < 21
+    assert fixed["metadata"]["dangerous_rebuilds"] == checked["metadata"]["dangerous_rebuilds"] == 0
     np.testing.assert_allclose(fixed["observables"]["total_energy"],
                                checked["observables"]["total_energy"], rtol=1e-10)
 
@@ -163,3 +164,16 @@ def test_results_are_bit_identical_whatever_the_thread_count() -> None:
     one, two = outputs
     assert [r[2] for r in one] == [r[2] for r in two] == [1, 1]
     assert [r[:2] for r in one] == [r[:2] for r in two]
+
+
+@both_backends
+def test_rebuilds_scheduled_too_rarely_are_counted_as_dangerous(backend: str) -> None:
+    """Hot atoms and a thin skin: a list rebuilt every 50 steps goes stale between rebuilds,
+    and every late rebuild is counted (LAMMPS's "Dangerous builds")."""
+    params = {**NVE, "n_cells": 4, "temperature": 2.0, "steps": 200, "sample_every": 50,
+              "skin": 0.1, "rebuild_every": 50}
+    late = ckernel.simulate("lj", params, 5, backend=backend)["metadata"]
+    assert (late["neighbour_rebuilds"], late["dangerous_rebuilds"]) == (5, 4)
+    often = ckernel.simulate("lj", {**params, "skin": 0.6, "rebuild_every": 2}, 5,
+                             backend=backend)["metadata"]
+    assert often["dangerous_rebuilds"] == 0
