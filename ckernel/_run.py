@@ -57,8 +57,10 @@ class Samples:
         for name, value in values.items():
             self.series[name].append(float(value))
 
-    def array(self, name: str) -> np.ndarray:
-        return np.asarray(self.series[name])
+    def array(self, name: str, since: float = 0.0) -> np.ndarray:
+        """The series of ``name``; with ``since``, only the samples taken at t >= since."""
+        values = np.asarray(self.series[name])
+        return values[np.asarray(self.series["t"]) >= since] if since > 0.0 else values
 
 
 def blow_up(kind: str, what: str, step: int, t: float) -> SimulationError:
@@ -94,9 +96,11 @@ def slope(t: np.ndarray, y: np.ndarray) -> float:
     return float((tc @ (y - y.mean())) / (tc @ tc))
 
 
-def mean_and_sem(summary: dict[str, float], samples: Samples, *names: str) -> None:
-    """Add ``mean_<name>`` and ``sem_<name>`` to ``summary`` for each observable."""
+def mean_and_sem(summary: dict[str, float], samples: Samples, *names: str,
+                 since: float = 0.0) -> None:
+    """Add ``mean_<name>`` and ``sem_<name>`` to ``summary`` for each observable, over the
+    samples taken at t >= ``since`` (the end of the equilibration)."""
     for name in names:
-        values = samples.array(name)
+        values = samples.array(name, since)
         summary[f"mean_{name}"] = float(values.mean())
         summary[f"sem_{name}"] = sem(values)

@@ -190,8 +190,9 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
     kernels.wrap(x, box)
 
     summary: dict[str, float] = {"n_atoms": float(n), "box": box, "density": n / volume}
-    mean_and_sem(summary, samples, *OBSERVABLES)
-    t, total = samples.array("t"), samples.array("total_energy")
+    since = p["equilibration_steps"] * dt  # as sample() computes t: the same float
+    mean_and_sem(summary, samples, *OBSERVABLES, since=since)
+    t, total = samples.array("t", since), samples.array("total_energy", since)
     summary["energy_drift"] = slope(t, total)
     summary["energy_fluctuation"] = float(total.std())
     summary["max_momentum"] = float(samples.array("momentum").max())

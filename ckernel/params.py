@@ -72,6 +72,9 @@ def _steps_fields(dt_default: float, dt_high: float, steps_default: int) -> dict
         "dt": Field("float", dt_default, "time step", 0.0, dt_high, low_open=True),
         "steps": Field("int", steps_default, "number of time steps", 1, MAX_STEPS),
         "sample_every": Field("int", 10, "steps between samples of the observables", 1, MAX_STEPS),
+        "equilibration_steps": Field("int", 0, "steps at the start left out of the summary's "
+                                     "means, errors and fits (the observables keep every "
+                                     "sample)", 0, MAX_STEPS),
     }
 
 
@@ -212,12 +215,19 @@ def _bodies(where: str, value: Any) -> list[dict[str, Any]]:
 
 
 def _check_samples(kind: str, p: dict[str, Any]) -> None:
-    samples = p["steps"] // p["sample_every"] + 1
+    steps, every, skip = p["steps"], p["sample_every"], p["equilibration_steps"]
+    samples = steps // every + 1
     if samples > MAX_SAMPLES:
-        least = math.ceil(p["steps"] / (MAX_SAMPLES - 1))
-        raise ParamError(f"{kind}.sample_every = {p['sample_every']} gives {samples} samples for "
-                         f"steps = {p['steps']}; at most {MAX_SAMPLES} are allowed: "
+        least = math.ceil(steps / (MAX_SAMPLES - 1))
+        raise ParamError(f"{kind}.sample_every = {every} gives {samples} samples for "
+                         f"steps = {steps}; at most {MAX_SAMPLES} are allowed: "
                          f"use sample_every >= {least}")
+    # Samples are taken at multiples of sample_every; those from equilibration_steps on count.
+    kept = steps // every - math.ceil(skip / every) + 1
+    if kept < 1:
+        raise ParamError(f"{kind}.equilibration_steps = {skip} leaves none of the samples "
+                         f"(taken every {every} of {steps} steps) for the summary: lower "
+                         "equilibration_steps or sample_every, or raise steps")
 
 
 def _lj_cross(p: dict[str, Any], given: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
+import numpy as np
 import pytest
 from kernel_testing import both_backends
 
@@ -112,3 +113,28 @@ def test_required_extension_missing_is_an_import_error() -> None:
     done = run_python(BLOCK_EXTENSION + "import ckernel\n", CKERNEL_REQUIRE_EXT="1")
     assert done.returncode != 0
     assert "ImportError: ckernel: the compiled extension" in done.stderr
+
+
+@pytest.mark.parametrize("kind,params,names", [
+    ("lj", {"n_cells": 3, "steps": 200, "sample_every": 5},
+     ("potential_energy", "kinetic_energy", "total_energy", "temperature", "pressure")),
+    ("nbody", {"n_bodies": 64, "steps": 200, "sample_every": 5}, ("virial_ratio",)),
+    ("brownian", {"n_particles": 50, "trap_k": 1.0, "steps": 200, "sample_every": 5},
+     ("x2", "temperature")),
+])
+def test_equilibration_steps_are_left_out_of_the_summary(kind: str, params: dict[str, Any],
+                                                         names: tuple[str, ...]) -> None:
+    from ckernel._run import sem
+
+    whole = ckernel.simulate(kind, params, 3)
+    cut = ckernel.simulate(kind, {**params, "equilibration_steps": 52}, 3)
+    assert cut["observables"] == whole["observables"], "the observables keep every sample"
+    t = np.array(cut["observables"]["t"])
+    kept = t >= 52 * cut["params"]["dt"]
+    assert kept.sum() == 30  # samples at steps 55, 60, ..., 200
+    for name in names:
+        values = np.array(cut["observables"][name])
+        assert whole["summary"][f"mean_{name}"] == pytest.approx(values.mean(), rel=1e-12)
+        assert cut["summary"][f"mean_{name}"] == pytest.approx(values[kept].mean(), rel=1e-12)
+        assert cut["summary"][f"sem_{name}"] == pytest.approx(sem(values[kept]), rel=1e-12)
+        assert cut["summary"][f"mean_{name}"] != whole["summary"][f"mean_{name}"]
