@@ -487,18 +487,11 @@ class Dispatcher:
     def on_result(self, result: Result, now: float) -> None:
         run = self.runs.get(result.run_id)
         lease = self.leases.get(result.task_id)
-        if lease is not None and lease.task.run_id != result.run_id:
-            log.warning(
-                "result of %s from %s names run %s, not %s; ignored",
-                result.task_id,
-                result.worker_id,
-                result.run_id,
-                lease.task.run_id,
-            )
+        if lease is not None and self._names_another_run(result, lease.task.run_id):
             return
         live = lease is not None or (run is not None and result.task_id in run.pending)
         if not live:
-            known = self.ledger.assigned_state(result.task_id)
+            known = self.ledger.task_state(result.task_id)
             if known is None:
                 log.warning(
                     "result for unknown task %s from %s (another ledger?); not acknowledged",
@@ -506,7 +499,9 @@ class Dispatcher:
                     result.worker_id,
                 )
                 return
-            if known[0] not in (TaskState.PENDING.value, TaskState.ASSIGNED.value):
+            if self._names_another_run(result, known[0]):
+                return
+            if known[1] not in (TaskState.PENDING.value, TaskState.ASSIGNED.value):
                 self.duplicate(result, now)
                 return
             if run is None and result.run_id not in self.finished_runs:
@@ -546,6 +541,20 @@ class Dispatcher:
         run.finished[state] = run.finished.get(state, 0) + 1
         run.dirty = True
         self.ack(result)
+
+    @staticmethod
+    def _names_another_run(result: Result, run_id: str) -> bool:
+        """A result must name the run its task belongs to; one that does not is ignored."""
+        if result.run_id == run_id:
+            return False
+        log.warning(
+            "result of %s from %s names run %s, not %s; ignored",
+            result.task_id,
+            result.worker_id,
+            result.run_id,
+            run_id,
+        )
+        return True
 
     def duplicate(self, result: Result, now: float) -> None:
         self.ledger.record_attempt_end(result, "duplicate")

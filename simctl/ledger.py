@@ -387,9 +387,10 @@ class Ledger:
             )
         ]
 
-    def assigned_state(self, task_id: str) -> tuple[str, int] | None:
+    def task_state(self, task_id: str) -> tuple[str, str] | None:
+        """(run id, state) of a task, or None if the ledger has no such task."""
         row = self.db.execute(
-            "SELECT state, attempt FROM tasks WHERE task_id = ?", (task_id,)
+            "SELECT run_id, state FROM tasks WHERE task_id = ?", (task_id,)
         ).fetchone()
         return (row[0], row[1]) if row else None
 

@@ -188,11 +188,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_int(value: Any) -> bool:
+    # JSON integers are unbounded; the ledger (SQLite) and every peer take 64 bits.
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
 _BASE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "None": lambda value: value is None,
     "str": lambda value: isinstance(value, str),
     "bool": lambda value: isinstance(value, bool),
-    "int": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "int": _is_int,
     "float": _is_number,
     "list": lambda value: isinstance(value, list),
     "dict": lambda value: isinstance(value, dict),
@@ -503,7 +508,7 @@ class Ack(Message):
                 isinstance(item, list)
                 and len(item) == 2
                 and isinstance(item[0], str)
-                and _BASE_CHECKS["int"](item[1])
+                and _is_int(item[1])
             ):
                 raise ValueError("ack items must be [task_id, attempt]")
 

@@ -6,9 +6,12 @@ docs/cli.md "Dispatch" is checked on the ledger it writes.
 
 from __future__ import annotations
 
+import json
+import random
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from simctl.dispatcher import Dispatcher
@@ -16,8 +19,10 @@ from simctl.ledger import Ledger
 from simctl.taskfile import parse_text
 from simproto.connection import BrokerAddress, ConnectionSettings
 from simproto.protocol import (
+    PROTOCOL_VERSION,
     Assignment,
     Channel,
+    DecodeError,
     Event,
     Heartbeat,
     Result,
@@ -180,8 +185,6 @@ def test_first_result_wins_and_late_ones_are_duplicates(tmp_path: Path) -> None:
 
 def test_message_from_another_worker_topic_is_refused(tmp_path: Path) -> None:
     d, _ = make(tmp_path, n=1)
-    import paho.mqtt.client as mqtt
-
     msg = mqtt.MQTTMessage(topic=d.topics.worker("w2", Channel.STATUS).encode())
     msg.payload = status("w1").encode()
     with d.ledger.batch():
@@ -203,3 +206,66 @@ def test_result_reported_finished_but_never_received_is_given_up(tmp_path: Path)
     [again] = pass_(d, heartbeat(1.0))
     assert again.task_id == a.task_id and again.attempt == 2
     assert "result never arrived" in d.ledger.attempts(a.task_id)[0]["detail"]
+
+
+def test_result_naming_another_run_is_ignored(tmp_path: Path) -> None:
+    d, run_id = make(tmp_path, n=2)
+    [a] = pass_(d, status("w1"))
+    pending = next(t for t in (f"{run_id}.0", f"{run_id}.1") if t != a.task_id)
+    for task_id, other_run in ((a.task_id, "no-such-run"), (pending, "no-such-run")):
+        stray = Result(worker_id="w1", session="s1", run_id=other_run, task_id=task_id,
+                       attempt=1, state="done", started_at=0.0, finished_at=1.0)
+        assert pass_(d, stray) == []
+    assert states(d, run_id).count("done") == 0
+    assert d.ledger.run(run_id).duplicates == 0
+
+
+def test_hostile_well_formed_messages_never_raise(tmp_path: Path) -> None:
+    """Valid envelopes whose fields are swapped for odd values (other types, huge numbers,
+    other runs' and tasks' ids): each is either refused as malformed or handled, and the
+    dispatcher never raises, since a message that raised would come back after a restart
+    (it is acknowledged only after its pass) and stop every dispatcher in turn."""
+    d, run_id = make(tmp_path, n=5)
+    tasks = [f"{run_id}.{i}" for i in range(5)]
+    odd = [None, True, 0, -1, 2, 2**63, 2**70, -1e308, "", "w1", "s2", "offline", "done",
+           "rejected", [], [["t", 1]], {}, {"a": "b"}, {"f64": "AAAAAAAAAAA="}, run_id, *tasks]
+    rng = random.Random(20261127)
+
+    def fields(channel: str, worker: str) -> dict[str, object]:
+        task = rng.choice(tasks)
+        return {
+            "status": {"worker_id": worker, "state": "online", "session": "s1", "ts": 1.0,
+                       "slots": 1, "free_slots": 1, "heartbeat_s": 0.2},
+            "heartbeat": {"worker_id": worker, "session": "s1", "seq": 1, "ts": 1.0,
+                          "free_slots": 0, "progress": {task: 1.0}},
+            "result": {"worker_id": worker, "session": "s1", "run_id": run_id, "task_id": task,
+                       "attempt": rng.choice([1, 2, 0, -1]), "state": "done",
+                       "started_at": 1.0, "finished_at": 2.0, "summary": {"seconds": 0.0},
+                       "observables": {"t": {"f64": "AAAAAAAAAAAAAAAAAAAAAA=="}}},
+            "event": {"worker_id": worker, "kind": "rejected", "detail": "x", "ts": 1.0,
+                      "task_id": task, "attempt": 1},
+        }[channel]
+
+    handled = refused = 0
+    for _ in range(3000):
+        worker, channel = rng.choice(["w1", "w2"]), rng.choice(["status", "heartbeat",
+                                                                 "result", "event"])
+        obj = fields(channel, worker)
+        for name in rng.sample(sorted(obj), rng.choice([0, 1, 1, 2])):
+            obj[name] = rng.choice(odd)
+        msg = mqtt.MQTTMessage(topic=d.topics.worker(worker, Channel(channel)).encode())
+        msg.payload = json.dumps({"v": PROTOCOL_VERSION, "type": channel, **obj}).encode()
+        try:
+            {"status": WorkerStatus, "heartbeat": Heartbeat, "result": Result,
+             "event": Event}[channel].decode(msg.payload)
+            handled += 1
+        except DecodeError:
+            refused += 1
+        now = time.monotonic()
+        with d.ledger.batch():
+            d.handle(msg, now)
+            d.expire_leases(now)
+            d.assign(now)
+            d.finish_runs()
+        d._outbox.clear()
+    assert handled > 500 and refused > 500, (handled, refused)
