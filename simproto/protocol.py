@@ -184,13 +184,13 @@ def _dumps(obj: dict[str, Any]) -> bytes:
         raise ValueError(f"cannot encode message: {e}") from e
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_int(value: Any) -> bool:
     # JSON integers are unbounded; the ledger (SQLite) and every peer take 64 bits.
     return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, float) and math.isfinite(value)) or _is_int(value)
 
 
 _BASE_CHECKS: dict[str, Callable[[Any], bool]] = {

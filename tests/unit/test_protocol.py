@@ -43,6 +43,9 @@ def test_result_series_are_bit_exact_and_compact() -> None:
         (b'{"v": 1, "type": "assign", "run_id": "r", "task_id": "t",'
          b' "attempt": 9223372036854775808, "kind": "sleep", "params": {}, "seed": 1,'
          b' "assigned_at": 0}', "field 'attempt' must be int"),
+        (b'{"v": 1, "type": "assign", "run_id": "r", "task_id": "t", "attempt": 1,'
+         b' "kind": "sleep", "params": {}, "seed": 1, "assigned_at": 1180591620717411303424}',
+         "field 'assigned_at' must be float"),
         (b"[" * 100_000, "not JSON"),
         (b" " * (p.MAX_CONTROL_BYTES + 1), "exceeds the limit"),
     ],
