@@ -212,6 +212,8 @@ def parse_text(text: str, path: Path) -> TaskFile:
         raise check.fail(line, None, f"invalid YAML: {e.problem or e}") from e
     except yaml.YAMLError as e:
         raise check.fail(None, None, f"invalid YAML: {e}") from e
+    except RecursionError as e:
+        raise check.fail(None, None, "invalid YAML: nested too deeply") from e
     if not isinstance(doc, dict):
         raise check.fail(getattr(doc, "line", 1), None, "must be a mapping with a 'tasks' list")
     check.keys(doc, TOP_KEYS, "")

@@ -163,3 +163,10 @@ def test_parameters_must_fit_in_one_assignment(monkeypatch: pytest.MonkeyPatch) 
         parse_text(text, Path("sweep.yaml"))
     assert (info.value.line, info.value.field) == (3, "tasks[1].params")
     assert "take 29 bytes" in str(info.value) and "allows 28" in str(info.value)
+
+
+def test_yaml_nested_too_deeply_is_an_input_error() -> None:
+    depth = 5000  # beyond what the YAML loader can recurse into
+    error = error_of("name: a\nseed: 1\ntasks:\n  - kind: sleep\n    params: {seconds: "
+                     + "[" * depth + "]" * depth + "}\n")
+    assert "invalid YAML: nested too deeply" in str(error)
