@@ -28,6 +28,8 @@ def read_settings_file(
         raise ValueError(f"cannot read config file {path}: {e.strerror or e}") from e
     except yaml.YAMLError as e:
         raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise ValueError(f"config file {path} is not valid YAML: nested too deeply") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
