@@ -24,8 +24,8 @@ from typing import IO, Any
 import paho.mqtt.client as mqtt
 
 from simctl.ledger import Ledger, LiveTask, TaskState
-from simctl.mqtt import Pump, client_id, exchange, open_client, payload_of
-from simproto.connection import ConnectionSettings
+from simctl.mqtt import Pump, client_id, open_client, payload_of
+from simproto.connection import ConnectionSettings, exchange
 from simproto.protocol import (
     Ack,
     Assignment,

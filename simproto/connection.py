@@ -7,7 +7,9 @@ backoff and session handling are decided once.
 from __future__ import annotations
 
 import re
+import select
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -189,3 +191,33 @@ def connect(
         clean_start=clean_start,
         properties=properties,
     )
+
+
+def exchange(client: mqtt.Client, wait: float) -> mqtt.MQTTErrorCode:
+    """Wait up to ``wait`` for the socket, then read, write and do keepalive bookkeeping.
+
+    For clients pumped by their owner's loop (simctl's dispatcher, the agent at exit).
+    ``client.loop()`` would do the same, but it opens a socket pair that every publish then
+    writes a byte to, and that wakes the next ``loop()`` at once: one more system call per
+    message and one more pass of the dispatcher for nothing, as publishes are written at once
+    by an unthreaded client anyway.
+    """
+    sock = client.socket()
+    if sock is None:
+        return mqtt.MQTT_ERR_NO_CONN
+    # TLS may hold decrypted bytes that select() cannot see.
+    readable = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+    if not readable:
+        try:
+            ready, _, _ = select.select([sock], [sock] if client.want_write() else [], [], wait)
+        except (OSError, ValueError):
+            return mqtt.MQTT_ERR_CONN_LOST  # closed under us (disconnect)
+        readable = bool(ready)
+    rc = client.loop_read() if readable else mqtt.MQTT_ERR_SUCCESS
+    if rc != mqtt.MQTT_ERR_SUCCESS or client.socket() is None:
+        return rc or mqtt.MQTT_ERR_CONN_LOST
+    if client.want_write():
+        rc = client.loop_write()
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            return rc
+    return client.loop_misc()

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import queue
-import select
 import signal
 import socket
 import ssl
@@ -37,6 +36,7 @@ from simproto.connection import (
     RECONNECT_MAX_DELAY_S,
     RECONNECT_MIN_DELAY_S,
     connect,
+    exchange,
     make_client,
 )
 from simproto.protocol import (
@@ -320,15 +320,9 @@ class Agent:
         assert client is not None
         deadline = time.monotonic() + timeout
         while not done() and time.monotonic() < deadline:
-            sock = client.socket()
-            if sock is None:
+            wait = max(0.0, min(0.1, deadline - time.monotonic()))
+            if exchange(client, wait) != mqtt.MQTT_ERR_SUCCESS:
                 return  # disconnected
-            select.select([sock], [sock] if client.want_write() else [], [],
-                          max(0.0, min(0.1, deadline - time.monotonic())))
-            client.loop_read()
-            if client.socket() is not None:
-                client.loop_write()
-                client.loop_misc()
 
     # ============================================================ stopping (signals)
 
