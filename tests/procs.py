@@ -48,6 +48,15 @@ TEST_KEEPALIVE_S = 1
 """MQTT keepalive of test agents, so the broker fires a frozen agent's Last Will in ~1.5 s."""
 
 
+def agent_http_get(status: p.WorkerStatus | None, path: str) -> bytes:
+    """GET ``path`` of a local agent's HTTP endpoint, at the port its status reports."""
+    if status is None or not status.http_port:
+        raise AssertionError(f"the agent reported no HTTP port in its status: {status}")
+    url = f"http://127.0.0.1:{status.http_port}{path}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return bytes(response.read())
+
+
 def simctl_command() -> list[str]:
     """simctl run by this interpreter (the console script may belong to another one)."""
     return [sys.executable, "-c", "import sys; from simctl.cli import main; sys.exit(main())"]
@@ -301,13 +310,8 @@ class Cluster:
         wait_for(all_online, AGENT_START_TIMEOUT_S, what=f"agents {ids} online")
 
     def http_get(self, worker_id: str, path: str) -> bytes:
-        """GET ``path`` of an agent's HTTP endpoint, at the port its status reports."""
-        status = self.watcher.status(worker_id)
-        if status is None or status.http_port is None:
-            raise AssertionError(f"{worker_id} reported no HTTP port in its status: {status}")
-        url = f"http://127.0.0.1:{status.http_port}{path}"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return bytes(response.read())
+        """GET ``path`` of an agent's HTTP endpoint (see :func:`agent_http_get`)."""
+        return agent_http_get(self.watcher.status(worker_id), path)
 
     def http_ping(self, worker_id: str) -> dict[str, Any]:
         """An agent's ``GET /ping``."""

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,10 +161,7 @@ def start(cluster: Cluster, dispatcher: FakeDispatcher, worker: str = "w1", slot
 
 
 def http_get(dispatcher: FakeDispatcher, path: str, worker: str = "w1") -> bytes:
-    status = dispatcher.status(worker)
-    assert status is not None and status.http_port, status
-    with urllib.request.urlopen(f"http://127.0.0.1:{status.http_port}{path}", timeout=5) as r:
-        return bytes(r.read())
+    return procs.agent_http_get(dispatcher.status(worker), path)
 
 
 def metrics_with(dispatcher: FakeDispatcher, line: str) -> str:
