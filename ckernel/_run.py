@@ -48,19 +48,21 @@ class Samples:
     def __init__(self, kind: str, names: tuple[str, ...]) -> None:
         self.kind = kind
         self.series: dict[str, list[float]] = {name: [] for name in ("t", *names)}
+        self.steps: list[int] = []
 
     def add(self, step: int, t: float, **values: float) -> None:
         for name, value in values.items():
             if not math.isfinite(value):
                 raise blow_up(self.kind, f"the {name.replace('_', ' ')} became {value}", step, t)
+        self.steps.append(step)
         self.series["t"].append(float(t))
         for name, value in values.items():
             self.series[name].append(float(value))
 
-    def array(self, name: str, since: float = 0.0) -> np.ndarray:
-        """The series of ``name``; with ``since``, only the samples taken at t >= since."""
+    def array(self, name: str, from_step: int = 0) -> np.ndarray:
+        """The series of ``name``; with ``from_step``, only the samples taken from that step on."""
         values = np.asarray(self.series[name])
-        return values[np.asarray(self.series["t"]) >= since] if since > 0.0 else values
+        return values[np.asarray(self.steps) >= from_step] if from_step > 0 else values
 
 
 def blow_up(kind: str, what: str, step: int, t: float) -> SimulationError:
@@ -97,10 +99,10 @@ def slope(t: np.ndarray, y: np.ndarray) -> float:
 
 
 def mean_and_sem(summary: dict[str, float], samples: Samples, *names: str,
-                 since: float = 0.0) -> None:
+                 from_step: int = 0) -> None:
     """Add ``mean_<name>`` and ``sem_<name>`` to ``summary`` for each observable, over the
-    samples taken at t >= ``since`` (the end of the equilibration)."""
+    samples taken from step ``from_step`` on (the end of the equilibration)."""
     for name in names:
-        values = samples.array(name, since)
+        values = samples.array(name, from_step)
         summary[f"mean_{name}"] = float(values.mean())
         summary[f"sem_{name}"] = sem(values)

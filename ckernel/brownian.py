@@ -55,19 +55,19 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
     require_finite("brownian", "positions", x, steps, steps * dt)
 
     summary: dict[str, float] = {"n_particles": float(n)}
-    since = p["equilibration_steps"] * dt  # as sample() computes t: the same float
+    settled = p["equilibration_steps"]
     if k == 0.0:
         # The long-time slope of MSD = 6 D t. The inertial (ballistic) start bends the curve
         # for t ~ 1/gamma, so the fit starts at 10/gamma (at most half-way through the run),
         # or at the end of the equilibration if that is later.
-        t, msd = samples.array("t"), samples.array("msd")
-        late = t >= max(min(FIT_START_GAMMA_TIMES / gamma, 0.5 * t[-1]), since)
+        t, msd = samples.array("t", settled), samples.array("msd", settled)
+        late = t >= min(FIT_START_GAMMA_TIMES / gamma, 0.5 * t[-1])
         summary["diffusion_coefficient"] = slope(t[late], msd[late]) / 6.0
         summary["diffusion_expected"] = kT * mobility
     else:
-        mean_and_sem(summary, samples, "x2", since=since)
+        mean_and_sem(summary, samples, "x2", from_step=settled)
         summary["x2_expected"] = kT / k
     if not overdamped:
-        mean_and_sem(summary, samples, "temperature", since=since)
+        mean_and_sem(summary, samples, "temperature", from_step=settled)
     return Run(dict(samples.series), summary, {"positions": x, "velocities": v},
                atom_steps=n * steps)

@@ -190,9 +190,9 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
     kernels.wrap(x, box)
 
     summary: dict[str, float] = {"n_atoms": float(n), "box": box, "density": n / volume}
-    since = p["equilibration_steps"] * dt  # as sample() computes t: the same float
-    mean_and_sem(summary, samples, *OBSERVABLES, since=since)
-    t, total = samples.array("t", since), samples.array("total_energy", since)
+    settled = p["equilibration_steps"]
+    mean_and_sem(summary, samples, *OBSERVABLES, from_step=settled)
+    t, total = samples.array("t", settled), samples.array("total_energy", settled)
     summary["energy_drift"] = slope(t, total)
     summary["energy_fluctuation"] = float(total.std())
     summary["max_momentum"] = float(samples.array("momentum").max())

@@ -113,7 +113,7 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
         "max_angular_momentum_change": float(np.linalg.norm(angular - angular[0], axis=1).max()),
         "return_distance": float(np.linalg.norm(x - start, axis=1).max()),
     }
-    mean_and_sem(summary, samples, "virial_ratio", since=p["equilibration_steps"] * dt)
+    mean_and_sem(summary, samples, "virial_ratio", from_step=p["equilibration_steps"])
     observables = {name: samples.series[name] for name in ("t", *OBSERVABLES)}
     return Run(observables, summary, {"masses": m, "positions": x, "velocities": v},
                atom_steps=n * steps)
