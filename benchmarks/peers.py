@@ -38,7 +38,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from simctl.background import spawn_detached
+from simctl.local_broker import LocalBroker, free_port, port_open
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -238,26 +238,12 @@ class Killer(threading.Thread):
 # Processes, ports, tools
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.1)
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def worker_env(**extra: str) -> dict[str, str]:
@@ -387,7 +373,8 @@ def redis_server(state: Path) -> Iterator[str]:
         state / "redis.log",
     )
     try:
-        wait_until(lambda: port_open(port) or proc.poll() is not None, START_TIMEOUT_S, "redis")
+        wait_until(lambda: port_open("127.0.0.1", port) or proc.poll() is not None,
+                   START_TIMEOUT_S, "redis")
         if proc.poll() is not None:
             raise BenchError(f"redis-server exited; see {state / 'redis.log'}")
         yield f"redis://127.0.0.1:{port}/0"
@@ -489,7 +476,7 @@ class DaskSystem:
         )
         processes = [scheduler]
         try:
-            wait_until(lambda: port_open(port), START_TIMEOUT_S, "the Dask scheduler")
+            wait_until(lambda: port_open("127.0.0.1", port), START_TIMEOUT_S, "the Dask scheduler")
             for i in range(WORKERS):
                 processes.append(
                     spawn_detached(
@@ -580,9 +567,6 @@ class ThisSystem:
     @classmethod
     @contextlib.contextmanager
     def started(cls, state: Path, exec_log: Path) -> Iterator[ThisSystem]:
-        sys.path.insert(0, str(REPO))
-        from simctl.local_broker import LocalBroker
-
         broker = LocalBroker(state / "broker", free_port())
         broker.start()
         hook_dir = state / "hook"

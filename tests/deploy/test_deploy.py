@@ -39,6 +39,8 @@ import pytest
 import vms
 import yaml
 
+from simctl.local_broker import port_open
+
 pytestmark = pytest.mark.deploy
 
 REPO = vms.REPO
@@ -345,7 +347,7 @@ def test_deploy_to_containerised_vms(lab: Lab) -> None:
                 break
             time.sleep(0.1)
         assert inside.returncode == 0, "the probe listener inside vm1 did not start"
-        assert not vms.port_open(lab.vm_ip(1), 8001), "vm1:8001 answers before deploy"
+        assert not port_open(lab.vm_ip(1), 8001, timeout=1.0), "vm1:8001 answers before deploy"
         vms.docker("exec", name, "sh", "-c", 'kill "$(cat /tmp/probe.pid)"')
 
     with phases.run("2. deploy"):

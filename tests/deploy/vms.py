@@ -12,12 +12,13 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import json
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from simctl.local_broker import port_open
 
 REPO = Path(__file__).resolve().parents[2]
 LABEL = "org.particle-sim.test=deploy"
@@ -152,22 +153,13 @@ def wait_vm_ready(name: str, ip: str, timeout: float = 90) -> None:
     """Wait until the VM's sshd accepts connections and its Docker engine answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if port_open(ip, 22) and subprocess.run(
+        if port_open(ip, 22, timeout=1.0) and subprocess.run(
                 ["docker", "exec", name, "docker", "info"], capture_output=True).returncode == 0:
             return
         time.sleep(0.5)
     logs = docker("logs", "--tail", "30", name, check=False)
     inner = docker("exec", name, "tail", "-n", "30", "/var/log/dockerd.log", check=False)
     raise RuntimeError(f"VM {name} not ready after {timeout:.0f} s:\n{logs}\n{inner}")
-
-
-def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Whether a TCP connection to host:port is accepted."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def http_json(url: str, timeout: float = 3.0) -> dict:  # type: ignore[type-arg]
