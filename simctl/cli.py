@@ -181,6 +181,11 @@ def validate(taskfile: Path | None, as_json: bool) -> None:
 )
 @click.option("--resume", metavar="RUN_ID", help="Continue a run whose dispatcher died.")
 @click.option(
+    "--broker-changed",
+    is_flag=True,
+    help="With --resume: the run's broker was replaced; continue it on this one.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
@@ -194,6 +199,7 @@ def run(
     as_json: bool,
     detach: bool,
     resume: str | None,
+    broker_changed: bool,
     timeout: float | None,
     quiet: bool,
 ) -> None:
@@ -207,11 +213,13 @@ def run(
 
     if resume and taskfile:
         raise InputError("give either a task file or --resume RUN_ID, not both")
+    if broker_changed and not resume:
+        raise InputError("--broker-changed goes with --resume RUN_ID")
     conn = settings.connection()
     held = None
     if resume:
         ledger = _open_ledger(settings)
-        ledger.run(resume)
+        runner.check_broker(ledger, ledger.run(resume), conn, changed=broker_changed)
         run_id = resume
     else:
         tf = tf_mod.load(taskfile or DEFAULT_TASKFILE)  # checked before the ledger is touched
@@ -436,12 +444,16 @@ def status(settings: Settings, run_id: str | None, as_json: bool) -> None:
         workers = _workers_json(settings)
     except SimctlError as e:
         workers, broker_error = [], e
+    rejected = ledger.rejections()
     if as_json:
-        emit_json({"workers": workers, "runs": [r.to_json() for r in runs]})
+        emit_json({"workers": workers, "runs": [r.to_json() for r in runs], "rejected": rejected})
     else:
         click.echo(_workers_table(workers) if workers else "no workers known")
         click.echo()
         click.echo(_runs_table(runs) if runs else f"no runs in {settings.store}")
+        if rejected:
+            counts = ", ".join(f"{reason} {r['count']}" for reason, r in rejected.items())
+            click.echo(f"\nmessages refused by the dispatcher: {counts} (details: --json)")
     if broker_error is not None:
         raise broker_error
 

@@ -18,12 +18,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import IO, Any
 
 import paho.mqtt.client as mqtt
 
-from simctl.ledger import Ledger, LiveTask, TaskState
+from simctl.errors import LedgerWriteError
+from simctl.ledger import FINISHED, Ledger, LiveTask, TaskState
 from simctl.mqtt import Pump, client_id, open_client, payload_of
 from simproto.connection import ConnectionSettings, exchange
 from simproto.protocol import (
@@ -37,9 +39,11 @@ from simproto.protocol import (
     Result,
     ResultState,
     RunProgress,
+    VersionMismatch,
     WorkerState,
     WorkerStatus,
 )
+from simproto.ratelimit import RateLimit
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,33 @@ NO_WORKER_WARNING_S = 10.0
 PROGRESS_EVERY_S = 0.5
 """Smallest interval between two retained RunProgress messages of one run."""
 
+REJECTIONS_LOGGED_PER_S = 10.0
+"""Refused messages logged one by one per second (all are counted in the ledger)."""
+
+PROGRESS_KEEPALIVE_S = 10.0
+"""An active run's progress is published at least this often, changed or not: a retained
+"active" progress older than a few of these belongs to a dispatcher that is gone."""
+
+MAX_HEARTBEAT_S = 300.0
+"""Largest heartbeat interval a worker's status is believed for (bounds its leases)."""
+
+
+class Rejection(str, Enum):
+    """Why a message was refused and dropped (``simctl status --json`` counts each)."""
+
+    MALFORMED = "malformed"
+    """Not a valid message of its topic (or of this protocol version)."""
+    UNPROCESSABLE = "could not be processed"
+    """Valid, but handling it raised: logged with the traceback, rolled back, dropped."""
+    UNKNOWN_TASK = "unknown task"
+    """A result for a task this ledger does not have (another ledger on the same broker)."""
+    NOT_ASSIGNED = "not assigned to the sender"
+    """A result whose attempt was never assigned, or assigned to another worker or session."""
+    WRONG_RUN = "names another run"
+    """A result naming a run its task does not belong to."""
+    STALE = "stale session"
+    """A status or heartbeat of a session the worker id has since replaced."""
+
 
 class DispatcherLock:
     """The lock file beside a ledger that makes its dispatcher unique (fcntl, dies with us)."""
@@ -126,6 +157,7 @@ class Lease:
     task: LiveTask
     attempt: int
     tries: int
+    lost: int
     worker_id: str
     session: str
     assigned_at: float
@@ -141,10 +173,15 @@ class WorkerView:
     worker_id: str
     state: str = "unknown"
     session: str | None = None
+    started_at: float = 0.0
     slots: int = 0
     heartbeat_s: float = 2.0
     blocked_until: float = 0.0
+    heard_at: float = float("-inf")
+    """When a live message of the worker last arrived (not a retained copy)."""
     leases: set[str] = field(default_factory=set)
+    retired: set[str] = field(default_factory=set)
+    """Sessions this worker id had before the current one (their messages are stale)."""
 
     @property
     def lease_timeout(self) -> float:
@@ -153,7 +190,13 @@ class WorkerView:
         return MISSED_HEARTBEATS * self.heartbeat_s
 
     def free(self, now: float) -> int:
-        if self.state != WorkerState.ONLINE.value or now < self.blocked_until:
+        """Slots to fill: only while the worker is online and heard from within a lease, so
+        a worker whose Last Will was lost (a broker node crashed) gets nothing new."""
+        if (
+            self.state != WorkerState.ONLINE.value
+            or now < self.blocked_until
+            or now - self.heard_at > self.lease_timeout
+        ):
             return 0
         return self.slots - len(self.leases)
 
@@ -165,6 +208,7 @@ class RunView:
     run_id: str
     name: str
     max_attempts: int
+    max_lost: int
     total: int
     pending: dict[str, LiveTask]
     queue: deque[str]
@@ -181,9 +225,17 @@ class RunView:
 class Dispatcher:
     """Serves every active run of one ledger until told to stop."""
 
-    def __init__(self, ledger: Ledger, settings: ConnectionSettings) -> None:
+    def __init__(
+        self, ledger: Ledger, settings: ConnectionSettings, broker_id: str | None = None
+    ) -> None:
         self.ledger = ledger
         self.settings = settings
+        self.broker_id = broker_id
+        """The identity of the broker connected to; runs submitted to another are not served."""
+        self._refused_runs: set[str] = set()
+        self._reload = False
+        self._incompatible: set[tuple[str, str]] = set()
+        self._rejection_logs = RateLimit(REJECTIONS_LOGGED_PER_S, int(REJECTIONS_LOGGED_PER_S))
         self.topics = settings.topics
         self.inbox: list[mqtt.MQTTMessage | str] = []
         self.workers: dict[str, WorkerView] = {}
@@ -218,7 +270,7 @@ class Dispatcher:
         ]
         self.client = open_client(
             self.settings,
-            client_id(self.settings, "dispatcher"),
+            client_id(self.settings, f"dispatcher-{self.ledger.ledger_id[:16]}"),
             subs,
             lambda msg: self.inbox.append(msg),  # self.inbox is swapped every pass
             session_expiry_s=SESSION_EXPIRY_S,
@@ -282,7 +334,9 @@ class Dispatcher:
                         number += 1
                     elif item.qos > 0:
                         received.append((number, item.mid))
-                    self.handle(item, now)
+                    self.handle_safely(item, now)
+                if self._reload:
+                    self.reload(now)
                 if now >= self._next_lease_check:
                     self._next_lease_check = now + LEASE_CHECK_S
                     self.expire_leases(now)
@@ -326,17 +380,51 @@ class Dispatcher:
         """Load runs that became active; drop runs cancelled (or finished) behind our back."""
         active = self.ledger.active_run_ids()
         for run_id in active:
-            if run_id not in self.runs:
+            if run_id not in self.runs and run_id not in self._refused_runs:
                 self.load_run(run_id, now)
         for run_id in [r for r in self.runs if r not in active]:
             self.drop_run(run_id)
 
+    def reload(self, now: float) -> None:
+        """Rebuild what is in memory from the ledger (after a handler failed half-way)."""
+        self._reload = False
+        for worker in self.workers.values():
+            worker.leases.clear()
+        self.leases.clear()
+        self.runs.clear()
+        self.refresh_runs(now)
+
+    def _serves(self, run_id: str) -> bool:
+        """Whether a run belongs to this broker and prefix (runs from before the ledger
+        recorded it adopt the current one)."""
+        info = self.ledger.run(run_id)
+        if self.broker_id is None:
+            return True
+        mine = (self.broker_id, self.settings.topic_prefix, str(self.settings.broker))
+        if info.broker_id is None:
+            self.ledger.set_run_broker(run_id, mine)
+            return True
+        if (info.broker_id, info.topic_prefix) == mine[:2]:
+            return True
+        self._refused_runs.add(run_id)
+        log.warning(
+            "not serving run %s: it was submitted to broker %s (id %s, prefix %s), this is "
+            "%s (id %s, prefix %s); resume it with `simctl run --resume %s --broker-changed` "
+            "if the broker was replaced",
+            run_id, info.broker, info.broker_id, info.topic_prefix,
+            mine[2], mine[0], mine[1], run_id,
+        )
+        return False
+
     def load_run(self, run_id: str, now: float) -> None:
+        if not self._serves(run_id):
+            return
         info = self.ledger.run(run_id)
         view = RunView(
             run_id,
             info.name,
             info.max_attempts,
+            info.max_lost,
             info.total,
             {},
             deque(),
@@ -350,7 +438,14 @@ class Dispatcher:
             # Assigned by an earlier dispatcher: keep the lease until the worker says otherwise.
             worker = self.worker(task.worker_id)
             self.leases[task.task_id] = Lease(
-                task, task.attempt, task.tries, task.worker_id, task.session or "", now, now
+                task,
+                task.attempt,
+                task.tries,
+                task.lost,
+                task.worker_id,
+                task.session or "",
+                now,
+                now,
             )
             worker.leases.add(task.task_id)
             view.assigned += 1
@@ -381,6 +476,33 @@ class Dispatcher:
             view = self.workers[worker_id] = WorkerView(worker_id)
         return view
 
+    def handle_safely(self, item: mqtt.MQTTMessage | str, now: float) -> None:
+        """Handle one message; if that fails, undo its writes, count it and go on.
+
+        A message that cannot be processed is dropped, never left to be re-delivered: it is
+        acknowledged with the rest of the pass. Only a ledger write failure stops the pass.
+        """
+        try:
+            with self.ledger.savepoint():
+                self.handle(item, now)
+        except LedgerWriteError:
+            raise
+        except Exception as e:
+            assert isinstance(item, mqtt.MQTTMessage)
+            log.exception("a message on %s could not be processed; dropped", item.topic)
+            self.reject(Rejection.UNPROCESSABLE, f"{item.topic}: {type(e).__name__}: {e}", now)
+            self._reload = True  # memory may be half-updated: rebuild it from the ledger
+
+    def reject(self, reason: Rejection, detail: str, now: float, *, quiet: bool = False) -> None:
+        """Count a refused message in the ledger (and log it unless ``quiet``)."""
+        self.ledger.add_rejection(reason.value, detail, time.time())
+        if quiet:
+            log.debug("rejected (%s): %s", reason.value, detail)
+        elif self._rejection_logs.allow():
+            unlogged = self._rejection_logs.take_suppressed()
+            more = f" ({unlogged} more since the last; all in `simctl status`)" if unlogged else ""
+            log.warning("rejected (%s): %.300s%s", reason.value, detail, more)
+
     def handle(self, item: mqtt.MQTTMessage | str, now: float) -> None:
         if item == "connected":
             self.connected = True
@@ -396,17 +518,26 @@ class Dispatcher:
             worker_id, channel = self.topics.parse_worker_topic(item.topic)
             if channel is Channel.STATUS:
                 if item.payload:
-                    self.on_status(
-                        self._check(WorkerStatus.decode(payload_of(item)), worker_id), now
-                    )
+                    status = WorkerStatus.decode(payload_of(item))
+                    self.on_status(self._check(status, worker_id), now, live=not item.retain)
             elif channel is Channel.HEARTBEAT:
                 self.on_heartbeat(self._check(Heartbeat.decode(payload_of(item)), worker_id), now)
             elif channel is Channel.RESULT:
                 self.on_result(self._check(Result.decode(payload_of(item)), worker_id), now)
             elif channel is Channel.EVENT:
                 self.on_event(self._check(Event.decode(payload_of(item)), worker_id), now)
+        except VersionMismatch as e:
+            self._incompatible_peer(item.topic, e, now)
         except DecodeError as e:
-            log.warning("ignoring a malformed message on %s: %s", item.topic, e)
+            self.reject(Rejection.MALFORMED, f"{item.topic}: {e}", now)
+
+    def _incompatible_peer(self, topic: str, error: VersionMismatch, now: float) -> None:
+        """A worker of another release: say so once per worker and version, clearly."""
+        key = (topic.rsplit("/", 1)[0], repr(error.peer_version)[:40])
+        self.reject(Rejection.MALFORMED, f"{topic}: {error}", now, quiet=key in self._incompatible)
+        if key not in self._incompatible:
+            self._incompatible.add(key)
+            log.error("%s: %s; it gets no tasks from this simctl", key[0], error)
 
     @staticmethod
     def _check(msg: Any, worker_id: str) -> Any:
@@ -414,8 +545,34 @@ class Dispatcher:
             raise DecodeError(f"message of worker {msg.worker_id!r} on the topic of {worker_id!r}")
         return msg
 
-    def on_status(self, status: WorkerStatus, now: float) -> None:
+    def _stale(self, worker: WorkerView, session: str, started_at: float | None) -> bool:
+        """Whether a message of ``session`` comes from an agent this worker id has replaced
+        (a frozen or cut-off agent coming back, or its late Last Will)."""
+        if session in worker.retired:
+            return True
+        return (
+            started_at is not None
+            and worker.session is not None
+            and session != worker.session
+            and started_at < worker.started_at
+        )
+
+    def _retire(self, worker: WorkerView, session: str) -> None:
+        if worker.session is not None and worker.session != session:
+            worker.retired.add(worker.session)
+        worker.session = session
+
+    def on_status(self, status: WorkerStatus, now: float, live: bool = True) -> None:
         worker = self.worker(status.worker_id)
+        if self._stale(worker, status.session, status.started_at):
+            self.reject(
+                Rejection.STALE,
+                f"status {status.state} of {status.worker_id} session {status.session}, "
+                f"replaced by session {worker.session}",
+                now,
+                quiet=True,
+            )
+            return
         if status.state != worker.state or status.session != worker.session:
             log.info(
                 "worker %s: %s, %d slots, session %s",
@@ -431,17 +588,32 @@ class Dispatcher:
                 worker, f"worker {worker.worker_id} restarted", now, keep_session=status.session
             )
         worker.state = status.state
-        worker.session = status.session
+        self._retire(worker, status.session)
+        worker.started_at = status.started_at
         worker.slots = max(0, status.slots)
-        worker.heartbeat_s = max(0.05, status.heartbeat_s)
+        worker.heartbeat_s = min(MAX_HEARTBEAT_S, max(0.05, status.heartbeat_s))
+        if live:
+            worker.heard_at = now
+        else:
+            # A retained copy speaks for when it was published, not for now.
+            worker.heard_at = max(worker.heard_at, now - max(0.0, time.time() - status.ts))
 
     def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
         worker = self.worker(hb.worker_id)
+        if self._stale(worker, hb.session, None):
+            self.reject(
+                Rejection.STALE,
+                f"heartbeat of {hb.worker_id} session {hb.session}, replaced by {worker.session}",
+                now,
+                quiet=True,
+            )
+            return
         if worker.session is not None and hb.session != worker.session:
             self.lose_all(
                 worker, f"worker {worker.worker_id} restarted", now, keep_session=hb.session
             )
-            worker.session = hb.session
+            self._retire(worker, hb.session)
+        worker.heard_at = now
         for task_id in list(worker.leases):
             lease = self.leases[task_id]
             if task_id in hb.progress:
@@ -481,50 +653,65 @@ class Dispatcher:
                 )
             return
         log.warning(
-            "worker %s reports an error (%s): %s", event.worker_id, event.topic, event.detail
+            "worker %s reports an error (%s): %.300s", event.worker_id, event.topic, event.detail
         )
 
     def on_result(self, result: Result, now: float) -> None:
-        run = self.runs.get(result.run_id)
+        """Store a result if it comes from the worker and session its attempt was assigned
+        to and the task is unfinished; the first conclusive one wins (any attempt)."""
         lease = self.leases.get(result.task_id)
-        if lease is not None and self._names_another_run(result, lease.task.run_id):
-            return
-        live = lease is not None or (run is not None and result.task_id in run.pending)
-        if not live:
-            known = self.ledger.task_state(result.task_id)
+        current = lease is not None and (lease.attempt, lease.worker_id, lease.session) == (
+            result.attempt,
+            result.worker_id,
+            result.session,
+        )
+        who = f"{result.task_id} attempt {result.attempt} from {result.worker_id}"
+        if lease is not None and current:
+            task_run, task_state = lease.task.run_id, TaskState.ASSIGNED.value
+        else:
+            known = self.ledger.assigned_attempt(result.task_id, result.attempt)
             if known is None:
-                log.warning(
-                    "result for unknown task %s from %s (another ledger?); not acknowledged",
-                    result.task_id,
-                    result.worker_id,
+                # Expected when several ledgers share a broker: the other one stores it.
+                self.reject(Rejection.UNKNOWN_TASK, f"result of {who}", now, quiet=True)
+                return
+            task_run, task_state, assigned_worker, assigned_session = known
+            if (assigned_worker, assigned_session) != (result.worker_id, result.session):
+                self.reject(
+                    Rejection.NOT_ASSIGNED,
+                    f"result of {who} session {result.session}: that attempt was "
+                    + (
+                        f"assigned to {assigned_worker} session {assigned_session}"
+                        if assigned_worker
+                        else "never assigned"
+                    ),
+                    now,
                 )
                 return
-            if self._names_another_run(result, known[0]):
-                return
-            if known[1] not in (TaskState.PENDING.value, TaskState.ASSIGNED.value):
-                self.duplicate(result, now)
-                return
-            if run is None and result.run_id not in self.finished_runs:
-                # A run that became active after our last look at the ledger.
-                self.load_run(result.run_id, now)
-                self.on_result(result, now)
-            else:
-                log.warning(
-                    "result for %s from %s does not match the ledger; ignored",
-                    result.task_id,
-                    result.worker_id,
-                )
+        if result.run_id != task_run:
+            self.reject(Rejection.WRONG_RUN, f"result of {who} names run {result.run_id}", now)
             return
-        assert run is not None
-        retry = result.retryable and result.state != ResultState.DONE.value
-        if retry:
-            if lease is not None and lease.attempt == result.attempt:
-                self.release(lease, result.state, result.error or "failed", now, refund=False)
+        if task_state in FINISHED:
+            self.duplicate(result, now)
+            return
+        run = self.runs.get(task_run)
+        if run is None:
+            if task_run in self.finished_runs or task_run in self._refused_runs:
+                return  # finished meanwhile, or served by another broker: not ours to store
+            self.load_run(task_run, now)  # became active after our last look at the ledger
+            self.on_result(result, now)
+            return
+        if result.handed_back or (result.retryable and result.state != ResultState.DONE.value):
+            if current:
+                assert lease is not None
+                outcome = "lost" if result.handed_back else result.state
+                self.release(
+                    lease, outcome, result.error or "failed", now, refund=False,
+                    lost=result.handed_back,
+                )
             else:
                 self.ledger.record_attempt_end(result, result.state)
             self.ack(result)
             return
-        # The first conclusive result wins, whichever attempt it comes from.
         state = {
             ResultState.DONE.value: TaskState.DONE.value,
             ResultState.CANCELLED.value: TaskState.CANCELLED.value,
@@ -541,20 +728,6 @@ class Dispatcher:
         run.finished[state] = run.finished.get(state, 0) + 1
         run.dirty = True
         self.ack(result)
-
-    @staticmethod
-    def _names_another_run(result: Result, run_id: str) -> bool:
-        """A result must name the run its task belongs to; one that does not is ignored."""
-        if result.run_id == run_id:
-            return False
-        log.warning(
-            "result of %s from %s names run %s, not %s; ignored",
-            result.task_id,
-            result.worker_id,
-            result.run_id,
-            run_id,
-        )
-        return True
 
     def duplicate(self, result: Result, now: float) -> None:
         self.ledger.record_attempt_end(result, "duplicate")
@@ -578,23 +751,45 @@ class Dispatcher:
                 self.lose(lease, reason, now)
 
     def lose(self, lease: Lease, reason: str, now: float) -> None:
+        """The worker went away with the task: the attempt does not count, the loss does."""
         log.info("task %s attempt %d lost: %s", lease.task.task_id, lease.attempt, reason)
-        self.release(lease, "lost", reason, now, refund=False)
+        self.release(lease, "lost", reason, now, refund=False, lost=True)
 
-    def release(self, lease: Lease, outcome: str, detail: str, now: float, *, refund: bool) -> None:
-        """End an attempt without a winning result: back to pending, or failed when out of tries."""
+    def release(
+        self,
+        lease: Lease,
+        outcome: str,
+        detail: str,
+        now: float,
+        *,
+        refund: bool,
+        lost: bool = False,
+    ) -> None:
+        """End an attempt without a winning result: back to pending, or failed when out of
+        tries (a failure inside the task) or of workers (``lost``, against ``max_lost``)."""
         task = lease.task
         run = self.runs[task.run_id]
         self.leases.pop(task.task_id)
         self.worker(lease.worker_id).leases.discard(task.task_id)
         run.assigned -= 1
         run.dirty = True
+        refund = refund or lost
         tries = lease.tries - 1 if refund else lease.tries
-        fail = tries >= run.max_attempts
-        if fail:
+        lost_count = lease.lost + 1 if lost else lease.lost
+        fail = tries >= run.max_attempts or lost_count >= run.max_lost
+        if lost_count >= run.max_lost:
+            detail = f"lost {lost_count} workers; last: {detail}"
+        elif fail:
             detail = f"gave up after {tries} attempts; last: {detail}"
         self.ledger.release(
-            task.task_id, lease.attempt, outcome, detail, refund=refund, fail=fail, now=time.time()
+            task.task_id,
+            lease.attempt,
+            outcome,
+            detail,
+            refund=refund,
+            lost=lost,
+            fail=fail,
+            now=time.time(),
         )
         if fail:
             run.finished["failed"] = run.finished.get("failed", 0) + 1
@@ -607,10 +802,13 @@ class Dispatcher:
             task.seed,
             lease.attempt,
             tries,
+            lost_count,
             None,
             None,
         )
-        run.queue.append(task.task_id)
+        # First in line again: it has waited longest, and a late result of the lost attempt
+        # then meets the new attempt early rather than at the end of the run.
+        run.queue.appendleft(task.task_id)
 
     def expire_leases(self, now: float) -> None:
         if not self.connected:
@@ -691,7 +889,7 @@ class Dispatcher:
         assert worker.session is not None
         self.ledger.assign(task.task_id, attempt, worker.worker_id, worker.session, wall)
         self.leases[task.task_id] = Lease(
-            task, attempt, task.tries + 1, worker.worker_id, worker.session, now, now
+            task, attempt, task.tries + 1, task.lost, worker.worker_id, worker.session, now, now
         )
         worker.leases.add(task.task_id)
         run.assigned += 1
@@ -713,7 +911,8 @@ class Dispatcher:
 
     def publish_progress(self, now: float, force: bool = False) -> None:
         for view in self.runs.values():
-            if view.dirty and (force or now - view.published_at >= PROGRESS_EVERY_S):
+            due = force or now - view.published_at >= PROGRESS_EVERY_S
+            if (view.dirty and due) or now - view.published_at >= PROGRESS_KEEPALIVE_S:
                 self._publish_run(view, now)
 
     def _publish_run(self, view: RunView, now: float, state: str = "active") -> None:

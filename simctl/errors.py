@@ -2,7 +2,7 @@
 
 Exit codes (documented in docs/cli.md): 0 success, 1 some tasks failed or were cancelled
 (or another operational failure), 2 invalid input, 3 timeout, 4 broker unreachable or no
-worker answering.
+worker answering, 5 the ledger cannot be written (disk full, I/O error).
 """
 
 from __future__ import annotations
@@ -74,6 +74,18 @@ class TasksFailed(SimctlError):
 
 class LedgerError(SimctlError):
     """The ledger cannot be opened or is not a simctl ledger."""
+
+
+class LedgerWriteError(LedgerError):
+    """A write to the ledger failed (disk full, I/O error): the transaction was rolled back,
+    nothing was acknowledged or sent for it, and ``simctl run --resume`` continues once the
+    cause is fixed."""
+
+    exit_code = 5
+
+
+class BrokerChanged(InputError):
+    """A run is resumed against another broker (or topic prefix) than it was submitted to."""
 
 
 class LocalClusterError(SimctlError):

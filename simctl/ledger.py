@@ -1,8 +1,10 @@
 """The run ledger: SQLite (WAL) on the main PC, the source of truth of every run.
 
-Tables: ``runs``, ``tasks`` (one row per task: state, current attempt, tries consumed,
-worker), ``attempts`` (one row per assignment, with how it ended) and ``results`` (the
-winning result of each finished task, with summary and observables). Every state change
+Tables: ``meta`` (the ledger's id), ``runs`` (with the broker they were submitted to),
+``tasks`` (one row per task: state, current attempt, tries consumed, workers lost, worker),
+``attempts`` (one row per assignment, with how it ended), ``results`` (the winning result of
+each finished task, with summary and observables) and ``rejections`` (messages refused, by
+reason). Every state change
 is written here before it is acted on; the dispatcher groups many changes into one
 transaction (:meth:`Ledger.batch`) so throughput does not pay one commit per task. WAL with
 ``synchronous=NORMAL`` survives a crash of simctl (not a power cut of the main PC) without
@@ -11,6 +13,7 @@ an fsync per commit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -22,14 +25,15 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simctl.errors import LedgerError, UnknownRun
+from simctl.errors import LedgerError, LedgerWriteError, UnknownRun
 from simproto.protocol import Result, encode_series
 
 if TYPE_CHECKING:
     from simctl.taskfile import TaskFile
 
-SCHEMA_VERSION = 1
-"""Stored in ``PRAGMA user_version``; bumped on an incompatible schema change."""
+SCHEMA_VERSION = 2
+"""Stored in ``PRAGMA user_version``; bumped on every schema change, each of which
+:data:`_MIGRATIONS` applies in place to a ledger of the version before."""
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a writer waits for another process's transaction (cancel vs dispatcher)."""
@@ -116,6 +120,31 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
 """
+"""Schema 1, as it was created; later versions are reached through the migrations."""
+
+_MIGRATIONS: dict[int, str] = {
+    2: """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('ledger_id', lower(hex(randomblob(16))));
+ALTER TABLE runs ADD COLUMN max_lost INTEGER NOT NULL DEFAULT 5;
+ALTER TABLE runs ADD COLUMN broker_id TEXT;
+ALTER TABLE runs ADD COLUMN topic_prefix TEXT;
+ALTER TABLE runs ADD COLUMN broker TEXT;
+ALTER TABLE tasks ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE rejections (
+    reason      TEXT PRIMARY KEY,
+    count       INTEGER NOT NULL,
+    last_at     REAL NOT NULL,
+    last_detail TEXT NOT NULL
+);
+""",
+}
+"""Version -> the statements that turn a ledger of the version before into this one.
+Version 2: the ledger's id (the dispatcher's client id derives from it), the broker a run was
+submitted to, lost workers per task (``max_lost``), and rejected messages by reason."""
+
+MAX_REJECTION_DETAIL = 500
+"""Longest stored detail of a rejection (hostile input is never kept in full)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +161,10 @@ class RunInfo:
     created_at: float
     finished_at: float | None
     duplicates: int
+    max_lost: int
+    broker_id: str | None
+    topic_prefix: str | None
+    broker: str | None
     counts: dict[str, int]
 
     @property
@@ -172,6 +205,7 @@ class RunInfo:
             "duplicates": self.duplicates,
             "seed": self.seed,
             "max_attempts": self.max_attempts,
+            "max_lost": self.max_lost,
             "taskfile": self.taskfile,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
@@ -190,6 +224,7 @@ class LiveTask:
     seed: int
     attempt: int
     tries: int
+    lost: int
     worker_id: str | None
     session: str | None
 
@@ -212,38 +247,84 @@ class Ledger:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise LedgerError(
-                    f"{self.path} has ledger schema {version}, this simctl knows {SCHEMA_VERSION}"
-                )
-            if version == 0:
-                with self.batch():
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self.db.execute(statement)
-                    self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._migrate()
+            self.ledger_id: str = self.db.execute(
+                "SELECT value FROM meta WHERE key = 'ledger_id'"
+            ).fetchone()[0]
+            """Made when the ledger is created and kept with it (moving the file keeps it)."""
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"cannot open ledger {self.path}: {e}") from e
+
+    def _migrate(self) -> None:
+        """Create a new ledger, or bring one of an older schema up to date, in place."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # the common case takes no write lock (status beside a busy dispatcher)
+        with self.batch():
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{self.path} has ledger schema {version}, newer than this simctl's "
+                    f"{SCHEMA_VERSION}: upgrade simctl (pip install -U particle-sim) to use it"
+                )
+            if version == 0:
+                self._script(_SCHEMA)
+                version = 1
+            while version < SCHEMA_VERSION:
+                version += 1
+                self._script(_MIGRATIONS[version])
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _script(self, script: str) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """One write transaction: everything inside is committed together or not at all."""
-        self.db.execute("BEGIN IMMEDIATE")
+        """One write transaction: everything inside is committed together or not at all.
+
+        A failed write (disk full, I/O error) rolls everything back and raises
+        LedgerWriteError, naming this file and the cause.
+        """
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise LedgerWriteError(f"cannot write the ledger {self.path}: {e}") from e
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a batch: undo the writes of this block alone if it raises."""
+        self.db.execute("SAVEPOINT one")
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK TO one")
+                self.db.execute("RELEASE one")
             raise
-        self.db.execute("COMMIT")
+        self.db.execute("RELEASE one")
 
     # ------------------------------------------------------------------ runs
 
-    def create_run(self, taskfile: TaskFile) -> str:
-        """Store a run and all its tasks in one transaction; returns the run id."""
+    def create_run(
+        self, taskfile: TaskFile, broker: tuple[str, str, str] | None = None
+    ) -> str:
+        """Store a run and all its tasks in one transaction; returns the run id.
+
+        ``broker`` is (broker id, topic prefix, address) of the broker it is submitted to.
+        """
         run_id = new_run_id()
         spec = {"text": taskfile.text, "seed_given": taskfile.seed_given}
         rows = (
@@ -252,18 +333,21 @@ class Ledger:
         )
         with self.batch():
             self.db.execute(
-                "INSERT INTO runs (run_id, name, seed, max_attempts, taskfile, spec, total, state,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (run_id, name, seed, max_attempts, max_lost, taskfile, spec,"
+                " total, state, created_at, broker_id, topic_prefix, broker)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     taskfile.name,
                     taskfile.seed,
                     taskfile.max_attempts,
+                    taskfile.max_lost,
                     str(taskfile.path),
                     json.dumps(spec),
                     len(taskfile.tasks),
                     RunState.ACTIVE.value,
                     time.time(),
+                    *(broker or (None, None, None)),
                 ),
             )
             self.db.executemany(
@@ -290,7 +374,7 @@ class Ledger:
 
     _RUN_COLUMNS = (
         "run_id, name, seed, max_attempts, taskfile, total, state, created_at, finished_at,"
-        " duplicates"
+        " duplicates, max_lost, broker_id, topic_prefix, broker"
     )
 
     def run(self, run_id: str) -> RunInfo:
@@ -345,6 +429,13 @@ class Ledger:
         )
         return state
 
+    def set_run_broker(self, run_id: str, broker: tuple[str, str, str]) -> None:
+        """Record (broker id, topic prefix, address) as the broker a run is served by."""
+        self.db.execute(
+            "UPDATE runs SET broker_id = ?, topic_prefix = ?, broker = ? WHERE run_id = ?",
+            (*broker, run_id),
+        )
+
     def add_duplicates(self, run_id: str, n: int) -> None:
         self.db.execute("UPDATE runs SET duplicates = duplicates + ? WHERE run_id = ?", (n, run_id))
 
@@ -381,8 +472,9 @@ class Ledger:
         return [
             LiveTask(*row)
             for row in self.db.execute(
-                "SELECT task_id, run_id, kind, params, seed, attempt, tries, worker_id, session"
-                " FROM tasks WHERE run_id = ? AND state IN ('pending', 'assigned') ORDER BY idx",
+                "SELECT task_id, run_id, kind, params, seed, attempt, tries, lost, worker_id,"
+                " session FROM tasks WHERE run_id = ? AND state IN ('pending', 'assigned')"
+                " ORDER BY idx",
                 (run_id,),
             )
         ]
@@ -393,6 +485,19 @@ class Ledger:
             "SELECT run_id, state FROM tasks WHERE task_id = ?", (task_id,)
         ).fetchone()
         return (row[0], row[1]) if row else None
+
+    def assigned_attempt(
+        self, task_id: str, attempt: int
+    ) -> tuple[str, str, str | None, str | None] | None:
+        """(run id, task state, worker id, worker session) of one attempt of a task; None
+        if the ledger has no such task. Worker and session are None if that attempt was
+        never assigned."""
+        row = self.db.execute(
+            "SELECT t.run_id, t.state, a.worker_id, a.session FROM tasks t LEFT JOIN attempts a"
+            " ON a.task_id = t.task_id AND a.attempt = ? WHERE t.task_id = ?",
+            (attempt, task_id),
+        ).fetchone()
+        return (row[0], row[1], row[2], row[3]) if row else None
 
     def assign(self, task_id: str, attempt: int, worker_id: str, session: str, now: float) -> None:
         """Record an assignment (inside a batch); ``attempt`` is the new attempt number."""
@@ -415,29 +520,31 @@ class Ledger:
         detail: str,
         *,
         refund: bool,
+        lost: bool = False,
         fail: bool,
         now: float,
     ) -> None:
         """An attempt ended without a winning result: back to pending, or failed if ``fail``.
 
-        ``refund`` gives the try back (a rejected assignment did not run).
+        ``refund`` gives the try back (a rejected assignment did not run; a lost worker's
+        attempt does not count either); ``lost`` counts a lost worker against ``max_lost``.
         """
         self.db.execute(
             "UPDATE attempts SET ended_at = ?, outcome = ?, detail = ? WHERE task_id = ?"
             " AND attempt = ?",
             (now, outcome, detail, task_id, attempt),
         )
+        counts = f"tries = tries - {1 if refund else 0}, lost = lost + {1 if lost else 0}"
         if fail:
             self.db.execute(
-                "UPDATE tasks SET state = 'failed', finished_at = ?, error = ? WHERE task_id = ?"
-                " AND state IN ('pending', 'assigned')",
+                f"UPDATE tasks SET state = 'failed', finished_at = ?, error = ?, {counts}"
+                " WHERE task_id = ? AND state IN ('pending', 'assigned')",
                 (now, detail, task_id),
             )
         else:
             self.db.execute(
-                "UPDATE tasks SET state = 'pending', worker_id = NULL, session = NULL,"
-                f" tries = tries - {1 if refund else 0}, error = ? WHERE task_id = ?"
-                " AND state = 'assigned'",
+                f"UPDATE tasks SET state = 'pending', worker_id = NULL, session = NULL, {counts},"
+                " error = ? WHERE task_id = ? AND state = 'assigned'",
                 (detail, task_id),
             )
 
@@ -482,11 +589,29 @@ class Ledger:
             (now, outcome, result.error, result.task_id, result.attempt),
         )
 
+    def add_rejection(self, reason: str, detail: str, now: float) -> None:
+        """Count one refused message under ``reason``, keeping the latest detail."""
+        self.db.execute(
+            "INSERT INTO rejections (reason, count, last_at, last_detail) VALUES (?, 1, ?, ?)"
+            " ON CONFLICT(reason) DO UPDATE SET count = count + 1, last_at = excluded.last_at,"
+            " last_detail = excluded.last_detail",
+            (reason, now, detail[:MAX_REJECTION_DETAIL]),
+        )
+
+    def rejections(self) -> dict[str, dict[str, Any]]:
+        """Refused messages by reason: count, time and detail of the latest."""
+        return {
+            reason: {"count": count, "last_at": last_at, "last": detail}
+            for reason, count, last_at, detail in self.db.execute(
+                "SELECT reason, count, last_at, last_detail FROM rejections ORDER BY reason"
+            )
+        }
+
     def task_rows(self, run_id: str) -> list[dict[str, Any]]:
         """Every task of a run with its result (if any), in index order."""
         self.run(run_id)
         cols = (
-            "t.task_id, t.idx, t.kind, t.params, t.seed, t.state, t.attempt, t.tries,"
+            "t.task_id, t.idx, t.kind, t.params, t.seed, t.state, t.attempt, t.tries, t.lost,"
             " t.worker_id, t.error, r.summary, r.started_at, r.finished_at, r.attempt,"
             " a.assigned_at"
         )
@@ -506,6 +631,7 @@ class Ledger:
                 state,
                 attempt,
                 tries,
+                lost,
                 worker,
                 error,
                 summary,
@@ -526,6 +652,7 @@ class Ledger:
                     "worker_id": worker,
                     "attempts": attempt,
                     "tries": tries,
+                    "lost": lost,
                     "result_attempt": result_attempt,
                     "elapsed_s": round(finished - started, 6) if finished is not None else None,
                     "error": error if state != TaskState.DONE.value else None,

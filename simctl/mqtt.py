@@ -19,14 +19,14 @@ from paho.mqtt.properties import Properties
 
 from simctl.errors import ConnectionFailed
 from simproto.connection import (
-    RECONNECT_MAX_DELAY_S,
-    RECONNECT_MIN_DELAY_S,
+    Backoff,
     ConnectionSettings,
     connect,
     exchange,
     make_client,
 )
 from simproto.protocol import (
+    BrokerIdentity,
     Channel,
     DecodeError,
     Heartbeat,
@@ -137,14 +137,11 @@ class Pump:
     and back (two thread wake-ups per message, which dominate latency on a busy machine).
     """
 
-    MIN_DELAY_S = RECONNECT_MIN_DELAY_S
-    MAX_DELAY_S = RECONNECT_MAX_DELAY_S
-
     def __init__(self, client: mqtt.Client, on_lost: Callable[[], None]) -> None:
         self.client = client
         self.on_lost = on_lost
         self.down = False
-        self._delay = self.MIN_DELAY_S
+        self._backoff = Backoff()
         self._retry_at = 0.0
 
     def pump(self, wait: float) -> None:
@@ -168,12 +165,12 @@ class Pump:
         try:
             self.client.reconnect()
         except OSError as e:
-            log.info("broker still unreachable (%s); next try in %.1f s", e, self._delay)
-            self._retry_at = now + self._delay
-            self._delay = min(self._delay * 2, self.MAX_DELAY_S)
+            delay = self._backoff.next_delay()
+            log.info("broker still unreachable (%s); next try in %.1f s", e, delay)
+            self._retry_at = now + delay
             return
         self.down = False
-        self._delay = self.MIN_DELAY_S
+        self._backoff.reset()
 
 
 def payload_of(msg: mqtt.MQTTMessage) -> bytes:
@@ -207,11 +204,18 @@ class Observer:
         self.statuses: dict[str, WorkerStatus] = {}
         self.heard: dict[str, float] = {}
         self.progress: dict[str, RunProgress] = {}
+        self.identity: BrokerIdentity | None = None
         self.pongs: dict[str, PongReply] = {}
         self._ping_sent: dict[bytes, float] = {}
         self._markers: set[bytes] = set()
+        self.rejected = 0
+        """Messages that were malformed or could not be processed (each logged)."""
         self._cond = threading.Condition()
-        subs = [(self.topics.all_workers(Channel.STATUS), 1), (self.reply_topic, 1)]
+        subs = [
+            (self.topics.all_workers(Channel.STATUS), 1),
+            (self.reply_topic, 1),
+            (self.topics.broker_identity, 1),
+        ]
         if heartbeats:
             subs.append((self.topics.all_workers(Channel.HEARTBEAT), 0))
         if progress:
@@ -234,6 +238,11 @@ class Observer:
             if msg.topic == self.reply_topic:
                 self._on_reply(msg, now)
                 return
+            if msg.topic == self.topics.broker_identity:
+                identity = BrokerIdentity.decode(payload_of(msg)) if msg.payload else None
+                with self._cond:
+                    self.identity = identity
+                return
             if msg.topic.startswith(f"{self.topics.prefix}/runs/"):
                 rp = RunProgress.decode(payload_of(msg))
                 with self._cond:
@@ -252,7 +261,12 @@ class Observer:
                     self.heard[worker_id] = now
                 self._cond.notify_all()
         except DecodeError as e:
+            self.rejected += 1
             log.warning("ignoring a malformed message on %s: %s", msg.topic, e)
+        except Exception:
+            # An exception here would end paho's network thread: the observer would go deaf.
+            self.rejected += 1
+            log.exception("ignoring a message on %s that could not be processed", msg.topic)
 
     def _on_reply(self, msg: mqtt.MQTTMessage, now: float) -> None:
         corr = getattr(msg.properties, "CorrelationData", None)
@@ -309,6 +323,22 @@ class Observer:
                 # Give a worker whose status has not arrived yet a brief chance to answer.
                 self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             return dict(self.pongs)
+
+    def broker_id(self) -> str:
+        """The identity of the broker (under this prefix); made and kept retained if the
+        broker has none yet. Two simctl making one at once agree on whichever was kept."""
+        self.sync(CONNECT_TIMEOUT_S)
+        if self.identity is None:
+            made = BrokerIdentity(broker_id=uuid.uuid4().hex, created_at=time.time())
+            info = self.client.publish(
+                self.topics.broker_identity, made.encode(), qos=1, retain=True
+            )
+            info.wait_for_publish(CONNECT_TIMEOUT_S)
+            # Our subscription delivers every identity published, in the broker's order: after
+            # the sync, the last one delivered is the one the broker kept.
+            self.sync(CONNECT_TIMEOUT_S)
+        with self._cond:
+            return (self.identity or made).broker_id
 
     def snapshot(self) -> tuple[dict[str, WorkerStatus], dict[str, float], dict[str, RunProgress]]:
         with self._cond:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from simctl.background import spawn_detached
 from simctl.config import Settings
 from simctl.dispatcher import Dispatcher, DispatcherLock
-from simctl.errors import RunTimeout
+from simctl.errors import BrokerChanged, RunTimeout
 from simctl.ledger import Ledger, RunInfo, RunState
 from simctl.mqtt import Observer
 
@@ -52,6 +52,33 @@ def spawn_background_dispatcher(
     return spawn_detached([*argv, run_id] if run_id else argv, path)
 
 
+def broker_identity(conn: ConnectionSettings) -> str:
+    """The id of the broker behind ``conn`` (made on first contact; raises ConnectionFailed)."""
+    with Observer(conn) as obs:
+        return obs.broker_id()
+
+
+def check_broker(
+    ledger: Ledger, info: RunInfo, conn: ConnectionSettings, *, changed: bool
+) -> None:
+    """Refuse to resume a run against another broker or topic prefix than it was submitted
+    to (its results are not there) unless the user says the broker changed; then, or for a
+    run from before the ledger recorded it, the run moves to this broker."""
+    broker_id = broker_identity(conn)
+    here = (broker_id, conn.topic_prefix, str(conn.broker))
+    if info.broker_id is not None and (info.broker_id, info.topic_prefix) != here[:2]:
+        if not changed:
+            raise BrokerChanged(
+                f"run {info.run_id} was submitted to broker {info.broker} (id {info.broker_id},"
+                f" topic prefix {info.topic_prefix}), but {here[2]} is broker id {broker_id}"
+                f" with topic prefix {here[1]}: results sent meanwhile are on the other one."
+                f" Point simctl at that broker (--broker, --topic-prefix), or, if it was"
+                f" replaced, say so: simctl run --resume {info.run_id} --broker-changed"
+            )
+        log.warning("run %s moves from broker %s to %s", info.run_id, info.broker_id, broker_id)
+    ledger.set_run_broker(info.run_id, here)
+
+
 def submit(
     settings: Settings,
     conn: ConnectionSettings,
@@ -67,19 +94,18 @@ def submit(
     the broker cannot be reached.
     """
     held = None
-    if not dispatch_here:
-        Observer(conn).close()
-    else:
+    broker_id = broker_identity(conn)
+    if dispatch_here:
         lock = DispatcherLock(settings.store)
         if lock.acquire():
-            dispatcher = Dispatcher(ledger, conn)
+            dispatcher = Dispatcher(ledger, conn, broker_id)
             try:
                 dispatcher.connect()
             except BaseException:
                 lock.release()
                 raise
             held = (lock, dispatcher)
-    return ledger.create_run(taskfile), held
+    return ledger.create_run(taskfile, (broker_id, conn.topic_prefix, str(conn.broker))), held
 
 
 def finished(ledger: Ledger, run_id: str) -> bool:
@@ -120,7 +146,8 @@ def follow(
             if timed_out():
                 raise RunTimeout(_timeout_message(ledger.run(run_id), timeout))
             if dispatcher is None and lock.acquire():
-                dispatcher = Dispatcher(ledger, settings.connection())
+                conn = settings.connection()
+                dispatcher = Dispatcher(ledger, conn, broker_identity(conn))
             if dispatcher is not None:
                 served = True
                 dispatcher.serve(
@@ -150,7 +177,8 @@ def serve_all(settings: Settings) -> int:
         return 0
     ledger = Ledger(settings.store)
     try:
-        dispatcher = Dispatcher(ledger, settings.connection())
+        conn = settings.connection()
+        dispatcher = Dispatcher(ledger, conn, broker_identity(conn))
         try:
             dispatcher.serve(until=lambda d: not d.runs)
         finally:

@@ -29,6 +29,14 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS_LIMIT = 100
 """Largest ``max_attempts`` a task file may ask for."""
 
+DEFAULT_MAX_LOST = 5
+"""Times a task may lose its worker (killed, cut off, silent, stopping) before it fails: lost
+attempts do not count against ``max_attempts``, but a task that kills its agent (out of
+memory, say) must not be handed out forever."""
+
+MAX_LOST_LIMIT = 100
+"""Largest ``max_lost`` a task file may ask for."""
+
 MAX_TASKS = 1_000_000
 """Largest number of tasks one file may expand to."""
 
@@ -39,7 +47,7 @@ MAX_PARAMS_BYTES = MAX_CONTROL_BYTES - 4096
 """Largest parameter set (as JSON) of one task: it must fit in one assignment message."""
 
 
-TOP_KEYS = ("name", "description", "seed", "max_attempts", "defaults", "tasks")
+TOP_KEYS = ("name", "description", "seed", "max_attempts", "max_lost", "defaults", "tasks")
 """Keys allowed at the top of a task file."""
 
 ENTRY_KEYS = ("kind", "params", "sweep", "replicas")
@@ -118,6 +126,7 @@ class TaskFile:
     max_attempts: int
     tasks: list[TaskSpec]
     text: str
+    max_lost: int = DEFAULT_MAX_LOST
 
     def kinds(self) -> dict[str, int]:
         """Number of tasks per kind, in order of first appearance."""
@@ -236,6 +245,11 @@ def parse_text(text: str, path: Path) -> TaskFile:
         if "max_attempts" in doc
         else DEFAULT_MAX_ATTEMPTS
     )
+    max_lost = (
+        check.int_field(doc, "max_lost", "max_lost", 1, MAX_LOST_LIMIT)
+        if "max_lost" in doc
+        else DEFAULT_MAX_LOST
+    )
 
     defaults: dict[Any, Any] = _Mapping()
     if "defaults" in doc and doc["defaults"] is not None:
@@ -263,7 +277,7 @@ def parse_text(text: str, path: Path) -> TaskFile:
         TaskSpec(i, kind, params, s)
         for i, ((kind, params), s) in enumerate(zip(specs, seeds, strict=False))
     ]
-    return TaskFile(path, name.strip(), seed, seed_given, max_attempts, tasks, text)
+    return TaskFile(path, name.strip(), seed, seed_given, max_attempts, tasks, text, max_lost)
 
 
 def _expand_entry(

@@ -6,6 +6,7 @@ backoff and session handling are decided once.
 
 from __future__ import annotations
 
+import random
 import re
 import select
 import socket
@@ -29,15 +30,54 @@ DEFAULT_TLS_PORT = 8883
 """MQTT over TLS port used for ``mqtts://`` addresses that name none."""
 
 RECONNECT_MIN_DELAY_S = 0.5
-"""First reconnect delay after the broker goes away; doubles on each failure."""
+"""Ceiling of the first reconnect delay after the broker goes away; doubles on each failure."""
 
-RECONNECT_MAX_DELAY_S = 30
-"""Ceiling of the reconnect backoff."""
+RECONNECT_MAX_DELAY_S = 5
+"""Ceiling of the reconnect backoff: after a partition heals, a client is back within this
+(plus the connect itself), however long the partition lasted."""
+
+PERMANENT_REFUSALS = frozenset({
+    0x84,  # unsupported protocol version
+    0x85,  # client identifier not valid
+    0x86,  # bad user name or password
+    0x87,  # not authorized
+    0x8A,  # banned
+    0x8C,  # bad authentication method
+})
+"""CONNACK reason codes that trying again cannot change: the client must give up and say so
+(the others, such as server unavailable or busy, are worth another try)."""
 
 DEFAULT_KEEPALIVE_S = 10
 """MQTT keepalive; the broker fires the Last Will about 1.5 keepalives after silence."""
 
 _HOST_PORT_RE = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s]+)(?::(?P<port>\d{1,5}))?$")
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter (a delay drawn from [0, ceiling), the
+    ceiling doubling from ``first`` up to ``cap``): clients cut off together do not all come
+    back at the same instant, and none waits longer than ``cap``."""
+
+    def __init__(self, first: float = RECONNECT_MIN_DELAY_S,
+                 cap: float = RECONNECT_MAX_DELAY_S) -> None:
+        self.first = first
+        self.cap = cap
+        self._ceiling = first
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; the one after may be up to twice as long."""
+        delay = random.uniform(0.0, self._ceiling)
+        self._ceiling = min(self.cap, 2 * self._ceiling)
+        return delay
+
+    def reset(self) -> None:
+        """Connected: the next outage starts from ``first`` again."""
+        self._ceiling = self.first
+
+
+def is_permanent_refusal(reason: object) -> bool:
+    """Whether a CONNACK reason (paho ReasonCode) is one that retrying cannot cure."""
+    return getattr(reason, "value", None) in PERMANENT_REFUSALS
 
 
 @dataclass(frozen=True)

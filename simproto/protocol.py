@@ -21,6 +21,10 @@ The topic tree, under a prefix (default ``sim``)::
                                                                     and correlation data)
     {p}/replies/{client}         QoS 0            worker -> asker   Pong
     {p}/runs/{run_id}/progress   retained, QoS 1  simctl -> all     RunProgress
+    {p}/broker                   retained, QoS 1  simctl -> all     BrokerIdentity
+
+Decoding never raises anything but :class:`DecodeError`, whatever the bytes: every decode
+entry point (``Message.decode``, :func:`decode_control`) turns any other exception into one.
 """
 
 from __future__ import annotations
@@ -144,6 +148,11 @@ class Topics:
         """A subscription filter matching the progress of every run."""
         return f"{self.prefix}/runs/+/progress"
 
+    @property
+    def broker_identity(self) -> str:
+        """The retained identity of the broker (and prefix) that runs are submitted to."""
+        return f"{self.prefix}/broker"
+
 
 # ------------------------------------------------------------------ float series
 
@@ -175,6 +184,24 @@ def decode_series(obj: Any) -> list[float]:
 # ----------------------------------------------------------------------- messages
 
 M = TypeVar("M", bound="Message")
+D = TypeVar("D")
+
+
+def only_decode_errors(decode: Callable[..., D]) -> Callable[..., D]:
+    """Make a decode function keep the module's contract: whatever the bytes, it raises
+    DecodeError and nothing else (the json module alone raises several other ValueErrors,
+    RecursionError and MemoryError on hostile input; a handler must never see those)."""
+
+    @functools.wraps(decode)
+    def guarded(*args: Any) -> D:
+        try:
+            return decode(*args)
+        except DecodeError:
+            raise
+        except Exception as e:
+            raise DecodeError(f"undecodable payload: {type(e).__name__}: {e}"[:300]) from e
+
+    return guarded
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -291,8 +318,9 @@ class Message:
             raise DecodeError(f"{cls.TYPE}: {e}") from e
 
     @classmethod
+    @only_decode_errors
     def decode(cls: type[M], payload: bytes) -> M:
-        """Parse and validate a payload; raises DecodeError (or VersionMismatch)."""
+        """Parse and validate a payload; raises DecodeError (or VersionMismatch) only."""
         obj = parse_envelope(payload, cls.MAX_BYTES)
         if obj["type"] != cls.TYPE:
             raise DecodeError(f"expected a {cls.TYPE!r} message, got {obj['type']!r}")
@@ -307,15 +335,28 @@ def parse_envelope(payload: bytes, max_bytes: int = MAX_CONTROL_BYTES) -> dict[s
         raise DecodeError(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
         obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise DecodeError(f"payload is not JSON: {e}") from e
+    except (ValueError, RecursionError) as e:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and the integer-digits limit
+        # ("Exceeds the limit (4300 digits)"), which is not a JSONDecodeError.
+        raise DecodeError(f"payload is not JSON: {e}"[:300]) from e
     if not isinstance(obj, dict):
         raise DecodeError("payload is not a JSON object")
+    if b"\\u" in payload:
+        _check_no_lone_surrogates(obj)
     if obj.get("v") != PROTOCOL_VERSION:
         raise VersionMismatch(obj.get("v"))
     if not isinstance(obj.get("type"), str):
         raise DecodeError("payload has no 'type'")
     return obj
+
+
+def _check_no_lone_surrogates(obj: dict[str, Any]) -> None:
+    """JSON may spell a lone UTF-16 surrogate (``"\\ud800"``); Python keeps it in the str,
+    and it then fails wherever the text is encoded (SQLite, the next message, a log file)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode()
+    except UnicodeEncodeError as e:
+        raise DecodeError(f"payload holds text that is not Unicode: {e}"[:300]) from e
 
 
 class WorkerState(str, Enum):
@@ -413,7 +454,9 @@ class Result(Message):
     """The outcome of one attempt; kept by the worker until acknowledged.
 
     ``retryable`` is false for deterministic failures (bad parameters, a simulation that
-    blows up with this seed): retrying them would fail the same way.
+    blows up with this seed): retrying them would fail the same way. ``handed_back`` says the
+    attempt did not fail but was given back unfinished (the agent is stopping): like a lost
+    worker, it does not count against the task's attempts.
     """
 
     TYPE: ClassVar[str] = "result"
@@ -431,6 +474,7 @@ class Result(Message):
     metadata: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     retryable: bool = True
+    handed_back: bool = False
 
     def __post_init__(self) -> None:
         check_id(self.worker_id, "worker id")
@@ -525,6 +569,7 @@ CONTROL_MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Cancel, Ack, D
 """The messages that may arrive on a worker's ``control`` topic, by type tag."""
 
 
+@only_decode_errors
 def decode_control(payload: bytes) -> Cancel | Ack | Drain:
     """Decode any message of the ``control`` topic."""
     obj = parse_envelope(payload)
@@ -580,6 +625,19 @@ class RunProgress(Message):
         check_id(self.run_id, "run id")
 
 
+@dataclass(frozen=True)
+class BrokerIdentity(Message):
+    """Retained on ``{p}/broker``: who this broker (and prefix) is, so a run submitted to one
+    broker is never resumed against another by mistake (main-PC addresses change)."""
+
+    TYPE: ClassVar[str] = "broker_identity"
+    broker_id: str
+    created_at: float
+
+    def __post_init__(self) -> None:
+        check_id(self.broker_id, "broker id")
+
+
 def package_version() -> str:
     """The installed version of this project (shown in status and ping)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -597,6 +655,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "Assignment",
+    "BrokerIdentity",
     "Cancel",
     "Channel",
     "DecodeError",
@@ -618,6 +677,7 @@ __all__ = [
     "decode_control",
     "decode_series",
     "encode_series",
+    "only_decode_errors",
     "package_version",
     "parse_envelope",
 ]

@@ -33,10 +33,10 @@ from paho.mqtt.properties import Properties
 
 import ckernel
 from simproto.connection import (
-    RECONNECT_MAX_DELAY_S,
-    RECONNECT_MIN_DELAY_S,
+    Backoff,
     connect,
     exchange,
+    is_permanent_refusal,
     make_client,
 )
 from simproto.protocol import (
@@ -59,8 +59,15 @@ from simproto.protocol import (
     decode_control,
     package_version,
 )
+from simproto.ratelimit import RateLimit
 from worker_agent.config import AgentConfig
-from worker_agent.errors import ConfigError, WorkerIdInUse
+from worker_agent.errors import (
+    AgentError,
+    BrokerRefused,
+    ConfigError,
+    Superseded,
+    WorkerIdInUse,
+)
 from worker_agent.http import HealthServer, View
 from worker_agent.pool import ChildPool, Job
 
@@ -83,6 +90,14 @@ FLUSH_TIMEOUT_S = 5.0
 
 MAX_EVENT_DETAIL_CHARS = 1000
 """Error details are cut to this length (a hostile payload must not be echoed in full)."""
+
+ERROR_REPORTS_PER_S = 10.0
+"""Invalid messages reported one by one (log line and error event) per second: a flood is
+counted in full (/metrics) but cannot fill the outgoing queue that results share, nor the
+log."""
+
+ERROR_REPORT_BURST = 20
+"""Invalid messages reported one by one at once, before the rate above applies."""
 
 RESEND_MIN_S = 5.0
 """An unacknowledged result is sent again after max(this, 10 heartbeats), then at doubling
@@ -145,11 +160,13 @@ class Agent:
         self._assign_topic = self._topic[Channel.ASSIGN]
         self._control_topic = self._topic[Channel.CONTROL]
         self._replies_topic = self.topics.replies(wid)
+        self._status_topic = self._topic[Channel.STATUS]
         self.held: dict[tuple[str, int], Held] = {}
         self.counters = dict.fromkeys(
             ("tasks_done", "tasks_failed", "tasks_cancelled", "tasks_rejected",
              "child_restarts", "invalid_messages"), 0)
         self.connected = False
+        self._error_reports = RateLimit(ERROR_REPORTS_PER_S, ERROR_REPORT_BURST)
         self.http: HealthServer | None = None
         self.client: mqtt.Client | None = None
         self._inbox: deque[tuple[Any, ...]] = deque()  # filled by paho's callbacks
@@ -162,7 +179,9 @@ class Agent:
         self._socket_fd = -1
         self._want_write = False
         self._reconnect_at: float | None = None
-        self._reconnect_delay = RECONNECT_MIN_DELAY_S
+        self._backoff = Backoff()
+        self._fatal: AgentError | None = None
+        """Set when the agent must stop at once and exit with that error's code."""
         self._stop_mode: StopMode | None = None
         self._signals = 0
         self._stop_deadline: float | None = None
@@ -191,6 +210,8 @@ class Agent:
                 self._take_messages()
                 self._heartbeat()
                 self._maintenance()
+            if self._fatal is not None:
+                raise self._fatal
             return 0
         finally:
             self._teardown()
@@ -272,7 +293,8 @@ class Agent:
                 for slot in [s for s in self.pool.slots if s.job is not None]:
                     job, started_at = self.pool.kill(slot, "agent stopping")
                     self._finish(job, ResultState.FAILED, started_at, time.time(),
-                                 error="handed back: agent stopping", retryable=True)
+                                 error="handed back: agent stopping", retryable=True,
+                                 handed_back=True)
             if not self.pool.jobs():
                 self._done = True
         now = time.monotonic()
@@ -288,7 +310,11 @@ class Agent:
 
     def _teardown(self) -> None:
         client = self.client
-        if client is not None and self.connected:
+        if isinstance(self._fatal, Superseded):
+            # The id, its retained status and its session now belong to the newer agent.
+            if client is not None:
+                client.disconnect()
+        elif client is not None and self.connected:
             self._flush()
             info = self._publish(Channel.STATUS, self._status(WorkerState.OFFLINE),
                                  retain=True)
@@ -365,12 +391,12 @@ class Agent:
             self._view_stale = True
             for held in self.held.values():
                 held.resend_at = 0.0  # re-sent on the next connect
+            delay = self._backoff.next_delay()
             log.warning("disconnected from the broker: %s; reconnecting in %.1f s", item[1],
-                        self._reconnect_delay)
+                        delay)
             self._watch_socket()
             if not self._done:
-                self._reconnect_at = time.monotonic() + self._reconnect_delay
-                self._reconnect_delay = min(2 * self._reconnect_delay, RECONNECT_MAX_DELAY_S)
+                self._reconnect_at = time.monotonic() + delay
         elif kind == "assign":
             self.handle_assignment(item[1])
         elif kind == "control":
@@ -385,15 +411,47 @@ class Agent:
             self._acknowledge(item[1], item[2])
         elif kind == "ping":
             self.handle_ping(item[1], item[2], item[3])
+        elif kind == "status":
+            self.handle_own_status(item[1])
+        elif kind == "refused":
+            self._stop_now(BrokerRefused(
+                f"the broker {self.config.connection.broker} refused worker "
+                f"{self.config.worker_id}: {item[1]}; check its user name, password file and "
+                "the broker's configuration (this agent exits instead of retrying forever)"))
         elif kind == "invalid":
             self.counters["invalid_messages"] += 1
             self._view_stale = True
-            log.warning("invalid message on %s: %s", item[1], item[2])
-            self._error_event(item[1], item[2])
+            if self._error_reports.allow():
+                unreported = self._error_reports.take_suppressed()
+                more = f" ({unreported} more since the last report)" if unreported else ""
+                log.warning("invalid message on %s: %s%s", item[1], item[2], more)
+                self._error_event(item[1], item[2] + more)
+
+    def _stop_now(self, error: AgentError) -> None:
+        """End the agent at once (no hand-back, no result sent) and exit with ``error``."""
+        if self._fatal is None:
+            self._fatal = error  # worker_agent.cli logs it as it exits
+        for slot in [s for s in self.pool.slots if s.job is not None]:
+            self.pool.kill(slot, "agent exiting")
+        self._done = True
+
+    def handle_own_status(self, status: WorkerStatus) -> None:
+        """The retained status under this worker id: a newer agent's means this one was
+        replaced (it was frozen or cut off meanwhile), an older agent's is out of date."""
+        if status.session == self.session:
+            return
+        if (status.started_at, status.session) > (self.started_at, self.session):
+            self._stop_now(Superseded(
+                f"worker id {self.config.worker_id} now belongs to a newer agent on host "
+                f"{status.host or 'unknown'} (session {status.session}, started "
+                f"{time.strftime('%H:%M:%S', time.localtime(status.started_at))}); this agent "
+                f"(session {self.session}) was frozen or cut off and was replaced: exiting"))
+        else:
+            self._status_changed(urgent=True)  # an older agent's status hides ours: again
 
     def _on_connected(self, session_present: bool) -> None:
         self.connected = True
-        self._reconnect_delay = RECONNECT_MIN_DELAY_S
+        self._backoff.reset()
         log.info("connected to %s (%s)", self.config.connection.broker,
                  "session resumed" if session_present else "new session")
         for held in self.held.values():
@@ -470,7 +528,7 @@ class Agent:
 
     def _finish(self, job: Job, state: ResultState, started_at: float, finished_at: float, *,
                 payload: dict[str, Any] | None = None, error: str | None = None,
-                retryable: bool = False) -> None:
+                retryable: bool = False, handed_back: bool = False) -> None:
         """The one way every task ends: build the result, keep it until acked, send it."""
         a = job.assignment
         payload = payload or {}
@@ -479,7 +537,7 @@ class Agent:
                    body: dict[str, Any]) -> Result:
             return Result(self.config.worker_id, self.session, a.run_id, a.task_id, a.attempt,
                           state.value, started_at, finished_at, error=error,
-                          retryable=retryable, **body)
+                          retryable=retryable, handed_back=handed_back, **body)
 
         try:
             message = result(state, error, retryable, payload)
@@ -611,10 +669,10 @@ class Agent:
         try:
             attempt()
         except (OSError, ValueError) as e:
+            delay = self._backoff.next_delay()
             log.warning("broker %s unreachable (%s); next try in %.1f s",
-                        self.config.connection.broker, e, self._reconnect_delay)
-            self._reconnect_at = time.monotonic() + self._reconnect_delay
-            self._reconnect_delay = min(2 * self._reconnect_delay, RECONNECT_MAX_DELAY_S)
+                        self.config.connection.broker, e, delay)
+            self._reconnect_at = time.monotonic() + delay
             return
         self._watch_socket()
 
@@ -653,10 +711,13 @@ class Agent:
                     _props: Any) -> None:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
+            if is_permanent_refusal(reason):
+                self._enqueue("refused", str(reason))
             return
         self._connection_number += 1
         client.subscribe([(self._assign_topic, 1), (self._control_topic, 1),
-                          (self.topics.ping, 0), (self._replies_topic, 0)])
+                          (self.topics.ping, 0), (self._replies_topic, 0),
+                          (self._status_topic, 0)])
         self._enqueue("connected", bool(flags.session_present))
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
@@ -681,6 +742,11 @@ class Agent:
                                                                     None))
             elif topic == self._replies_topic:
                 Pong.decode(payload)  # our own answer to an id check: nothing to do
+            elif topic == self._status_topic and payload:
+                status = WorkerStatus.decode(payload)
+                if status.worker_id != self.config.worker_id:
+                    raise DecodeError(f"status of {status.worker_id!r} on our topic")
+                self._enqueue("status", status)
         except DecodeError as e:
             self._enqueue("invalid", topic, str(e))
         except Exception as e:
@@ -734,9 +800,13 @@ class Agent:
         probe_id = f"{cfg.client_id[:40]}-idcheck-{uuid.uuid4().hex[:8]}"
         client = make_client(cfg.connection, probe_id)
 
+        refused: list[str] = []
+
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
             if reason.is_failure:
                 log.error("broker refused the connection: %s", reason)
+                if is_permanent_refusal(reason):
+                    refused.append(str(reason))
             else:
                 c.subscribe([(reply_topic, 0), (status_topic, 0)])
 
@@ -765,6 +835,11 @@ class Agent:
             while not subscribed.wait(0.1):
                 if self._stop_mode is not None:
                     return False
+                if refused:
+                    raise BrokerRefused(
+                        f"the broker {cfg.connection.broker} refused worker {cfg.worker_id}'s "
+                        f"start-up check: {refused[0]}; check its user name, password file and "
+                        "the broker's configuration")
                 waited += 0.1
                 if waited >= BROKER_WAIT_LOG_S:
                     waited = 0.0

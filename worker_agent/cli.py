@@ -78,8 +78,10 @@ def main(log_level: str, print_config: bool, **settings: Any) -> None:
     """Run the worker agent: take tasks from the broker, run them, report results.
 
     Stop with SIGTERM or Ctrl-C: running tasks get --grace seconds, then are handed back;
-    a second signal stops at once. Exit codes: 0 stopped cleanly, 2 invalid settings or
-    worker id already in use by a live agent, 1 unexpected error.
+    a second signal stops at once. Exit codes: 0 stopped cleanly, 1 unexpected error,
+    2 invalid settings or worker id already in use by a live agent, 3 the broker refused the
+    connection (credentials, authorization, protocol: retrying cannot help), 4 replaced by a
+    newer agent with the same worker id (this one was frozen or cut off).
     """
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr,

@@ -20,3 +20,17 @@ class WorkerIdInUse(AgentError):
     """Another live agent answered a ping under this worker id."""
 
     exit_code = 2
+
+
+class BrokerRefused(AgentError):
+    """The broker refused the connection for a reason retrying cannot cure (bad user name or
+    password, not authorized, a client id or MQTT version it does not accept)."""
+
+    exit_code = 3
+
+
+class Superseded(AgentError):
+    """A newer agent announced itself under this worker id (this one was frozen or cut off
+    and was replaced): this one leaves it the id instead of fighting over the session."""
+
+    exit_code = 4

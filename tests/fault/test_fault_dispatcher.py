@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import signal
 
+import hostile
 import procs
 from conftest import wait_for
 from procs import Cluster, assert_run_complete, sleep_tasks
+
+import simproto as p
 
 cluster = procs.cluster
 
@@ -55,3 +58,55 @@ def test_dispatcher_killed_then_resumed_runs_nothing_twice(cluster: Cluster) -> 
             (task_id, sorted(cluster.watcher.executions(task_id)))
     for task_id in finished_while_dead:
         assert rows[task_id]["attempts"] == 1, rows[task_id]
+
+
+def test_poison_held_for_simctl_and_retained_never_stops_it(cluster: Cluster) -> None:
+    """Hostile messages queued in the dead dispatcher's persistent session (so they arrive
+    at `--resume`) and hostile retained statuses, run progress and broker identity: the
+    resumed run completes, status, ping and monitor work, and what was queued is not
+    delivered again to the next dispatcher (it was acknowledged and dropped)."""
+    seed = 20261203
+    print(hostile.describe(seed))
+    cluster.start_agents({"w1": 1, "w2": 1})
+    tasks = cluster.task_file("poison", sleep_tasks(8, 0.3))
+    run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json", "--quiet")
+    wait_for(lambda: run.check_alive() or len(cluster.watcher.results) >= 1, 30,
+             what="a result published")
+    run_id = cluster.run_id_of("poison")
+    run.signal(signal.SIGKILL)
+    run.wait(10)
+
+    t = cluster.watcher.topics
+    client = cluster.watcher.client
+    task_ids = [f"{run_id}.{i}" for i in range(8)]
+    last = None
+    for channel in (p.Channel.HEARTBEAT, p.Channel.RESULT, p.Channel.EVENT, p.Channel.STATUS):
+        for payload in hostile.payloads(channel.value, 1500, seed, run_id, task_ids, "w1"):
+            last = client.publish(t.worker("w1", channel), payload, qos=1)
+    # The payload that stopped `simctl run` for good before: a 5,000-digit JSON integer.
+    last = client.publish(t.worker("w2", p.Channel.HEARTBEAT),
+                          b'{"v":1,"type":"heartbeat","worker_id":"w2","session":"s","seq":'
+                          + b"4" * 5000 + b',"ts":1,"free_slots":0}', qos=1)
+    for i, payload in enumerate(hostile.payloads("status", 40, seed)):
+        client.publish(t.worker(f"evil{i}", p.Channel.STATUS), payload, qos=1, retain=True)
+    for i, payload in enumerate(hostile.payloads("run_progress", 40, seed)):
+        client.publish(t.run_progress(f"evil{i}"), payload, qos=1, retain=True)
+    last = client.publish(t.broker_identity, b'{"v":1,"type":"broker_identity","broker_id":'
+                          + b"4" * 5000 + b"}", qos=1, retain=True)
+    assert last is not None
+    last.wait_for_publish(30)
+
+    summary = cluster.simctl_json("run", "--resume", run_id, "--json", "--quiet",
+                                  "--broker-changed", timeout=120)
+    assert_run_complete(summary, cluster.results(run_id), 8)
+    status = cluster.simctl_json("status", "--json")
+    refused = status["rejected"]["malformed"]["count"]
+    assert refused > 3000, status["rejected"]
+    assert "could not be processed" not in status["rejected"], status["rejected"]
+    assert cluster.simctl("ping", "--timeout", "1").returncode == 0
+    assert cluster.simctl("monitor", "--count", "1").returncode == 0
+
+    again = cluster.task_file("after", sleep_tasks(2, 0.01))
+    cluster.simctl_json("run", str(again), "--json", "--quiet")
+    refused_again = cluster.simctl_json("status", "--json")["rejected"]["malformed"]["count"]
+    assert refused_again - refused < 100, (refused, refused_again)  # retained ones only

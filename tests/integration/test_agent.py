@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hostile
 import paho.mqtt.client as mqtt
 import procs
 import pytest
@@ -447,6 +448,46 @@ def test_malformed_messages_get_error_events_and_the_agent_stays_up(
     assert wait_result(dispatcher, "fine").state == "done"
     agent.check_alive()
     metrics_with(dispatcher, 'worker_agent_invalid_messages_total{worker_id="w1"} 15')
+
+
+def test_ten_thousand_hostile_messages_per_topic_leave_the_agent_serving(
+        cluster: Cluster, dispatcher: FakeDispatcher) -> None:
+    """Structure-aware hostile payloads (tests/hostile.py) on every topic the agent takes
+    orders from: its assignments, control and ping topics (its own status topic is writable
+    by its own credential alone; a newer agent's status there makes it leave, see
+    test_frozen_agent_replaced_under_its_id_exits). It neither crashes nor stalls, counts
+    what it refused, and then runs a task as usual."""
+    seed = 20261202
+    print(hostile.describe(seed))
+    agent = start(cluster, dispatcher, "w1", 1)
+    t = dispatcher.topics
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = t.replies(dispatcher.client_id)
+    props.CorrelationData = b"fuzz"
+    flood = [(t.worker("w1", p.Channel.ASSIGN), "assign", None),
+             (t.worker("w1", p.Channel.CONTROL), "ack", None),
+             (t.ping, "ping", props)]
+    started = time.monotonic()
+    for topic, kind, properties in flood:
+        # A well-formed drain with exit_when_idle is an order to leave (only simctl may send
+        # it): obeying it is right, so the flood holds none.
+        for payload in hostile.payloads(kind, 10_000, seed, task_ids=["f.0", "f.1"],
+                                        without=frozenset({"drain"})):
+            dispatcher.client.publish(topic, payload, qos=0, properties=properties)
+    correlation = dispatcher.ping()  # answered only once everything before it was handled
+
+    def answered() -> bool:
+        agent.check_alive()
+        return any(c == correlation for _, c in dispatcher.pongs)
+
+    wait_for(answered, 60, what="the agent answering a ping after the flood")
+    assert time.monotonic() - started < 60
+    dispatcher.assign("after-the-flood", seconds=0)
+    assert wait_result(dispatcher, "after-the-flood", timeout=30).state == "done"
+    invalid = int(metrics_with(dispatcher, "worker_agent_invalid_messages_total")
+                  .split('worker_agent_invalid_messages_total{worker_id="w1"} ')[1].split()[0])
+    assert invalid > 15_000, invalid
+    agent.check_alive()
 
 
 def test_settings_precedence_flag_env_config_default(tmp_path: Path,

@@ -119,7 +119,7 @@ def test_unknown_run_and_foreign_file(tmp_path: Path) -> None:
     db = sqlite3.connect(other)
     db.execute("PRAGMA user_version=99")
     db.close()
-    with pytest.raises(LedgerError, match="schema 99"):
+    with pytest.raises(LedgerError, match="schema 99, newer than this simctl's 2: upgrade"):
         Ledger(other)
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not a database at all" * 100)
@@ -138,3 +138,58 @@ def test_wal_mode_and_second_reader(tmp_path: Path) -> None:
     assert reader.run(run_id).running == 1
     spec = json.loads(ledger.db.execute("SELECT spec FROM runs").fetchone()[0])
     assert spec["text"] == SWEEP
+
+
+LEDGER_V1 = Path(__file__).resolve().parents[1] / "data/ledgers/schema-v1.sqlite"
+"""A ledger written by simctl before schema 2 (one task done, one assigned, two pending)."""
+
+
+def test_a_schema_1_ledger_migrates_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    path.write_bytes(LEDGER_V1.read_bytes())
+    ledger = Ledger(path)
+    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    [info] = ledger.runs()
+    assert (info.name, info.state, info.done, info.running, info.pending) == (
+        "before-upgrade", "active", 1, 1, 2)
+    assert (info.max_lost, info.broker_id) == (5, None)  # the broker is adopted on resume
+    rows = ledger.task_rows(info.run_id)
+    assert rows[0]["summary"] == {"seconds": 0.01}
+    assert ledger.observables(info.run_id)[rows[0]["task_id"]] == {"t": [0.0, 0.01]}
+    assert [r["lost"] for r in rows] == [0, 0, 0, 0]
+    assert ledger.assigned_attempt(rows[1]["task_id"], 1) == (
+        info.run_id, "assigned", "worker1", "sess-a")
+    ledger_id = ledger.ledger_id
+    assert len(ledger_id) == 32
+    ledger.close()
+    again = Ledger(path)
+    assert again.ledger_id == ledger_id  # made once, kept with the file
+    again.close()
+    moved = tmp_path / "elsewhere.sqlite"
+    path.rename(moved)
+    assert Ledger(moved).ledger_id == ledger_id
+
+
+def test_rejections_are_counted_by_reason_with_the_latest_detail(tmp_path: Path) -> None:
+    ledger, _ = make(tmp_path)
+    with ledger.batch():
+        ledger.add_rejection("malformed", "first", 1.0)
+        ledger.add_rejection("malformed", "x" * 10_000, 2.0)
+        ledger.add_rejection("unknown task", "t", 3.0)
+    got = ledger.rejections()
+    assert got["malformed"]["count"] == 2 and got["malformed"]["last_at"] == 2.0
+    assert len(got["malformed"]["last"]) == 500
+    assert got["unknown task"] == {"count": 1, "last_at": 3.0, "last": "t"}
+
+
+def test_a_failed_write_names_the_ledger_and_rolls_back(tmp_path: Path) -> None:
+    from simctl.errors import LedgerWriteError
+
+    ledger, run_id = make(tmp_path)
+    pages = ledger.db.execute("PRAGMA page_count").fetchone()[0]
+    ledger.db.execute(f"PRAGMA max_page_count={pages}")  # the file cannot grow: "disk full"
+    with pytest.raises(LedgerWriteError, match=rf"cannot write the ledger {ledger.path}: .*full"):
+        ledger.create_run(parse_text(SWEEP.replace("replicas: 3", "replicas: 5000"),
+                                     Path("big.yaml")))
+    assert [r.run_id for r in ledger.runs()] == [run_id]
+    assert LedgerWriteError.exit_code == 5

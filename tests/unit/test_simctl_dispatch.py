@@ -30,10 +30,11 @@ from simproto.protocol import (
 )
 
 
-def make(tmp_path: Path, n: int = 3, max_attempts: int = 2) -> tuple[Dispatcher, str]:
+def make(tmp_path: Path, n: int = 3, max_attempts: int = 2,
+         max_lost: int = 5) -> tuple[Dispatcher, str]:
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    text = f"name: d\nseed: 1\nmax_attempts: {max_attempts}\ntasks:\n  - kind: sleep\n" \
-           f"    replicas: {n}\n"
+    text = f"name: d\nseed: 1\nmax_attempts: {max_attempts}\nmax_lost: {max_lost}\n" \
+           f"tasks:\n  - kind: sleep\n    replicas: {n}\n"
     run_id = ledger.create_run(parse_text(text, Path("d.yaml")))
     d = Dispatcher(ledger, ConnectionSettings(BrokerAddress.parse("127.0.0.1:1"), "t"))
     d.connected = True
@@ -48,14 +49,16 @@ def status(worker: str, session: str = "s1", state: str = "online", slots: int =
 
 
 def result(d: Dispatcher, task_id: str, worker: str, state: str = "done",
-           retryable: bool = True) -> Result:
+           retryable: bool = True, session: str = "s1", attempt: int | None = None,
+           handed_back: bool = False) -> Result:
     lease = d.leases.get(task_id)
-    attempt = lease.attempt if lease else 1
+    if attempt is None:
+        attempt = lease.attempt if lease else 1
     now = time.time()
-    return Result(worker_id=worker, session="s1", run_id=task_id.rsplit(".", 1)[0],
+    return Result(worker_id=worker, session=session, run_id=task_id.rsplit(".", 1)[0],
                   task_id=task_id, attempt=attempt, state=state, started_at=now,
                   finished_at=now, summary={"seconds": 0.0}, retryable=retryable,
-                  error=None if state == "done" else "boom")
+                  error=None if state == "done" else "boom", handed_back=handed_back)
 
 
 def pass_(d: Dispatcher, *messages: object) -> list[Assignment]:
@@ -113,8 +116,10 @@ def test_rejection_returns_the_task_without_using_an_attempt(tmp_path: Path) -> 
     assert [x["outcome"] for x in d.ledger.attempts(again.task_id)] == ["rejected", "done"]
 
 
-@pytest.mark.parametrize("how", ["offline", "new-session", "silence", "not-listed"])
-def test_lost_lease_goes_back_to_pending_and_counts(tmp_path: Path, how: str) -> None:
+@pytest.mark.parametrize("how", ["offline", "new-session", "silence", "not-listed",
+                                 "handed-back"])
+def test_lost_worker_returns_the_task_without_using_an_attempt(tmp_path: Path,
+                                                                how: str) -> None:
     d, run_id = make(tmp_path, n=1, max_attempts=2)
     [a] = pass_(d, status("w1"))
     lease = d.leases[a.task_id]
@@ -125,15 +130,18 @@ def test_lost_lease_goes_back_to_pending_and_counts(tmp_path: Path, how: str) ->
     elif how == "silence":
         lease.renewed_at -= 1.0  # more than 3 heartbeats of 0.2 s
         pass_(d)
-    else:
+    elif how == "not-listed":
         lease.assigned_at -= 1.0
         pass_(d, Heartbeat(worker_id="w1", session="s1", seq=1, ts=time.time(), free_slots=1,
                            progress={}))
+    else:
+        pass_(d, result(d, a.task_id, "w1", state="failed", handed_back=True))
     row = d.ledger.task_rows(run_id)[0]
     if how == "offline":  # no online worker left: it waits
-        assert (row["state"], row["tries"]) == ("pending", 1)
+        assert (row["state"], row["tries"], row["lost"]) == ("pending", 0, 1)
     else:  # w1 (still or again online) gets it back in the same pass, as attempt 2
-        assert (row["state"], row["attempts"], row["tries"]) == ("assigned", 2, 2)
+        assert (row["state"], row["attempts"], row["tries"], row["lost"]) == (
+            "assigned", 2, 1, 1)
     assert d.ledger.attempts(a.task_id)[0]["outcome"] == "lost"
 
 
@@ -148,14 +156,65 @@ def test_heartbeat_listing_the_task_renews_its_lease(tmp_path: Path) -> None:
     assert states(d, run_id) == ["assigned"]
 
 
-def test_attempts_are_capped(tmp_path: Path) -> None:
-    d, run_id = make(tmp_path, n=1, max_attempts=2)
-    for session in ("s1", "s2"):
+def test_lost_workers_are_capped_by_max_lost(tmp_path: Path) -> None:
+    """A task that kills every agent it lands on (out of memory, say) fails after max_lost
+    losses, however many attempts it has left."""
+    d, run_id = make(tmp_path, n=1, max_attempts=1, max_lost=3)
+    for session in ("s1", "s2", "s3"):
         pass_(d, status("w1", session=session))
-    pass_(d, status("w1", state="offline", session="s2"))
+    pass_(d, status("w1", state="offline", session="s3"))
     row = d.ledger.task_rows(run_id)[0]
-    assert row["state"] == "failed" and "gave up after 2 attempts" in row["error"]
+    assert (row["state"], row["lost"], row["tries"]) == ("failed", 3, 0)
+    assert row["error"].startswith("lost 3 workers; last: worker w1 went offline")
     assert d.ledger.run(run_id).state == "failed"
+
+
+def test_silent_worker_gets_no_new_task(tmp_path: Path) -> None:
+    """Liveness does not rest on the Last Will: a worker whose status still says online but
+    that has not been heard from for a lease gets nothing, and its lost task burns no try."""
+    d, run_id = make(tmp_path, n=2, max_attempts=1)
+    assert len(pass_(d, status("w1", slots=2))) == 2
+    d.workers["w1"].heard_at -= 1.0  # silent for 5 heartbeats of 0.2 s; no Will arrived
+    for lease in d.leases.values():
+        lease.renewed_at -= 1.0
+    assert pass_(d) == []
+    assert states(d, run_id) == ["pending", "pending"]
+    assert [r["tries"] for r in d.ledger.task_rows(run_id)] == [0, 0]
+    [c, e] = pass_(d, Heartbeat(worker_id="w1", session="s1", seq=2, ts=time.time(),
+                                free_slots=2, progress={}))  # heard again: assignable again
+    assert {c.attempt, e.attempt} == {2}
+
+
+def test_retained_status_counts_as_heard_when_it_was_published(tmp_path: Path) -> None:
+    d, _ = make(tmp_path, n=1)
+    now = time.monotonic()
+    old = WorkerStatus(worker_id="w1", state="online", session="s1", ts=time.time() - 60,
+                       slots=1, free_slots=1, heartbeat_s=0.2)
+    with d.ledger.batch():
+        d.on_status(old, now, live=False)
+    assert d.workers["w1"].free(now) == 0  # a minute-old copy: not heard from
+    with d.ledger.batch():
+        d.on_status(status("w1"), now, live=False)
+    assert d.workers["w1"].free(now) == 1
+
+
+def test_status_of_a_replaced_session_is_stale(tmp_path: Path) -> None:
+    """A frozen agent's late Last Will (or its status after it comes back) names an older
+    session than its replacement's: it takes nothing from the replacement."""
+    d, run_id = make(tmp_path, n=1)
+    old = WorkerStatus(worker_id="w1", state="online", session="old", ts=time.time(),
+                       slots=1, free_slots=1, heartbeat_s=0.2, started_at=100.0)
+    new = WorkerStatus(worker_id="w1", state="online", session="new", ts=time.time(),
+                       slots=1, free_slots=1, heartbeat_s=0.2, started_at=200.0)
+    pass_(d, old)
+    [a] = pass_(d, new)  # replaced: w1's task now runs under the new session
+    will = WorkerStatus(worker_id="w1", state="offline", session="old", ts=time.time(),
+                        started_at=100.0)
+    beat = Heartbeat(worker_id="w1", session="old", seq=9, ts=time.time(), free_slots=1)
+    assert pass_(d, will, beat) == []
+    assert (d.workers["w1"].state, d.leases[a.task_id].session) == ("online", "new")
+    assert d.ledger.rejections()["stale session"]["count"] == 2
+    assert states(d, run_id) == ["assigned"]
 
 
 def test_retryable_failure_retries_then_fails(tmp_path: Path) -> None:
@@ -269,3 +328,72 @@ def test_hostile_well_formed_messages_never_raise(tmp_path: Path) -> None:
             d.finish_runs()
         d._outbox.clear()
     assert handled > 500 and refused > 500, (handled, refused)
+
+
+def test_results_not_assigned_to_the_sender_are_rejected(tmp_path: Path) -> None:
+    """Only the worker and session the attempts table names for an attempt can store its
+    result: forged results (w2 for w1's task, for a task never assigned, for a done task, or
+    w1 under another session) are counted as rejected, and the true result still wins."""
+    d, run_id = make(tmp_path, n=3)
+    [a] = pass_(d, status("w1"))
+    never = next(t for t in (f"{run_id}.1", f"{run_id}.2") if t != a.task_id)
+    pass_(d, status("w2", slots=0))
+    forged = [
+        result(d, a.task_id, "w2"),
+        result(d, never, "w2", attempt=1),
+        result(d, a.task_id, "w1", session="s-forged"),
+        result(d, a.task_id, "w1", attempt=7),
+    ]
+    assert pass_(d, *forged) == []
+    assert states(d, run_id).count("done") == 0
+    rejected = d.ledger.rejections()["not assigned to the sender"]
+    assert rejected["count"] == 4, rejected
+    pass_(d, result(d, a.task_id, "w1"))
+    pass_(d, result(d, a.task_id, "w2"))  # after it is done, still not a duplicate: refused
+    info = d.ledger.run(run_id)
+    assert (info.done, info.duplicates) == (1, 0)
+    assert d.ledger.task_rows(run_id)[[r["task_id"] for r in d.ledger.task_rows(run_id)]
+                                       .index(a.task_id)]["worker_id"] == "w1"
+    assert d.ledger.rejections()["not assigned to the sender"]["count"] == 5
+
+
+def test_result_of_another_ledger_is_counted_quietly(tmp_path: Path) -> None:
+    d, _ = make(tmp_path, n=1)
+    pass_(d, status("w1"))
+    other = Result(worker_id="w1", session="s1", run_id="20990101-000000-abcdef",
+                   task_id="20990101-000000-abcdef.0", attempt=1, state="done",
+                   started_at=0.0, finished_at=1.0)
+    assert pass_(d, other) == []
+    assert d.ledger.rejections()["unknown task"]["count"] == 1
+    assert d._acks == {}  # the other ledger's dispatcher acknowledges it, not this one
+
+
+def test_a_handler_that_raises_is_rolled_back_counted_and_passed(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """The last line of defence: whatever a handler raises on one message, that message's
+    writes are undone, it is counted, memory is rebuilt from the ledger, and the rest of the
+    pass goes on (a raise would come back at every --resume: simctl acknowledges a message
+    only after its pass)."""
+    d, run_id = make(tmp_path, n=2)
+    pass_(d, status("w1", slots=2))
+    assert len(d.leases) == 2
+
+    def broken(event: Event, now: float) -> None:
+        d.ledger.add_duplicates(run_id, 1000)  # a write that must be undone
+        raise RuntimeError("handler bug")
+
+    monkeypatch.setattr(d, "on_event", broken)
+    topic = d.topics.worker("w1", Channel.EVENT).encode()
+    bad = mqtt.MQTTMessage(topic=topic)
+    bad.payload = Event(worker_id="w1", kind="error", detail="x", ts=1.0).encode()
+    done = mqtt.MQTTMessage(topic=d.topics.worker("w1", Channel.RESULT).encode())
+    done.payload = result(d, f"{run_id}.0", "w1").encode()
+    d.inbox = [bad, done]
+    d.pump = type("NoNetwork", (), {"down": True, "pump": lambda self, wait: None})()
+    d.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    d.step()
+    assert d.ledger.run(run_id).duplicates == 0
+    assert d.ledger.rejections()["could not be processed"]["count"] == 1
+    assert states(d, run_id) == ["done", "assigned"]
+    assert list(d.leases) == [f"{run_id}.1"]  # rebuilt from the ledger
