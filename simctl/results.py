@@ -27,6 +27,8 @@ JSON_FIELDS = (
     "summary",
     "worker_id",
     "attempts",
+    "tries",
+    "lost",
     "elapsed_s",
     "error",
     "assigned_at",

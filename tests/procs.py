@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator
@@ -162,6 +163,8 @@ class Watcher:
         self.topics = settings.topics
         self._lock = threading.Lock()
         self.statuses: dict[str, p.WorkerStatus] = {}
+        self.status_log: list[tuple[float, p.WorkerStatus]] = []
+        """Every status seen, with the time it arrived (time.time())."""
         self.max_running: dict[str, int] = {}
         self.results: list[p.Result] = []
         self.events: list[p.Event] = []
@@ -185,6 +188,7 @@ class Watcher:
                 status = p.WorkerStatus.decode(payload)
                 with self._lock:
                     self.statuses[status.worker_id] = status
+                    self.status_log.append((time.time(), status))
                     self.max_running[status.worker_id] = max(
                         self.max_running.get(status.worker_id, 0), len(status.running))
             elif channel is p.Channel.RESULT:
