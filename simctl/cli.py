@@ -521,8 +521,13 @@ class _MonitorView:
                     "elapsed_s": round(r.elapsed_s, 1),
                 }
             )
+        from simctl.dispatcher import PROGRESS_KEEPALIVE_S
+
         for p in progress.values():
-            if p.run_id not in ledger_runs and p.state == "active":
+            # Another ledger's run, known from its retained progress: active only while its
+            # dispatcher keeps publishing it (a killed one leaves "active" behind).
+            fresh = now - p.updated_at < 3 * PROGRESS_KEEPALIVE_S
+            if p.run_id not in ledger_runs and p.state == "active" and fresh:
                 runs.append(
                     {
                         "run_id": p.run_id,
@@ -663,13 +668,14 @@ def cancel(settings: Settings, run_id: str, as_json: bool) -> None:
     before = ledger.run(run_id)
     stopped = ledger.cancel_run(run_id)
     told, broker_error = 0, None
-    if stopped:
+    if before.state == "active":
         from simctl.mqtt import Observer
-        from simproto.protocol import Cancel, Channel
+        from simproto.protocol import Cancel, Channel, RunProgress
 
         by_worker: dict[str, list[str]] = {}
         for task_id, worker_id in stopped:
             by_worker.setdefault(worker_id, []).append(task_id)
+        after = ledger.run(run_id)
         try:
             conn = settings.connection()
             with Observer(conn) as obs:
@@ -679,6 +685,14 @@ def cancel(settings: Settings, run_id: str, as_json: bool) -> None:
                         Cancel(task_ids=task_ids).encode(),
                     )
                     told += len(task_ids)
+                # The run's retained progress says cancelled at once, with or without a
+                # dispatcher to publish it (monitor shows no phantom active run).
+                final = RunProgress(
+                    run_id=run_id, name=after.name, state=after.state, total=after.total,
+                    done=after.done, failed=after.failed, running=0, pending=0,
+                    updated_at=time.time(),
+                )
+                obs.publish(conn.topics.run_progress(run_id), final.encode(), retain=True)
         except BrokerError as e:
             broker_error = e
     after = ledger.run(run_id)

@@ -344,7 +344,7 @@ class Observer:
         with self._cond:
             return dict(self.statuses), dict(self.heard), dict(self.progress)
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish at QoS 1 and wait until the broker has it (outside any callback)."""
-        info = self.client.publish(topic, payload, qos=1)
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(CONNECT_TIMEOUT_S)

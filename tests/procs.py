@@ -331,15 +331,16 @@ class Cluster:
                 values[name] = values.get(name, 0.0) + float(value)
         return values
 
-    def simctl_argv(self, *args: str) -> list[str]:
+    def simctl_argv(self, *args: str, store: Path | None = None) -> list[str]:
+        """simctl on this cluster's broker and prefix, with this cluster's ledger or ``store``."""
         # Info level: a failing test's log shows what the dispatcher saw and decided.
         return [*simctl_command(), "--broker", self.broker_address, "--topic-prefix",
-                self.prefix, "--store", str(self.ledger), "--log-level", "info", *args]
+                self.prefix, "--store", str(store or self.ledger), "--log-level", "info", *args]
 
-    def simctl(self, *args: str,
-               timeout: float = SIMCTL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    def simctl(self, *args: str, timeout: float = SIMCTL_TIMEOUT_S,
+               store: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run one simctl command to completion."""
-        argv = self.simctl_argv(*args)
+        argv = self.simctl_argv(*args, store=store)
         try:
             return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                                   env=self.env(), stdin=subprocess.DEVNULL)
@@ -350,9 +351,9 @@ class Cluster:
             ) from None
 
     def simctl_json(self, *args: str, codes: tuple[int, ...] = (0,),
-                    timeout: float = SIMCTL_TIMEOUT_S) -> Any:
+                    timeout: float = SIMCTL_TIMEOUT_S, store: Path | None = None) -> Any:
         """Run a simctl command whose stdout is one JSON document; check its exit code."""
-        done = self.simctl(*args, timeout=timeout)
+        done = self.simctl(*args, timeout=timeout, store=store)
         detail = f"simctl {' '.join(args)} exited {done.returncode}\nstdout: " \
                  f"{done.stdout[-LOG_TAIL_CHARS:]}\nstderr: {done.stderr[-LOG_TAIL_CHARS:]}"
         if done.returncode not in codes:
@@ -362,9 +363,9 @@ class Cluster:
         except json.JSONDecodeError as e:
             raise AssertionError(f"stdout is not one JSON document ({e}): {detail}") from e
 
-    def start_simctl(self, name: str, *args: str) -> Proc:
+    def start_simctl(self, name: str, *args: str, store: Path | None = None) -> Proc:
         """Start a long simctl command (``run``) in the background; stdout kept apart."""
-        return self._spawn(name, self.simctl_argv(*args), separate_stdout=True)
+        return self._spawn(name, self.simctl_argv(*args, store=store), separate_stdout=True)
 
     # ---------------------------------------------------------------- runs and results
 
@@ -379,9 +380,10 @@ class Cluster:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
-    def results(self, run_id: str, *extra: str) -> dict[str, dict[str, Any]]:
+    def results(self, run_id: str, *extra: str,
+                store: Path | None = None) -> dict[str, dict[str, Any]]:
         """``simctl results RUN --format json`` as task id -> row (fails on repeated ids)."""
-        doc = self.simctl_json("results", run_id, "--format", "json", *extra)
+        doc = self.simctl_json("results", run_id, "--format", "json", *extra, store=store)
         assert doc["run_id"] == run_id, doc
         rows: dict[str, dict[str, Any]] = {}
         for row in doc["tasks"]:

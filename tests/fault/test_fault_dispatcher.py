@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import hostile
 import procs
+import pytest
 from conftest import wait_for
 from procs import Cluster, assert_run_complete, sleep_tasks
 
 import simproto as p
+from simctl.errors import LedgerWriteError
 
 cluster = procs.cluster
 
@@ -110,3 +116,46 @@ def test_poison_held_for_simctl_and_retained_never_stops_it(cluster: Cluster) ->
     cluster.simctl_json("run", str(again), "--json", "--quiet")
     refused_again = cluster.simctl_json("status", "--json")["rejected"]["malformed"]["count"]
     assert refused_again - refused < 100, (refused, refused_again)  # retained ones only
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (root only, as CI runs): a file system that really fills up."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                   check=True, capture_output=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_ledger_disk_full_stops_cleanly_and_resume_completes(cluster: Cluster,
+                                                             small_disk: Path) -> None:
+    """The ledger's disk fills mid-run: simctl stops with exit 5 and a message naming the
+    ledger and the cause, nothing stored is lost or doubled, and once space is freed
+    `--resume` completes the run."""
+    cluster.ledger = small_disk / "ledger.sqlite"
+    cluster.start_agents({"w1": 1, "w2": 1})
+    tasks = cluster.task_file("disk-full", sleep_tasks(30, 0.1))
+    run = cluster.start_simctl("simctl-run", "run", str(tasks), "--json", "--quiet")
+    run_id = cluster.run_id_of("disk-full")
+    wait_for(lambda: run.check_alive() or len(cluster.done_tasks(run_id)) >= 3, 30,
+             interval=0.1, what="three tasks done")
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    assert run.wait(30) == LedgerWriteError.exit_code, run.describe()
+    assert f"cannot write the ledger {cluster.ledger}" in run.log(), run.describe()
+    assert "full" in run.log()
+    assert "Traceback" not in run.log(), run.describe()
+
+    filler.unlink()
+    summary = cluster.simctl_json("run", "--resume", run_id, "--json", "--quiet", timeout=90)
+    rows = cluster.results(run_id)
+    assert_run_complete(summary, rows, 30)
+    for task_id in rows:
+        assert len(cluster.watcher.executions(task_id)) == 1, task_id

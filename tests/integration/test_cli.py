@@ -288,6 +288,9 @@ def test_timeout_exits_3_then_cancel(simctl: Simctl, agents: list[str], tmp_path
     out = simctl("cancel", run_id).stdout
     assert "cancelled run" in out and "2 running tasks told to stop" in out
     assert simctl.json("status", run_id)["run"]["state"] == "cancelled"
+    # Seen from another ledger, the run's retained progress says cancelled, not active.
+    elsewhere = Simctl(tmp_path / "elsewhere", simctl.base[1], simctl.base[-1])
+    assert elsewhere.json("monitor", "--count", "1")["runs"] == []
     again = simctl.json("cancel", run_id)
     assert again["state"] == "cancelled" and again["stopped"] == 0
 
