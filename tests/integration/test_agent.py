@@ -592,3 +592,37 @@ def test_agent_over_tls_survives_a_broker_restart(tmp_path: Path, topic_prefix: 
         agent.kill()
         dispatcher.close()
         broker.stop()
+
+
+def test_refused_credentials_exit_3_instead_of_retrying(tmp_path: Path, topic_prefix: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker that refuses the agent's credentials will refuse them again: the agent
+    says so and exits with its documented code instead of retrying for ever (here its
+    start-up id check meets the refusal; the main connection handles it the same way)."""
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "w1", "right"], check=True,
+                   capture_output=True)
+    plain = simctl.local_broker.render_local_config
+    monkeypatch.setattr(simctl.local_broker, "render_local_config", lambda *a: plain(*a) + (
+        f"allow_anonymous false\npassword_file {passwd}\n"))
+    broker = LocalBroker(tmp_path / "broker", free_port())
+    broker.state_dir.mkdir()
+    broker.start()
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("wrong\n")
+    try:
+        for name, credentials in (("no-credentials", []),
+                                  ("wrong-password", ["--username", "w1", "--password-file",
+                                                      str(wrong)])):
+            agent = Proc(f"agent-{name}", [*procs.agent_command(), "--broker", broker.address,
+                                           "--topic-prefix", topic_prefix, "--worker-id", "w1",
+                                           "--http-port", "0", *credentials],
+                         tmp_path, dict(os.environ))
+            try:
+                assert agent.wait(20) == 3, agent.describe()
+            finally:
+                agent.kill()
+            assert "refused worker w1" in agent.log(), agent.describe()
+            assert "Traceback" not in agent.log(), agent.describe()
+    finally:
+        broker.stop()
