@@ -86,6 +86,8 @@ def test_defaults_without_seed_and_max_attempts() -> None:
     tf = parse_text("tasks:\n  - kind: sleep\n", Path("plain.yaml"))
     assert tf.name == "plain" and not tf.seed_given
     assert tf.max_attempts == DEFAULT_MAX_ATTEMPTS
+    assert tf.max_lost == 5
+    assert parse_text("max_lost: 2\ntasks:\n  - kind: sleep\n", Path("p.yaml")).max_lost == 2
     assert 0 <= tf.seed < 2**63
 
 
@@ -106,6 +108,7 @@ def test_defaults_without_seed_and_max_attempts() -> None:
         ("tasks:\n  - kind: sleep\n    replicas: 0\n", 3, "tasks[0].replicas", "out of range"),
         ("tasks:\n  - kind: sleep\n    replicas: two\n", 3, "tasks[0].replicas", "integer"),
         ("max_attempts: 0\ntasks:\n  - kind: sleep\n", 1, "max_attempts", "out of range"),
+        ("\nmax_lost: 101\ntasks:\n  - kind: sleep\n", 2, "max_lost", "out of range"),
         ("seed: -1\ntasks:\n  - kind: sleep\n", 1, "seed", "out of range"),
         ("tasks:\n  - kind: sleep\n    sweep: {seconds: []}\n", 3, "tasks[0].sweep.seconds",
          "non-empty list"),
