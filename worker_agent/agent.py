@@ -264,7 +264,9 @@ class Agent:
             try:
                 self._handle(item)
             except Exception as e:
-                log.exception("error handling %s", item[0])
+                # Dropped, not retried: its PUBACK went out with the rest (an "ack" item).
+                self.counters["invalid_messages"] += 1
+                log.exception("error handling %s; dropped", item[0])
                 self._error_event(None, f"internal error handling {item[0]}: {e}")
 
     def _heartbeat(self) -> None:

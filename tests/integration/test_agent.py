@@ -466,7 +466,8 @@ def test_ten_thousand_hostile_messages_per_topic_leave_the_agent_serving(
     props.CorrelationData = b"fuzz"
     flood = [(t.worker("w1", p.Channel.ASSIGN), "assign", None),
              (t.worker("w1", p.Channel.CONTROL), "ack", None),
-             (t.ping, "ping", props)]
+             (t.ping, "ping", props),
+             (t.replies("w1"), "pong", None)]
     started = time.monotonic()
     for topic, kind, properties in flood:
         # A well-formed drain with exit_when_idle is an order to leave (only simctl may send
