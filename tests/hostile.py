@@ -13,9 +13,16 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from simproto import protocol as p
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+    from simctl.dispatcher import Dispatcher
 
 RAW_ODD_VALUES = (
     "null", "true", "false", "0", "-1", "2", "9223372036854775807", "9223372036854775808",
@@ -99,9 +106,21 @@ def payloads(kind: str, count: int, seed: int, run_id: str = "run-1",
         yield mutate(make[chosen](rng), rng)
 
 
+def feed(d: Dispatcher, msg: mqtt.MQTTMessage) -> None:
+    """One dispatcher pass over one raw message, as ``Dispatcher.step`` makes it (without the
+    network): handle, expire leases, assign, finish runs, in one transaction."""
+    now = time.monotonic()
+    with d.ledger.batch():
+        d.handle_safely(msg, now)
+        d.expire_leases(now)
+        d.assign(now)
+        d.finish_runs()
+    d._outbox.clear()
+
+
 def describe(seed: int) -> str:
     """The line a test prints so that a failure can be replayed."""
     return f"hostile payloads from seed {seed} (tests/hostile.py)"
 
 
-__all__ = ["RAW_ODD_VALUES", "describe", "mutate", "payloads", "valid_messages"]
+__all__ = ["RAW_ODD_VALUES", "describe", "feed", "mutate", "payloads", "valid_messages"]
