@@ -244,6 +244,8 @@ class Dispatcher:
         self.finished_runs: dict[str, str] = {}
         self.connected = False
         self._outbox: list[tuple[str, bytes]] = []
+        self._unconfirmed: list[mqtt.MQTTMessageInfo] = []
+        """Acks and progress published and not yet known to be confirmed by the broker."""
         self._acks: dict[str, list[list[Any]]] = {}
         self._ack_count = 0
         self._acks_since = 0.0
@@ -289,9 +291,15 @@ class Dispatcher:
     def close(self) -> None:
         if self.client is not None:
             if not self.pump.down:
-                # Hand every queued publish (last acks, final progress) to the broker first.
+                # Wait until the broker has confirmed (PUBACK) the last acks and the final
+                # progress: written to the socket is not enough, since a broker stopped right
+                # after would drop what it had not read, and the agents would send those
+                # results again to the next dispatcher.
                 deadline = time.monotonic() + CLOSE_FLUSH_S
-                while self.client.want_write() and time.monotonic() < deadline:
+                while (
+                    self.client.want_write()
+                    or any(not info.is_published() for info in self._unconfirmed)
+                ) and time.monotonic() < deadline:
                     exchange(self.client, 0.01)
                 self.client.disconnect()
                 exchange(self.client, 0.01)
@@ -363,12 +371,15 @@ class Dispatcher:
             return
         if not force and now - self._acks_since < ACK_EVERY_S and self._ack_count < ACK_BATCH:
             return
+        self._unconfirmed = [info for info in self._unconfirmed if not info.is_published()]
         for worker_id, items in self._acks.items():
             for i in range(0, len(items), ACK_BATCH):
-                self.client.publish(
-                    self.topic(worker_id, Channel.CONTROL),
-                    Ack(results=items[i : i + ACK_BATCH]).encode(),
-                    qos=1,
+                self._unconfirmed.append(
+                    self.client.publish(
+                        self.topic(worker_id, Channel.CONTROL),
+                        Ack(results=items[i : i + ACK_BATCH]).encode(),
+                        qos=1,
+                    )
                 )
         self._acks.clear()
         self._ack_count = 0
@@ -929,8 +940,10 @@ class Dispatcher:
             pending=len(view.pending),
             updated_at=time.time(),
         )
-        self.client.publish(
-            self.topics.run_progress(view.run_id), message.encode(), qos=1, retain=True
+        self._unconfirmed.append(
+            self.client.publish(
+                self.topics.run_progress(view.run_id), message.encode(), qos=1, retain=True
+            )
         )
         view.dirty = False
         view.published_at = now

@@ -195,6 +195,7 @@ class Agent:
         self._last_flush_info: mqtt.MQTTMessageInfo | None = None
         self._connection_number = 0
         """Counts connections: a message id is only meaningful on the connection it came by."""
+        self._subscribe_mid: int | None = None
 
     # ================================================================== main loop
 
@@ -411,6 +412,8 @@ class Agent:
                 self.handle_drain(message)
         elif kind == "ack":
             self._acknowledge(item[1], item[2])
+        elif kind == "subscribed":
+            self._on_subscribed()
         elif kind == "ping":
             self.handle_ping(item[1], item[2], item[3])
         elif kind == "status":
@@ -454,8 +457,15 @@ class Agent:
     def _on_connected(self, session_present: bool) -> None:
         self.connected = True
         self._backoff.reset()
+        self._status_due = None  # once subscribed: see _on_subscribed
         log.info("connected to %s (%s)", self.config.connection.broker,
                  "session resumed" if session_present else "new session")
+
+    def _on_subscribed(self) -> None:
+        """The broker has answered our subscriptions: what it queued for our session (acks
+        among it) and the retained status under our id were delivered before this answer,
+        and have been handled. Only now re-send what is still unacknowledged (no needless
+        duplicates), and publish our status (a newer agent's would have made us leave)."""
         for held in self.held.values():
             self._send_result(held)
         if self.held:
@@ -699,6 +709,7 @@ class Agent:
         client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
         client.max_inflight_messages_set(MAX_INFLIGHT_MESSAGES)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
@@ -717,10 +728,15 @@ class Agent:
                 self._enqueue("refused", str(reason))
             return
         self._connection_number += 1
-        client.subscribe([(self._assign_topic, 1), (self._control_topic, 1),
-                          (self.topics.ping, 0), (self._replies_topic, 0),
-                          (self._status_topic, 0)])
         self._enqueue("connected", bool(flags.session_present))
+        _, self._subscribe_mid = client.subscribe([
+            (self._assign_topic, 1), (self._control_topic, 1), (self.topics.ping, 0),
+            (self._replies_topic, 0), (self._status_topic, 0)])
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, _codes: Any,
+                      _props: Any) -> None:
+        if mid == self._subscribe_mid:
+            self._enqueue("subscribed")
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
                        _props: Any) -> None:

@@ -171,7 +171,7 @@ def test_unreachable_broker_exits_4_and_stores_nothing(tmp_path: Path) -> None:
     assert "cannot reach the broker" in sim("ping", code=4).stderr
     good = sleep_file(tmp_path, "g", 0, 2)
     assert "cannot reach the broker" in sim("run", str(good), code=4).stderr
-    assert sim.json("status", code=4) == {"workers": [], "runs": []}
+    assert sim.json("status", code=4) == {"workers": [], "runs": [], "rejected": {}}
 
 
 def test_no_broker_configured_points_to_local_up(tmp_path: Path) -> None:
