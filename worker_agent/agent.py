@@ -37,6 +37,7 @@ from simproto.connection import (
     RECONNECT_MIN_DELAY_S,
     connect,
     exchange,
+    id_check_identity,
     make_client,
 )
 from simproto.protocol import (
@@ -731,8 +732,8 @@ class Agent:
         subscribed = threading.Event()
         answers: queue.SimpleQueue[Pong] = queue.SimpleQueue()
         hosts: list[str] = []
-        probe_id = f"{cfg.client_id[:40]}-idcheck-{uuid.uuid4().hex[:8]}"
-        client = make_client(cfg.connection, probe_id)
+        probe_settings, probe_id = id_check_identity(cfg.connection, cfg.client_id)
+        client = make_client(probe_settings, probe_id)
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
             if reason.is_failure:
