@@ -2,14 +2,18 @@
 file, rendered from ``ansible/roles/broker/templates/dynamic-security.json.j2`` with the
 role's filter plugin, on a free loopback port (plain TCP: TLS is the deploy test's part).
 
-Use the ``deployed_broker`` fixture (tests/deploy/conftest.py exposes it there; elsewhere
-``from deploy.deployed_broker import deployed_broker``), or :func:`deployed_broker_at`::
+Use the ``deployed_broker`` fixture: import it into the test module (a conftest.py here
+would shadow tests/conftest.py, which tests import as ``conftest``)::
+
+    from deploy.deployed_broker import DeployedBroker, deployed_broker_fixture  # noqa: F401
 
     def test_x(deployed_broker: DeployedBroker) -> None:
         agent = [sys.executable, "-m", "worker_agent", *deployed_broker.agent_args("worker2")]
         simctl = ["simctl", *deployed_broker.simctl_args(), "run", ...]
         settings = deployed_broker.settings("worker2")   # for a paho client of your own
         deployed_broker.credentials["worker2"].client_id  # the only id worker2 may use
+
+or :func:`deployed_broker_at` for a broker of your own (another prefix or other workers).
 
 The template is rendered here with Jinja2 and stand-ins for the three Ansible features it
 uses (``query('ansible.builtin.password', ...)``, the ``regex_replace`` and ``zip``
@@ -147,8 +151,8 @@ def deployed_broker_at(folder: Path, topic_prefix: str = "sim",
         broker.stop()
 
 
-@pytest.fixture
-def deployed_broker(tmp_path: Path) -> Iterator[DeployedBroker]:
+@pytest.fixture(name="deployed_broker")
+def deployed_broker_fixture(tmp_path: Path) -> Iterator[DeployedBroker]:
     """Mosquitto with the deployed security config, credentials for simctl, worker1, worker2."""
     with deployed_broker_at(tmp_path / "deployed-broker") as instance:
         yield instance

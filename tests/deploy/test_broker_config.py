@@ -31,7 +31,13 @@ import jinja2
 import mqtt_probe
 import paho.mqtt.client as mqtt
 import pytest
-from deployed_broker import REPO, TEMPLATES, DeployedBroker, render_dynsec
+from deployed_broker import (
+    REPO,
+    TEMPLATES,
+    DeployedBroker,
+    deployed_broker_fixture,  # noqa: F401  (the fixture)
+    render_dynsec,
+)
 
 from simctl import broker_security
 from simctl.mqtt import Observer
