@@ -149,7 +149,7 @@ class Settings:
         """How to reach the broker; without ``--broker``, the local one (``simctl local up``)."""
         from simproto.connection import BrokerAddress, ConnectionSettings
 
-        address = self.broker
+        address, username, password_file = self.broker, self.username, self.password_file
         if address is None:
             state = self.local_state()
             if not state or "broker" not in state:
@@ -158,11 +158,16 @@ class Settings:
                     "`simctl local up`, or give --broker HOST:PORT (or SIMCTL_BROKER)"
                 )
             address = str(state["broker"])
+            if username is None and state.get("username"):
+                # The local cluster's generated credentials (simctl.local), unless others
+                # were given.
+                username = str(state["username"])
+                password_file = Path(state["password_file"])
         return ConnectionSettings(
             broker=BrokerAddress.parse(address),
             topic_prefix=self.prefix,
-            username=self.username,
-            password_file=self.password_file,
+            username=username,
+            password_file=password_file,
             tls_ca=self.tls_ca,
             tls_cert=self.tls_cert,
             tls_key=self.tls_key,

@@ -1,14 +1,23 @@
 """``simctl local``: a broker and N worker agents on this machine, in the background.
 
 Everything lives in one state folder (``$SIMCTL_LOCAL_DIR``, default
-``$XDG_STATE_HOME/simctl/local``): ``state.json`` (broker address, topic prefix, pids),
-the generated ``mosquitto.conf``, the broker's persistence, and one log per process.
+``$XDG_STATE_HOME/simctl/local``, mode 0700): ``state.json`` (broker address, topic prefix,
+pids, simctl's user name and password file), the generated ``mosquitto.conf``, the broker's
+persistence, and one log per process.
+
+The broker is never anonymous: ``credentials/`` holds a generated password per identity
+(``simctl``, ``local-admin``, ``worker1``, ...; mode 0600), and ``dynamic-security.json``
+(mode 0600) the broker's clients, client ids and roles, built from them by
+``simctl.broker_security`` exactly as for the deployed broker (minus the health probe, plus
+``local-admin``, which adds the identities of new workers while the broker runs).
+simctl (``simctl.config``) and the local agents use these credentials; nobody types any.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,13 +28,16 @@ from typing import Any
 
 from simctl.background import spawn_detached
 from simctl.errors import LocalClusterError
-from simctl.local_broker import LocalBroker, free_port, port_open
+from simctl.local_broker import LocalBroker, dynsec_control, free_port, port_open
 
 WORKER_READY_TIMEOUT_S = 30.0
 """How long ``local up`` waits for the started agents to report online."""
 
 STOP_POLL_S = 0.05
 """How often ``local down`` checks whether a process has exited."""
+
+PASSWORD_BYTES = 24
+"""Random bytes of each generated password (32 URL-safe characters)."""
 
 
 def default_slots(workers: int) -> int:
@@ -67,6 +79,52 @@ class LocalCluster:
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir)
         self.state_path = self.dir / "state.json"
+        self.credentials_dir = self.dir / "credentials"
+        self.dynsec_path = self.dir / "dynamic-security.json"
+
+    def password_file(self, name: str) -> Path:
+        """The password file of identity ``name``, generated (mode 0600) if missing."""
+        path = self.credentials_dir / f"{name}.password"
+        if not path.exists():
+            self.credentials_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(PASSWORD_BYTES) + "\n")
+        return path
+
+    def _passwords(self, names: list[str]) -> dict[str, str]:
+        return {n: self.password_file(n).read_text().splitlines()[0] for n in names}
+
+    def _write_dynsec(self, prefix: str, worker_ids: list[str]) -> None:
+        """The broker's dynamic-security file for simctl, the administrator and the workers."""
+        from simctl.broker_security import ADMIN_USER, dynsec_json, identities
+
+        found = identities(prefix, worker_ids, deployed=False)
+        text = dynsec_json(found, self._passwords(["simctl", ADMIN_USER, *worker_ids]))
+        tmp = self.dynsec_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        tmp.replace(self.dynsec_path)
+
+    def _add_workers(self, state: dict[str, Any], worker_ids: list[str]) -> None:
+        """Give new workers their identities on the running broker (dynsec's control API; the
+        plugin saves them to its file, and the file is rebuilt at every broker start)."""
+        from simctl.broker_security import (
+            ADMIN_CLIENT_ID,
+            ADMIN_USER,
+            control_commands,
+            worker_identities,
+        )
+
+        found = [i for w in worker_ids
+                 for i in worker_identities(state["topic_prefix"], w, registration=False)]
+        admin = self._passwords([ADMIN_USER])[ADMIN_USER]
+        try:
+            dynsec_control("127.0.0.1", int(state["port"]), ADMIN_USER, admin, ADMIN_CLIENT_ID,
+                           control_commands(found, self._passwords(worker_ids)))
+        except (RuntimeError, OSError) as e:
+            raise LocalClusterError(f"cannot add workers to the local broker: {e}") from e
 
     def state(self) -> dict[str, Any]:
         try:
@@ -102,6 +160,7 @@ class LocalCluster:
     ) -> dict[str, Any]:
         """Start what is not running yet: the broker, then agents worker1..N."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)  # credentials, the broker's user file and logs: the owner's only
         state = self.state()
         if (
             state
@@ -113,21 +172,35 @@ class LocalCluster:
                 "stop it first with `simctl local down`"
             )
         previous_port = state.get("port")
+        wanted = [f"worker{i}" for i in range(1, workers + 1)]
         if not alive(state.get("broker_pid"), "mosquitto"):
-            state = {
-                "workers": [p for p in state.get("workers", []) if alive(p["pid"], "worker_agent")]
-            }
+            live = [p for p in state.get("workers", []) if alive(p["pid"], "worker_agent")]
+            state = {"workers": live}
             # Keep the previous port (clients may have it configured) unless it is taken now.
             if not port and previous_port and not port_open("127.0.0.1", previous_port):
                 port = previous_port
             port = port or free_port()
-            broker = LocalBroker(self.dir, port)
+            known = sorted({*wanted, *(w["worker_id"] for w in live)}, key=_worker_order)
+            broker = LocalBroker(self.dir, port, dynsec_file=self.dynsec_path)
             try:
+                self._write_dynsec(prefix, known)
                 broker.start()
             except (RuntimeError, FileNotFoundError, OSError) as e:
                 raise LocalClusterError(f"cannot start the local broker: {e}") from e
             assert broker.process is not None
-            state.update(port=port, broker=broker.address, broker_pid=broker.process.pid)
+            state.update(port=port, broker=broker.address, broker_pid=broker.process.pid,
+                         username="simctl", password_file=str(self.password_file("simctl")),
+                         identities=known)
+        elif "identities" not in state:
+            raise LocalClusterError(
+                "the running local broker was started without credentials by an older simctl: "
+                "stop it with `simctl local down`, then `simctl local up` again"
+            )
+        else:
+            new = [w for w in wanted if w not in state["identities"]]
+            if new:
+                self._add_workers(state, new)
+                state["identities"] = sorted({*state["identities"], *new}, key=_worker_order)
         state["topic_prefix"] = prefix
         state["started_at"] = state.get("started_at") or time.time()
         per_worker = slots or default_slots(workers)
@@ -152,6 +225,10 @@ class LocalCluster:
                 str(per_worker),
                 "--topic-prefix",
                 prefix,
+                "--username",
+                worker_id,
+                "--password-file",
+                str(self.password_file(worker_id)),
                 "--http-port",
                 "0",
                 "--heartbeat",
@@ -180,7 +257,9 @@ class LocalCluster:
         from simctl.mqtt import Observer
         from simproto.connection import BrokerAddress, ConnectionSettings
 
-        settings = ConnectionSettings(BrokerAddress.parse(state["broker"]), topic_prefix=prefix)
+        settings = ConnectionSettings(BrokerAddress.parse(state["broker"]), topic_prefix=prefix,
+                                      username=state["username"],
+                                      password_file=Path(state["password_file"]))
         with Observer(settings) as obs:
             deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
             while True:

@@ -261,3 +261,24 @@ def exchange(client: mqtt.Client, wait: float) -> mqtt.MQTTErrorCode:
         if rc != mqtt.MQTT_ERR_SUCCESS:
             return rc
     return client.loop_misc()
+
+
+def id_check_identity(
+    settings: ConnectionSettings, client_id: str
+) -> tuple[ConnectionSettings, str]:
+    """The settings and client id of an agent's start-up id check (``client_id``: the agent's).
+
+    The broker binds each credential to one client id, so the probe, which runs beside a
+    possibly live agent of the same id, has its own: user ``<user>.idcheck`` (same password)
+    and client id ``<client_id>-idcheck``, shortened with a hash to fit an id's 64 characters.
+    """
+    from dataclasses import replace
+    from hashlib import sha256
+
+    from simproto.protocol import MAX_ID_LENGTH
+
+    probe_id = f"{client_id}-idcheck"
+    if len(probe_id) > MAX_ID_LENGTH:
+        probe_id = f"{client_id[:47]}-{sha256(client_id.encode()).hexdigest()[:8]}-idcheck"
+    user = f"{settings.username}.idcheck" if settings.username else None
+    return replace(settings, username=user), probe_id

@@ -36,6 +36,7 @@ from simproto.connection import (
     Backoff,
     connect,
     exchange,
+    id_check_identity,
     is_permanent_refusal,
     make_client,
 )
@@ -815,8 +816,8 @@ class Agent:
         subscribed = threading.Event()
         answers: queue.SimpleQueue[Pong] = queue.SimpleQueue()
         hosts: list[str] = []
-        probe_id = f"{cfg.client_id[:40]}-idcheck-{uuid.uuid4().hex[:8]}"
-        client = make_client(cfg.connection, probe_id)
+        probe_settings, probe_id = id_check_identity(cfg.connection, cfg.client_id)
+        client = make_client(probe_settings, probe_id)
 
         refused: list[str] = []
 

@@ -1,41 +1,59 @@
-"""Jinja filter ``mosquitto_passwd``: one line of a Mosquitto password file.
+"""Jinja filter ``particle_dynsec``: the broker's dynamic-security file, as JSON text.
 
-Mosquitto 2's format is ``user:$7$<iterations>$<base64 salt>$<base64 hash>`` with
-PBKDF2-HMAC-SHA512. ``mosquitto_passwd`` draws a new salt on every call, which would rewrite
-the password file (and restart the broker) on every playbook run; here the salt is an input,
-kept in the generated secrets beside the password, so the line only changes with them.
+The clients, the client ids they are bound to and their roles are defined once, in the
+project's ``simctl.broker_security`` (the local cluster uses the same module), so this filter
+needs the project importable: run ``ansible-playbook`` from the project's virtualenv
+(``pip install -e '.[deploy]'``). Failing that, the repository this file sits in is tried.
+
+Mosquitto's ``mosquitto_passwd`` and dynsec's control API draw a new salt for every hash,
+which would rewrite the file (and restart the broker) on every playbook run; here the salts
+are inputs, kept in the generated secrets beside the passwords, so the file only changes
+with a user, a password or the topic tree.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import sys
+from pathlib import Path
+from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-ITERATIONS = 101
-"""Mosquitto's own default iteration count (``mosquitto_passwd``, version 2.0)."""
 
-SALT_BYTES = 12
-"""Mosquitto reads salts of exactly 12 bytes."""
+def _broker_security() -> Any:
+    try:
+        from simctl import broker_security
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        try:
+            from simctl import broker_security
+        except ImportError as e:
+            raise AnsibleFilterError(
+                f"particle_dynsec needs the particle-sim project ({e}): run ansible-playbook "
+                "from the project's virtualenv (pip install -e '.[deploy]')"
+            ) from e
+    return broker_security
 
 
-def mosquitto_passwd(password: str, username: str, salt: str) -> str:
-    """``username:$7$101$salt$hash`` for ``password``; ``salt`` must be 12 ASCII characters."""
-    raw_salt = str(salt).encode()
-    if len(raw_salt) != SALT_BYTES:
-        raise AnsibleFilterError(
-            f"mosquitto_passwd: the salt must be {SALT_BYTES} bytes, got {len(raw_salt)}"
-        )
-    if ":" in str(username) or not str(username):
-        raise AnsibleFilterError(f"mosquitto_passwd: invalid user name {username!r}")
-    digest = hashlib.pbkdf2_hmac("sha512", str(password).encode(), raw_salt, ITERATIONS)
-    salt_b64 = base64.b64encode(raw_salt).decode()
-    return f"{username}:$7${ITERATIONS}${salt_b64}${base64.b64encode(digest).decode()}"
+def particle_dynsec(worker_ids: list[str], topic_prefix: str, passwords: dict[str, str],
+                    salts: dict[str, str]) -> str:
+    """The dynsec file of a deployed cluster: simctl, the health probe, every worker.
+
+    ``passwords`` and ``salts`` map ``simctl``, ``healthcheck`` and each worker id to its
+    generated password and stored salt.
+    """
+    security = _broker_security()
+    try:
+        found = security.identities(str(topic_prefix), [str(w) for w in worker_ids],
+                                    deployed=True)
+        return str(security.dynsec_json(found, {str(k): str(v) for k, v in passwords.items()},
+                                        {str(k): str(v) for k, v in salts.items()}))
+    except (ValueError, KeyError, ImportError) as e:
+        raise AnsibleFilterError(f"particle_dynsec: {e}") from e
 
 
 class FilterModule:
     """Registers the filters of this file."""
 
     def filters(self) -> dict[str, object]:
-        return {"mosquitto_passwd": mosquitto_passwd}
+        return {"particle_dynsec": particle_dynsec}

@@ -1,11 +1,17 @@
 #!/bin/sh
 # Health probe of particle-broker: a retained message published and read back over the TLS
-# listener with the probe's own credentials, so "healthy" means TLS, authentication, the ACL
-# and message delivery all work (not merely that the port is open).
+# listener with the probe's own credentials, so "healthy" means TLS, authentication, the
+# dynamic-security roles and message delivery all work (not merely that the port is open).
 #
 #   broker-healthcheck                 the probe (the image's HEALTHCHECK)
-#   broker-healthcheck ID [ID ...]     also wait until each worker ID has a retained
+#   broker-healthcheck ID [ID ...]     instead, wait until each worker ID has a retained
 #                                      "online" status (Ansible's registration check)
+#
+# The broker binds every credential to one client id (simctl/broker_security.py): the probe
+# connects as user healthcheck with id particle-broker-health (Docker never runs two probes
+# of one container at once), the check of worker ID as user healthcheck.ID with id
+# particle-broker-registration-ID (Ansible checks several workers at once), both with the
+# probe's password. The probe's topic, particle-broker/health, is HEALTH_TOPIC there.
 #
 # Settings come from the container's environment (BROKER_PROBE_HOST, BROKER_PROBE_PORT,
 # BROKER_TOPIC_PREFIX) and the mounted files ca.crt and healthcheck.password.
@@ -18,22 +24,27 @@ password=$(cat "$conf/healthcheck.password")
 
 mqtt() {
     tool=$1
-    shift
-    "mosquitto_$tool" -h "$host" -p "$port" --cafile "$conf/ca.crt" -u healthcheck \
-        -P "$password" -V mqttv5 "$@"
+    user=$2
+    client_id=$3
+    shift 3
+    "mosquitto_$tool" -h "$host" -p "$port" --cafile "$conf/ca.crt" -u "$user" \
+        -i "$client_id" -P "$password" -V mqttv5 "$@"
 }
 
-stamp="probe-$(date +%s)-$$"
-mqtt pub -t particle-broker/health -m "$stamp" -r -q 1
-seen=$(mqtt sub -t particle-broker/health -C 1 -W 5 -q 1)
-if [ "$seen" != "$stamp" ]; then
-    echo "probe message not received back (got '$seen')" >&2
-    exit 1
+if [ $# -eq 0 ]; then
+    stamp="probe-$(date +%s)-$$"
+    mqtt pub healthcheck particle-broker-health -t particle-broker/health -m "$stamp" -r -q 1
+    seen=$(mqtt sub healthcheck particle-broker-health -t particle-broker/health -C 1 -W 5 -q 1)
+    if [ "$seen" != "$stamp" ]; then
+        echo "probe message not received back (got '$seen')" >&2
+        exit 1
+    fi
 fi
 
 for worker_id in "$@"; do
     # The worker's retained status; a JSON object with "state": "online" once it registered.
-    status=$(mqtt sub -t "$prefix/workers/$worker_id/status" -C 1 -W 5 || true)
+    status=$(mqtt sub "healthcheck.$worker_id" "particle-broker-registration-$worker_id" \
+        -t "$prefix/workers/$worker_id/status" -C 1 -W 5 || true)
     case $status in
         *'"state":"online"'* | *'"state": "online"'*) ;;
         *) echo "worker $worker_id has not registered (status: ${status:-none})" >&2; exit 1 ;;

@@ -9,8 +9,9 @@ network's gateway address only. Then:
 1. before deploy, a VM's health port does not answer (even with something listening there);
 2. ``ansible-playbook deploy.yml`` succeeds;
 3. ``/ping`` answers on all three; ``simctl ping`` lists the three over TLS with credentials;
-   anonymous and wrong-password connections are refused; a worker's credentials cannot publish
-   an assignment or another worker's status;
+   anonymous and wrong-password connections are refused, and so is a worker's credential
+   under another client id; a worker's password cannot publish an assignment or another
+   worker's status;
 4. ``simctl run`` of a small sweep completes with every result;
 5. a second ``deploy.yml`` reports ``changed=0``;
 6. a fourth VM added to the inventory joins after a re-run; ``simctl ping`` lists four.
@@ -267,6 +268,7 @@ def _wait(condition, what: str, timeout: float = 10) -> None:  # type: ignore[no
 
 
 def check_refused_and_confined(lab: Lab) -> None:
+    from simctl.broker_security import worker_client_ids
     from simproto.protocol import Channel, Topics
 
     topics = Topics("sim")
@@ -282,8 +284,15 @@ def check_refused_and_confined(lab: Lab) -> None:
     client.disconnect()
     assert rc.is_failure, f"a wrong password was accepted ({rc})"
 
-    # A subscriber with simctl's rights watches worker2's assignments and status and worker1's
-    # events; worker1's credentials then publish to all three. Only its own event may arrive.
+    # Every credential but simctl's is bound to its own client id (dynamic security).
+    client, rc = mqtt_probe.connect(_settings(lab, "worker1", password), f"forger-{lab.tag}")
+    client.loop_stop()
+    client.disconnect()
+    assert rc.is_failure, f"worker1's credentials were accepted under another client id ({rc})"
+
+    # A subscriber with simctl's rights watches worker2's assignments and status and the ping
+    # topic; worker1's password then publishes to all three, as worker1's id check (its main
+    # identity's id is held by the live agent). Only the ping may arrive.
     simctl_pw = (lab.generated / "passwords" / "simctl").read_text().strip()
     watcher, rc = mqtt_probe.connect(_settings(lab, "simctl", simctl_pw), f"watch-{lab.tag}")
     assert not rc.is_failure, rc
@@ -294,13 +303,14 @@ def check_refused_and_confined(lab: Lab) -> None:
     forged = {
         topics.worker("worker2", Channel.ASSIGN): f"forged-assign-{lab.tag}".encode(),
         topics.worker("worker2", Channel.STATUS): f"forged-status-{lab.tag}".encode(),
-        topics.worker("worker1", Channel.EVENT): f"own-event-{lab.tag}".encode(),
+        topics.ping: f"own-ping-{lab.tag}".encode(),
     }
     watcher.subscribe([(t, 1) for t in forged])
     assert subscribed.wait(10)
 
-    worker, rc = mqtt_probe.connect(_settings(lab, "worker1", password), f"forger-{lab.tag}")
-    assert not rc.is_failure, f"worker1's own credentials were refused ({rc})"
+    _, probe_user, probe_id = worker_client_ids("sim", "worker1")
+    worker, rc = mqtt_probe.connect(_settings(lab, probe_user, password), probe_id)
+    assert not rc.is_failure, f"worker1's id-check identity was refused ({rc})"
     acks: dict[int, object] = {}
     worker.on_publish = lambda _c, _u, mid, reason, _p: acks.__setitem__(mid, reason)
     verdicts = {}
@@ -312,9 +322,9 @@ def check_refused_and_confined(lab: Lab) -> None:
         _wait(lambda mid=mid: mid in acks, f"PUBACK of {topic}")
         verdicts[topic] = str(acks[mid])
     refused = {t: v for t, v in verdicts.items() if v == "Not authorized"}
-    assert set(refused) == set(forged) - {topics.worker("worker1", Channel.EVENT)}, verdicts
-    own = forged[topics.worker("worker1", Channel.EVENT)]
-    _wait(lambda: own in received, "worker1's own (allowed) event at the watcher")
+    assert set(refused) == set(forged) - {topics.ping}, verdicts
+    own = forged[topics.ping]
+    _wait(lambda: own in received, "worker1's (allowed) ping at the watcher")
     time.sleep(1.0)  # anything forged would have arrived with or before the allowed message
     for c in (worker, watcher):
         c.loop_stop()

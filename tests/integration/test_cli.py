@@ -331,10 +331,13 @@ def test_monitor_refreshes_count_times(simctl: Simctl, agents: list[str]) -> Non
 
 
 def test_local_up_run_down(tmp_path: Path, topic_prefix: str) -> None:
+    """The local cluster uses generated credentials: nobody types any, and a client without
+    them is refused; more workers join while the broker runs."""
     sim = Simctl(tmp_path, None, topic_prefix)
     assert sim.json("local", "status", code=4)["up"] is False
     try:
         sim("local", "up", "--workers", "2", "--heartbeat", "0.2", "--grace", "1")
+        assert_local_broker_is_secured(sim.local_dir, topic_prefix)
         state = sim.json("local", "status")
         assert state["up"] is True
         names = [p["name"] for p in state["processes"]]
@@ -349,8 +352,36 @@ def test_local_up_run_down(tmp_path: Path, topic_prefix: str) -> None:
         sim("local", "logs", "nobody", code=2)
         # up again is harmless: everything is already running.
         sim("local", "up", "--workers", "2", "--heartbeat", "0.2")
+        # A third worker gets its identity on the running broker (dynsec's control API).
+        broker_pid = sim.json("local", "status")["processes"][0]["pid"]
+        sim("local", "up", "--workers", "3", "--heartbeat", "0.2", "--grace", "1")
+        assert sim.json("local", "status")["processes"][0]["pid"] == broker_pid
+        pinged = {w["worker_id"] for w in sim.json("ping")["workers"]}
+        assert pinged == {"worker1", "worker2", "worker3"}
     finally:
         stopped = sim.json("local", "down", "--timeout", "10")["stopped"]
-    assert {s["name"] for s in stopped} == {"broker", "worker1", "worker2"}
+    assert {s["name"] for s in stopped} == {"broker", "worker1", "worker2", "worker3"}
     assert all(s["result"] == "stopped" for s in stopped), stopped
     assert sim.json("local", "status", code=4)["up"] is False
+
+
+def assert_local_broker_is_secured(local_dir: Path, prefix: str) -> None:
+    """Credentials are private files; anonymous clients and stolen client ids are refused."""
+    from deploy.mqtt_probe import connect
+
+    state = json.loads((local_dir / "state.json").read_text())
+    assert state["username"] == "simctl"
+    assert oct(local_dir.stat().st_mode & 0o777) == "0o700"
+    for path in [*(local_dir / "credentials").iterdir(), local_dir / "dynamic-security.json"]:
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path
+    address = BrokerAddress.parse(state["broker"])
+    worker2 = ConnectionSettings(address, topic_prefix=prefix, username="worker2",
+                                 password_file=local_dir / "credentials/worker2.password")
+    stem = prefix.replace("/", "_")
+    for settings, client_id in ((ConnectionSettings(address, topic_prefix=prefix), "anonymous"),
+                                (worker2, f"{stem}-simctl-dispatcher"),
+                                (worker2, f"{stem}-worker-worker1")):
+        client, rc = connect(settings, client_id)
+        client.loop_stop()
+        client.disconnect()
+        assert str(rc) == "Not authorized", (settings.username, client_id, rc)
