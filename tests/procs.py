@@ -58,6 +58,19 @@ def agent_http_get(status: p.WorkerStatus | None, path: str) -> bytes:
         return bytes(response.read())
 
 
+def private_env(workdir: Path) -> dict[str, str]:
+    """This environment without the runtime's own variables, and private XDG folders.
+
+    Everything the runtime needs comes from flags, so a developer's SIMCTL_* settings or
+    config file can never point a test at their real broker or ledger.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIMCTL_", "WORKER_"))}
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
+        env[var] = str(workdir / "xdg" / var.lower())
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def simctl_command() -> list[str]:
     """simctl run by this interpreter (the console script may belong to another one)."""
     return [sys.executable, "-c", "import sys; from simctl.cli import main; sys.exit(main())"]
@@ -265,17 +278,8 @@ class Cluster:
     # ------------------------------------------------------------------ processes
 
     def env(self) -> dict[str, str]:
-        """This environment without the runtime's own variables, and private XDG folders.
-
-        Everything the runtime needs comes from flags, so a developer's SIMCTL_* settings or
-        config file can never point a test at their real broker or ledger.
-        """
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SIMCTL_", "WORKER_"))}
-        for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
-            env[var] = str(self.workdir / "xdg" / var.lower())
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+        """See :func:`private_env`."""
+        return private_env(self.workdir)
 
     def _spawn(self, name: str, argv: list[str], separate_stdout: bool = False) -> Proc:
         proc = Proc(name, argv, self.workdir, self.env(), separate_stdout)
