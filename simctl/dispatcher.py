@@ -121,6 +121,12 @@ class Rejection(str, Enum):
     """A status or heartbeat of a session the worker id has since replaced."""
 
 
+def _settled(info: mqtt.MQTTMessageInfo) -> bool:
+    """Confirmed by the broker, or refused by paho (published while disconnected: an ack the
+    worker never got is sent again when its result comes back)."""
+    return info.rc != mqtt.MQTT_ERR_SUCCESS or info.is_published()
+
+
 class DispatcherLock:
     """The lock file beside a ledger that makes its dispatcher unique (fcntl, dies with us)."""
 
@@ -298,7 +304,7 @@ class Dispatcher:
                 deadline = time.monotonic() + CLOSE_FLUSH_S
                 while (
                     self.client.want_write()
-                    or any(not info.is_published() for info in self._unconfirmed)
+                    or not all(map(_settled, self._unconfirmed))
                 ) and time.monotonic() < deadline:
                     exchange(self.client, 0.01)
                 self.client.disconnect()
@@ -371,7 +377,7 @@ class Dispatcher:
             return
         if not force and now - self._acks_since < ACK_EVERY_S and self._ack_count < ACK_BATCH:
             return
-        self._unconfirmed = [info for info in self._unconfirmed if not info.is_published()]
+        self._unconfirmed = [info for info in self._unconfirmed if not _settled(info)]
         for worker_id, items in self._acks.items():
             for i in range(0, len(items), ACK_BATCH):
                 self._unconfirmed.append(
