@@ -35,8 +35,13 @@ from simproto.protocol import (
     RunProgress,
     WorkerStatus,
 )
+from simproto.ratelimit import RateLimit
 
 log = logging.getLogger(__name__)
+
+REPORTS_PER_S = 10.0
+"""Malformed messages an observer logs one by one per second (retained garbage under many
+worker ids must not bury the output of `simctl status`)."""
 
 CONNECT_TIMEOUT_S = 5.0
 """How long simctl waits for the broker's CONNACK before reporting it unreachable."""
@@ -208,8 +213,7 @@ class Observer:
         self.pongs: dict[str, PongReply] = {}
         self._ping_sent: dict[bytes, float] = {}
         self._markers: set[bytes] = set()
-        self.rejected = 0
-        """Messages that were malformed or could not be processed (each logged)."""
+        self._reports = RateLimit(REPORTS_PER_S, int(REPORTS_PER_S))
         self._cond = threading.Condition()
         subs = [
             (self.topics.all_workers(Channel.STATUS), 1),
@@ -261,11 +265,10 @@ class Observer:
                     self.heard[worker_id] = now
                 self._cond.notify_all()
         except DecodeError as e:
-            self.rejected += 1
-            log.warning("ignoring a malformed message on %s: %s", msg.topic, e)
+            if self._reports.allow():
+                log.warning("ignoring a malformed message on %s: %.300s", msg.topic, e)
         except Exception:
             # An exception here would end paho's network thread: the observer would go deaf.
-            self.rejected += 1
             log.exception("ignoring a message on %s that could not be processed", msg.topic)
 
     def _on_reply(self, msg: mqtt.MQTTMessage, now: float) -> None:

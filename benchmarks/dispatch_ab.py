@@ -1,0 +1,79 @@
+"""Dispatch throughput of this checkout against another one, alternated in one session.
+
+A change to the runtime must not cost throughput; on a shared, noisy machine only a ratio
+measured side by side means anything. This runs ``benchmarks/dispatch.py`` (one throughput
+run each, no memory run) in this checkout and in ``--base`` (another checkout, for example
+a ``git worktree`` of the parent commit, with its own ``.venv``), alternating, ``--rounds``
+times, and prints each figure and the ratio of the medians (this / base) of the target's
+measure: tasks per second from the run submitted to the last result stored.
+
+    git worktree add /tmp/base HEAD~1 && (cd /tmp/base && python3 -m venv .venv \\
+        && .venv/bin/pip install -e '.[test]')
+    python benchmarks/dispatch_ab.py --base /tmp/base [--rounds 3] [--tasks 5000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+HERE = Path(__file__).resolve().parents[1]
+
+
+def python_of(checkout: Path) -> str:
+    """The checkout's own interpreter (its .venv), else this one."""
+    candidate = checkout / ".venv/bin/python"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+def one_run(checkout: Path, tasks: int) -> float:
+    """Tasks per second, run submitted to last result stored, of one dispatch.py run."""
+    done = subprocess.run(
+        [python_of(checkout), "benchmarks/dispatch.py", "--tasks", str(tasks), "--repeat", "1",
+         "--big-tasks", "0", "--json"],
+        cwd=checkout, capture_output=True, text=True, timeout=900, check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"dispatch.py failed in {checkout}:\n{done.stderr[-3000:]}")
+    summary = json.loads(done.stdout)["small"]["summary"]
+    return tasks / (summary["finished_at"] - summary["created_at"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", type=Path, required=True, help="the other checkout")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each, alternated")
+    parser.add_argument("--tasks", type=int, default=5000, help="tasks per run")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.tasks < 1:
+        parser.error("--rounds and --tasks must be >= 1")
+    rates: dict[str, list[float]] = {"this": [], "base": []}
+    for round_number in range(args.rounds):
+        # Alternate which goes first, so a trend in the machine's load favours neither.
+        order = ("this", "base") if round_number % 2 == 0 else ("base", "this")
+        for side in order:
+            rates[side].append(one_run(HERE if side == "this" else args.base, args.tasks))
+            print(f"round {round_number + 1} {side}: {rates[side][-1]:.0f} tasks/s",
+                  file=sys.stderr)
+    medians = {side: statistics.median(values) for side, values in rates.items()}
+    ratio = medians["this"] / medians["base"]
+    if args.json:
+        print(json.dumps({"rates": rates, "medians": medians, "ratio": ratio}, indent=2))
+        return 0
+    print(tabulate([[side, *(f"{v:.0f}" for v in values), f"{medians[side]:.0f}"]
+                    for side, values in rates.items()],
+                   headers=["checkout", *(f"run {i + 1}" for i in range(args.rounds)),
+                            "median"]))
+    print(f"\nthis / base (medians, tasks/s submitted -> last stored): {ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
