@@ -11,7 +11,10 @@ child processes, acknowledgements. Measured:
 - median latency from assignment (``assigned_at`` recorded by the dispatcher) to start
   (``started_at`` recorded by the agent), from ``simctl results --format json``;
 - with ``--big-tasks`` (default 10,000) tasks: simctl's peak resident memory (``ru_maxrss``
-  of the ``simctl run`` process) and how long ``simctl status`` takes to answer mid-run.
+  of the ``simctl run`` process) and how long ``simctl status`` takes to answer mid-run;
+- with ``--shared``: two ``simctl run`` of ``--tasks`` tasks at once, each with its own
+  ledger, on the same broker and agents; each one's throughput over the solo median (the
+  target: at least 0.4 each, since the two share one set of workers).
 
 Figures are printed next to the issue's reference figures (Celery 5.7 with Redis and Dask
 distributed, about 470 tasks/s each with the same 5,000 no-op tasks and two worker
@@ -52,6 +55,7 @@ TARGET_TASKS_PER_S = 1000.0
 TARGET_LATENCY_MS = 5.0
 TARGET_RSS_MB = 200.0
 TARGET_STATUS_S = 1.0
+TARGET_SHARED_FRACTION = 0.4
 
 AGENT_HEARTBEAT_S = 2.0
 """Production default heartbeat: the benchmark measures the runtime as deployed."""
@@ -88,6 +92,30 @@ def timed_run(cluster: Cluster, name: str, tasks: int,
     if summary["done"] != tasks:
         raise RuntimeError(f"only {summary['done']} of {tasks} tasks done: {summary}")
     return {"elapsed_s": elapsed, "peak_rss_mb": usage.ru_maxrss / 1024, "summary": summary}
+
+
+def submitted_rate(summary: dict[str, Any]) -> float:
+    """Tasks per second from the run stored in the ledger to its last result stored."""
+    return float(summary["tasks"]) / (summary["finished_at"] - summary["created_at"])
+
+
+def shared_runs(cluster: Cluster, tasks: int) -> list[float]:
+    """Two runs at once, each on its own ledger, on the same broker and agents: the
+    throughput of each (submitted to last stored)."""
+    procs = []
+    for ledger in ("shared-a", "shared-b"):
+        task_file = cluster.task_file(ledger, sleep_tasks(tasks, 0.0), max_attempts=3)
+        argv = cluster.simctl_argv("run", str(task_file), "--json",
+                                   store=cluster.workdir / f"{ledger}.sqlite")
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL, env=cluster.env(), text=True))
+    rates = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"shared simctl run exited {proc.returncode}:\n{err[-3000:]}")
+        rates.append(submitted_rate(json.loads(out)))
+    return rates
 
 
 def dispatch_figures(cluster: Cluster, run_id: str) -> dict[str, float | None]:
@@ -145,7 +173,7 @@ def time_status(cluster: Cluster, started: threading.Event, stop: threading.Even
         stop.wait(STATUS_SAMPLE_EVERY_S)
 
 
-def benchmark(tasks: int, big_tasks: int, repeat: int) -> dict[str, Any]:
+def benchmark(tasks: int, big_tasks: int, repeat: int, shared: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dispatch-bench-") as tmp:
         workdir = Path(tmp)
         broker = LocalBroker(workdir / "broker", free_port())
@@ -168,6 +196,8 @@ def benchmark(tasks: int, big_tasks: int, repeat: int) -> dict[str, Any]:
             by_time = sorted(repeats, key=lambda r: r["elapsed_s"])
             figures: dict[str, Any] = {"tasks": tasks, "small": by_time[len(by_time) // 2],
                                        "repeats": repeats}
+            if shared:
+                figures["shared_rates"] = shared_runs(cluster, tasks)
             if big_tasks:
                 started, stop = threading.Event(), threading.Event()
                 samples: dict[str, list[float]] = {"status": [], "status RUN": [],
@@ -212,8 +242,7 @@ def report(figures: dict[str, Any]) -> str:
     rates = sorted(n / r["elapsed_s"] for r in figures["repeats"])
     # The issue's measure: from submission (the run stored in the ledger) to the last result
     # stored. Start to exit adds the interpreter's start and reading the task file.
-    submit_rates = sorted(n / (r["summary"]["finished_at"] - r["summary"]["created_at"])
-                          for r in figures["repeats"])
+    submit_rates = sorted(submitted_rate(r["summary"]) for r in figures["repeats"])
     submit_rate = statistics.median(submit_rates)
     rows = [
         [f"throughput, {n} tasks, run submitted to last result stored, median of "
@@ -237,6 +266,13 @@ def report(figures: dict[str, Any]) -> str:
          f"{fmt(small['turnaround_median_ms'], '.2f')} ms", "", ""],
         [f"simctl peak RSS, {n} tasks", f"{small['peak_rss_mb']:.0f} MB", "", ""],
     ]
+    for ledger, shared_rate in zip("ab", figures.get("shared_rates", []), strict=False):
+        fraction = shared_rate / submit_rate
+        rows.append([f"two ledgers at once on the same agents: ledger {ledger}, {n} tasks, "
+                     "run submitted to last result stored",
+                     f"{shared_rate:.0f} tasks/s = {fraction:.2f} of solo",
+                     f">= {TARGET_SHARED_FRACTION:g} of solo",
+                     verdict(fraction, TARGET_SHARED_FRACTION, True)])
     if "big" in figures:
         big, m = figures["big"], figures["big_tasks"]
         rows += [
@@ -264,11 +300,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="tasks of the memory/status run (0 skips it)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="repetitions of the throughput run (the median is reported)")
+    parser.add_argument("--shared", action="store_true",
+                        help="also two runs at once on two ledgers sharing the agents")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.big_tasks < 0 or args.repeat < 1:
         parser.error("--tasks and --repeat must be >= 1, --big-tasks >= 0")
-    figures = benchmark(args.tasks, args.big_tasks, args.repeat)
+    figures = benchmark(args.tasks, args.big_tasks, args.repeat, args.shared)
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
