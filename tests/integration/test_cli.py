@@ -174,6 +174,38 @@ def test_unreachable_broker_exits_4_and_stores_nothing(tmp_path: Path) -> None:
     assert sim.json("status", code=4) == {"workers": [], "runs": [], "rejected": {}}
 
 
+def test_resume_against_another_broker_or_prefix_is_refused_unless_told(
+        tmp_path: Path, broker: LocalBroker, topic_prefix: str) -> None:
+    """A run remembers the broker identity and prefix it was submitted to: resuming it on
+    another broker (or prefix) would miss the results sent meanwhile, so simctl refuses
+    unless told the broker changed; a new address of the same broker does not matter."""
+    first = Simctl(tmp_path, broker.address, topic_prefix)
+    slow = sleep_file(tmp_path, "slow", 30, 1)
+    first("run", str(slow), "--timeout", "0.5", "--quiet", code=3)  # no worker: stays active
+    run_id = first.json("status")["runs"][0]["run_id"]
+    same_broker = Simctl(tmp_path, f"localhost:{broker.port}", topic_prefix)
+    same_broker("run", "--resume", run_id, "--timeout", "0.5", "--quiet", code=3)
+
+    other = LocalBroker(tmp_path / "other-broker", free_port())
+    other.state_dir.mkdir()
+    other.start()
+    try:
+        moved = Simctl(tmp_path, other.address, topic_prefix)
+        refused = moved("run", "--resume", run_id, "--timeout", "0.5", code=2).stderr
+        assert f"run {run_id} was submitted to broker" in refused, refused
+        assert "--broker-changed" in refused
+        other_prefix = Simctl(tmp_path, broker.address, topic_prefix + "-b")
+        assert "topic prefix" in other_prefix("run", "--resume", run_id, code=2).stderr
+        moved("run", "--resume", run_id, "--broker-changed", "--timeout", "0.5", "--quiet",
+              code=3)
+        # Now the run belongs to the other broker, and the first one is refused in turn.
+        first("run", "--resume", run_id, "--timeout", "0.5", code=2)
+    finally:
+        other.stop()
+    assert "--broker-changed goes with --resume" in first("run", "--broker-changed",
+                                                          code=2).stderr
+
+
 def test_no_broker_configured_points_to_local_up(tmp_path: Path) -> None:
     sim = Simctl(tmp_path, None, "p")
     assert "simctl local up" in sim("ping", code=4).stderr
