@@ -355,7 +355,7 @@ def gravity(const double[:, ::1] pos, const double[::1] mass, double G, double e
     coords[2, :n] = pos[:, 2]
     coords[3, :n] = mass
     cdef const double[:, ::1] c = coords
-    cdef double[:, ::1] a = np.zeros((3, n))
+    cdef double[:, ::1] a = np.zeros((3, n + CK_PAD))
     cdef double potential = 0.0
     with nogil:
         potential = ck_gravity(_variant, n, &c[0, 0], &c[1, 0], &c[2, 0], &c[3, 0], eps * eps,

@@ -18,6 +18,7 @@
 #include "_simd.h"
 
 #include <math.h>
+#include <string.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define CK_X86 1
@@ -65,6 +66,18 @@ const char *ck_variant_name(int variant)
     default:
         return "unknown";
     }
+}
+
+/* x if keep is 1, +0.0 if it is 0: a bit mask rather than a conditional, because gcc will
+ * not if-convert "keep ? x : 0.0" around a division without AVX-512's masked operations
+ * (the division might raise a floating-point flag it would not otherwise raise). */
+CK_INLINE double masked(double x, int keep)
+{
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    bits &= (uint64_t)0 - (uint64_t)keep;
+    memcpy(&x, &bits, sizeof bits);
+    return x;
 }
 
 CK_INLINE double tree8(const double *a)
@@ -205,7 +218,7 @@ CK_INLINE void lj_body(const ck_lj_list *list, const double *restrict pos, ptrdi
                     f_over_r = f_over_r - f_rc / r;
                 }
                 int inside = (r2 < rc2) & (l < m);
-                f_over_r = inside ? f_over_r : 0.0;
+                f_over_r = masked(f_over_r, inside);
                 tx[l] = f_over_r * dx;
                 ty[l] = f_over_r * dy;
                 tz[l] = f_over_r * dz;
@@ -213,7 +226,7 @@ CK_INLINE void lj_body(const ck_lj_list *list, const double *restrict pos, ptrdi
                     double u_ij = 4.0 * inv_r6 * (inv_r6 - 1.0) - u_rc;
                     if (force_shifted)
                         u_ij = u_ij + (r - rc) * f_rc;
-                    tu[l] = inside ? u_ij : 0.0;
+                    tu[l] = masked(u_ij, inside);
                     tw[l] = f_over_r * r2;
                 }
             }
@@ -280,8 +293,10 @@ CK_INLINE void lj_dispatch(const ck_lj_list *list, const double *pos, ptrdiff_t 
 
 /* Pairs (i, j > i) a block at a time: separations and 1/r^3 for the block (element-wise),
  * the reaction on every j (element-wise: the j of a block are distinct), then i's own sums
- * in eight fixed lanes. The coordinate and mass arrays hold CK_PAD entries past n (mass 0). */
-CK_INLINE double gravity_body(ptrdiff_t n, const double *restrict xs, const double *restrict ys,
+ * in eight fixed lanes, lane q taking the partners i + 1 + q, i + 9 + q, ... (block sizes are
+ * multiples of 8). The coordinate and mass arrays hold CK_PAD entries past n (mass 0). The
+ * portable and AVX2 variants run this form. */
+CK_INLINE double gravity_blocked(ptrdiff_t n, const double *restrict xs, const double *restrict ys,
                               const double *restrict zs, const double *restrict mass,
                               double eps2, int energy, double *restrict ax,
                               double *restrict ay, double *restrict az)
@@ -333,18 +348,71 @@ CK_INLINE double gravity_body(ptrdiff_t n, const double *restrict xs, const doub
     return total;
 }
 
+/* Pairs (i, j > i), eight partners at a time: separations and 1/r^3 (element-wise), the
+ * reaction on each j (element-wise: the eight j are distinct) and i's own sums in eight
+ * fixed lanes, lane q taking the partners i + 1 + q, i + 9 + q, ...: the same operations in
+ * the same order as gravity_blocked, in one pass. gcc vectorises this form well only with
+ * AVX-512 (one 8-wide vector per step), so only that variant runs it. The coordinate, mass
+ * and acceleration arrays hold CK_PAD entries past n (mass 0, receiving nothing). */
+CK_INLINE double gravity_fused(ptrdiff_t n, const double *restrict xs, const double *restrict ys,
+                              const double *restrict zs, const double *restrict mass,
+                              double eps2, int energy, double *restrict ax,
+                              double *restrict ay, double *restrict az)
+{
+    double total = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double xi = xs[i], yi = ys[i], zi = zs[i], mi = mass[i];
+        double sx[CK_LANES] = {0}, sy[CK_LANES] = {0}, sz[CK_LANES] = {0};
+        double sp[CK_LANES] = {0};
+        ptrdiff_t m = n - (i + 1);
+        for (ptrdiff_t l0 = 0; l0 < m; l0 += CK_LANES) {
+            for (int q = 0; q < CK_LANES; q++) {
+                ptrdiff_t j = i + 1 + l0 + q;
+                double dx = xs[j] - xi;
+                double dy = ys[j] - yi;
+                double dz = zs[j] - zi;
+                double r2 = dx * dx + dy * dy + dz * dz + eps2;
+                double s = sqrt(r2);
+                double q3 = 1.0 / (r2 * s);
+                /* Padding entries (past n) may sit on top of i: masked to exactly 0. */
+                double inv_r3 = masked(q3, l0 + q < m);
+                double mj = mass[j];
+                ax[j] -= mi * inv_r3 * dx;
+                ay[j] -= mi * inv_r3 * dy;
+                az[j] -= mi * inv_r3 * dz;
+                sx[q] += mj * inv_r3 * dx;
+                sy[q] += mj * inv_r3 * dy;
+                sz[q] += mj * inv_r3 * dz;
+                if (energy)
+                    sp[q] += mj * masked(r2 * q3, l0 + q < m);
+            }
+        }
+        ax[i] += tree8(sx);
+        ay[i] += tree8(sy);
+        az[i] += tree8(sz);
+        if (energy)
+            total += mi * tree8(sp);
+    }
+    return total;
+}
+
 CK_INLINE double gravity_dispatch(ptrdiff_t n, const double *xs, const double *ys,
                                   const double *zs, const double *mass, double eps2,
-                                  int energy, double *ax, double *ay, double *az)
+                                  int energy, int fused, double *ax, double *ay, double *az)
 {
+    if (fused) {
+        if (energy)
+            return gravity_fused(n, xs, ys, zs, mass, eps2, 1, ax, ay, az);
+        return gravity_fused(n, xs, ys, zs, mass, eps2, 0, ax, ay, az);
+    }
     if (energy)
-        return gravity_body(n, xs, ys, zs, mass, eps2, 1, ax, ay, az);
-    return gravity_body(n, xs, ys, zs, mass, eps2, 0, ax, ay, az);
+        return gravity_blocked(n, xs, ys, zs, mass, eps2, 1, ax, ay, az);
+    return gravity_blocked(n, xs, ys, zs, mass, eps2, 0, ax, ay, az);
 }
 
 /* ------------------------------------------------------------------ the variants */
 
-#define CK_VARIANT(suffix, attributes)                                                       \
+#define CK_VARIANT(suffix, attributes, fused)                                                    \
     attributes static ptrdiff_t pairs_##suffix(                                              \
         ptrdiff_t n_ext, const double *xs, const double *ys, const double *zs,               \
         const int32_t *id, const int32_t *cell_first, int grid, int reach, int n_side,       \
@@ -366,14 +434,14 @@ CK_INLINE double gravity_dispatch(ptrdiff_t n, const double *xs, const double *y
                                               const double *mass, double eps2, int energy,   \
                                               double *ax, double *ay, double *az)            \
     {                                                                                        \
-        return gravity_dispatch(n, xs, ys, zs, mass, eps2, energy, ax, ay, az);             \
+        return gravity_dispatch(n, xs, ys, zs, mass, eps2, energy, fused, ax, ay, az);      \
     }
 
-CK_VARIANT(portable, )
+CK_VARIANT(portable, , 0)
 #if CK_X86
-CK_VARIANT(avx2, __attribute__((target("avx2"))))
+CK_VARIANT(avx2, __attribute__((target("avx2"))), 0)
 CK_VARIANT(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512cd,"
-                                          "prefer-vector-width=512"))))
+                                          "prefer-vector-width=512"))), 1)
 #endif
 
 ptrdiff_t ck_lj_pairs(int variant, ptrdiff_t n_ext, const double *xs, const double *ys,
