@@ -20,7 +20,10 @@
 #include <math.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+/* The AVX2 and AVX-512 variants need x86 and GCC or Clang's target attribute; elsewhere (or
+ * with -DCK_PORTABLE_ONLY, which also checks that path on x86) only the portable one exists. */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) \
+    && !defined(CK_PORTABLE_ONLY)
 #define CK_X86 1
 #else
 #define CK_X86 0
@@ -295,7 +298,7 @@ CK_INLINE void lj_dispatch(const ck_lj_list *list, const double *pos, ptrdiff_t 
  * the reaction on every j (element-wise: the j of a block are distinct), then i's own sums
  * in eight fixed lanes, lane q taking the partners i + 1 + q, i + 9 + q, ... (block sizes are
  * multiples of 8). The coordinate and mass arrays hold CK_PAD entries past n (mass 0). The
- * portable and AVX2 variants run this form. */
+ * portable variant runs this form. */
 CK_INLINE double gravity_blocked(ptrdiff_t n, const double *restrict xs, const double *restrict ys,
                               const double *restrict zs, const double *restrict mass,
                               double eps2, int energy, double *restrict ax,
@@ -351,8 +354,9 @@ CK_INLINE double gravity_blocked(ptrdiff_t n, const double *restrict xs, const d
 /* Pairs (i, j > i), eight partners at a time: separations and 1/r^3 (element-wise), the
  * reaction on each j (element-wise: the eight j are distinct) and i's own sums in eight
  * fixed lanes, lane q taking the partners i + 1 + q, i + 9 + q, ...: the same operations in
- * the same order as gravity_blocked, in one pass. gcc vectorises this form well only with
- * AVX-512 (one 8-wide vector per step), so only that variant runs it. The coordinate, mass
+ * the same order as gravity_blocked, in one pass. gcc vectorises this form with AVX2 and
+ * AVX-512 (each step of eight is two or one vectors), which run it; with SSE2 it does not,
+ * and the portable variant runs the blocked form. The coordinate, mass
  * and acceleration arrays hold CK_PAD entries past n (mass 0, receiving nothing). */
 CK_INLINE double gravity_fused(ptrdiff_t n, const double *restrict xs, const double *restrict ys,
                               const double *restrict zs, const double *restrict mass,
@@ -439,7 +443,7 @@ CK_INLINE double gravity_dispatch(ptrdiff_t n, const double *xs, const double *y
 
 CK_VARIANT(portable, , 0)
 #if CK_X86
-CK_VARIANT(avx2, __attribute__((target("avx2"))), 0)
+CK_VARIANT(avx2, __attribute__((target("avx2"))), 1)
 CK_VARIANT(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512cd,"
                                           "prefer-vector-width=512"))), 1)
 #endif

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,3 +121,21 @@ def test_the_environment_variable_chooses_the_variant() -> None:
                           text=True, timeout=120)
     assert done.returncode != 0
     assert "CKERNEL_SIMD=sse9" in done.stderr
+
+
+def test_the_portable_only_build_compiles_cleanly(tmp_path: Path) -> None:
+    """What a non-x86 build compiles (the AVX2 and AVX-512 variants left out), checked here
+    with -DCK_PORTABLE_ONLY: C99, no warnings, no AVX symbol."""
+    compiler = shutil.which(sysconfig.get_config_var("CC").split()[0]) or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    source = Path(ckernel.__file__).parent / "_simd.c"
+    obj = tmp_path / "simd.o"
+    done = subprocess.run([compiler, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror",
+                           "-ffp-contract=off", "-DCK_PORTABLE_ONLY", "-c", str(source),
+                           "-o", str(obj)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True,
+                             timeout=60).stdout if shutil.which("nm") else ""
+    assert "avx" not in symbols
+    assert "lj_portable" in symbols or not symbols
