@@ -23,7 +23,9 @@ median is kept: the machine is shared, so only ratios from one run mean anything
 and LAMMPS run on one thread (OMP_NUM_THREADS=1). ``--profile`` adds where ckernel's LJ
 time goes (forces, neighbour builds, integrator) for the 1,000-step run.
 
-Usage: ``python benchmarks/kernels.py [--repeats 3] [--quick] [--profile] [--json]``.
+``--variants`` also runs ckernel's narrower SIMD variants (what a CPU without AVX-512, or a
+non-x86 one, would get). Usage: ``python benchmarks/kernels.py [--repeats 3] [--quick]
+[--profile] [--variants] [--json]``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 LJ_BENCH = {"n_cells": 20, "density": 0.8442, "temperature": 1.44, "rc": 2.5,
             "potential": "truncated", "skin": 0.3, "rebuild_every": 20, "dt": 0.005,
@@ -126,11 +130,26 @@ def run_lammps(binary: str, style: str, steps: int) -> dict[str, float]:
     return figures
 
 
-def run_ckernel_lj(steps: int) -> dict[str, float]:
+def simd_forced(variant: str | None, run: Callable[[], T]) -> T:
+    """``run()`` with the compiled kernels on SIMD ``variant`` (None: as they are)."""
+    from ckernel import _backend
+
+    compiled = _backend.compiled
+    if variant is None or compiled is None:
+        return run()
+    before = compiled.simd_variant()
+    compiled.use_simd(variant)
+    try:
+        return run()
+    finally:
+        compiled.use_simd(before)
+
+
+def run_ckernel_lj(steps: int, variant: str | None = None) -> dict[str, float]:
     import ckernel
 
-    result = ckernel.simulate("lj", {**LJ_BENCH, "steps": steps, "sample_every": steps},
-                              87287, backend="cython")
+    result = simd_forced(variant, lambda: ckernel.simulate(
+        "lj", {**LJ_BENCH, "steps": steps, "sample_every": steps}, 87287, backend="cython"))
     meta = result["metadata"]
     return {"seconds": meta["loop_s"], "with_setup_s": meta["elapsed_s"],
             "e_pair_step0": result["observables"]["potential_energy"][0],
@@ -164,7 +183,11 @@ def run_rebound(n: int) -> dict[str, float]:
     return {"seconds": (time.perf_counter() - started) / steps}
 
 
-def run_ckernel_nbody(n: int) -> dict[str, float]:
+def run_ckernel_nbody(n: int, variant: str | None = None) -> dict[str, float]:
+    return simd_forced(variant, lambda: _run_ckernel_nbody(n))
+
+
+def _run_ckernel_nbody(n: int) -> dict[str, float]:
     from ckernel import _backend, nbody
 
     steps = NBODY_STEPS[n]
@@ -304,11 +327,20 @@ def machine() -> dict[str, Any]:
 
 
 def measure(repeats: int, quick: bool, with_lammps: bool, with_rebound: bool,
-            with_profile: bool) -> dict[str, Any]:
+            with_profile: bool, with_variants: bool) -> dict[str, Any]:
+    from ckernel import _backend
+
     figures: dict[str, Any] = machine()
     binary = lammps_binary() if with_lammps else None
     steps_list = (100,) if quick else LJ_STEPS
+    # With --variants, the narrower SIMD variants also run (in.lj at the most steps, N-body
+    # at 2,048), to show what a machine without AVX-512 (or a non-x86 one) would get.
+    compiled = _backend.compiled
+    others = (compiled.simd_available()[:-1] if with_variants and compiled else ())
     contenders: dict[str, Callable[[], dict[str, float]]] = {}
+    for variant in others:
+        contenders[f"lj_{steps_list[-1]}_ours_{variant}"] = functools.partial(
+            run_ckernel_lj, steps_list[-1], variant)
     for steps in steps_list:
         contenders[f"lj_{steps}_ours"] = functools.partial(run_ckernel_lj, steps)
         if binary:
@@ -326,6 +358,10 @@ def measure(repeats: int, quick: bool, with_lammps: bool, with_rebound: bool,
         for tag in ("lammps", "lammps_opt"):
             if f"lj_{steps}_{tag}_seconds" in figures:
                 figures[f"lj_{steps}_over_{tag}"] = figures[f"lj_{steps}_{tag}_seconds"] / ours
+                for variant in others:
+                    figures[f"lj_{steps}_{variant}_over_{tag}"] = (
+                        figures[f"lj_{steps}_{tag}_seconds"]
+                        / figures.get(f"lj_{steps}_ours_{variant}_seconds", float("nan")))
 
     try:
         import rebound
@@ -333,6 +369,9 @@ def measure(repeats: int, quick: bool, with_lammps: bool, with_rebound: bool,
         rebound = None
     sizes = (2048,) if quick else NBODY_N
     nbody_contenders: dict[str, Callable[[], dict[str, float]]] = {}
+    for variant in others:
+        nbody_contenders[f"nbody_2048_ours_{variant}"] = functools.partial(
+            run_ckernel_nbody, 2048, variant)
     for n in sizes:
         nbody_contenders[f"nbody_{n}_ours"] = functools.partial(run_ckernel_nbody, n)
         if with_rebound and rebound is not None:
@@ -345,6 +384,11 @@ def measure(repeats: int, quick: bool, with_lammps: bool, with_rebound: bool,
         if f"nbody_{n}_rebound_s_per_step" in figures:
             figures[f"nbody_{n}_rebound_over_ours"] = (figures[f"nbody_{n}_rebound_s_per_step"]
                                                        / figures[f"nbody_{n}_ours_s_per_step"])
+    for variant in others:
+        if "nbody_2048_rebound_s_per_step" in figures:
+            figures[f"nbody_2048_{variant}_rebound_over_ours"] = (
+                figures["nbody_2048_rebound_s_per_step"]
+                / figures[f"nbody_2048_ours_{variant}_s_per_step"])
 
     brownian = alternate({"brownian_cython": functools.partial(run_brownian, "cython"),
                           "brownian_numpy": functools.partial(run_brownian, "numpy"),
@@ -384,6 +428,21 @@ def report(figures: dict[str, Any]) -> str:
                                  figures.get(f"lj_{steps}_lammps_opt_seconds", ""),
                                  figures.get(f"lj_{steps}_over_lammps", ""),
                                  figures.get(f"lj_{steps}_over_lammps_opt", "")))
+    for steps in LJ_STEPS:
+        for variant in ("portable", "avx2"):
+            if f"lj_{steps}_ours_{variant}_seconds" in figures:
+                side_by_side.append((f"in.lj {steps} steps, loop s, {variant}",
+                                     figures[f"lj_{steps}_ours_{variant}_seconds"],
+                                     figures.get(f"lj_{steps}_lammps_seconds", ""),
+                                     figures.get(f"lj_{steps}_lammps_opt_seconds", ""),
+                                     figures.get(f"lj_{steps}_{variant}_over_lammps", ""),
+                                     figures.get(f"lj_{steps}_{variant}_over_lammps_opt", "")))
+    for variant in ("portable", "avx2"):
+        if f"nbody_2048_ours_{variant}_s_per_step" in figures:
+            side_by_side.append((f"N-body N=2048, s per step, {variant}",
+                                 figures[f"nbody_2048_ours_{variant}_s_per_step"],
+                                 figures.get("nbody_2048_rebound_s_per_step", ""), "",
+                                 figures.get(f"nbody_2048_{variant}_rebound_over_ours", ""), ""))
     for n in NBODY_N:
         if f"nbody_{n}_ours_s_per_step" in figures:
             side_by_side.append((f"N-body N={n}, s per step",
@@ -402,6 +461,7 @@ def report(figures: dict[str, Any]) -> str:
         ok = figures[name] <= target if at_most else figures[name] >= target
         checks.append((name, f"{figures[name]:.3g}", wanted, "yes" if ok else "NO"))
     return (tabulate(rows, headers=["figure", "value"]) + "\n\n"
+            + f"ours: the {figures.get('simd_variant')} variant unless named\n"
             + tabulate(side_by_side, headers=["", "ours", "LAMMPS lj/cut or REBOUND",
                                               "LAMMPS lj/cut/opt", "ratio", "ratio opt"],
                        floatfmt=".4g") + "\n\n"
@@ -419,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rebound", action="store_true", help="do not run REBOUND")
     parser.add_argument("--profile", action="store_true",
                         help="time ckernel's LJ kernels one by one over the 1,000-step run")
+    parser.add_argument("--variants", action="store_true",
+                        help="also run ckernel's narrower SIMD variants (in.lj, N-body 2,048)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -427,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     figures = measure(args.repeats, args.quick, not args.no_lammps, not args.no_rebound,
-                      args.profile)
+                      args.profile, args.variants)
     print(json.dumps(figures, indent=2) if args.json else report(figures))
     return 0
 
