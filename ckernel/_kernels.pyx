@@ -102,7 +102,7 @@ def lj_neighbours(const double[:, ::1] pos, double box, double rlist):
     images, as an opaque tuple for :func:`lj_forces`.
 
     Positions must lie in [0, box). The box is cut into n^3 cells of side >= rlist / 2
-    (n >= 1) and surrounded by `reach` layers of image cells, so that every pair within
+    (n >= 1, and n^3 at most about 2 N) and surrounded by `reach` layers of image cells, so that every pair within
     rlist is at most `reach` cells apart on each axis. The list holds "extended" entries:
     each atom once, plus a copy ("ghost") of every atom whose image falls in an image cell,
     all sorted by cell (neighbouring atoms are then close in memory). Each atom's row holds
@@ -113,7 +113,9 @@ def lj_neighbours(const double[:, ::1] pos, double box, double rlist):
     rebuild (the driver wraps them just before each rebuild, as LAMMPS does).
     """
     cdef Py_ssize_t n = pos.shape[0]
-    cdef int n_side = max(1, <int>(2.0 * box / rlist))
+    # A dilute system would get far more cells than atoms (two atoms in a box of 1,000:
+    # 700^3 cells); larger cells stay correct (the reach adapts), so at most about 2 N.
+    cdef int n_side = max(1, min(<int>(2.0 * box / rlist), <int>((2.0 * n) ** (1.0 / 3.0))))
     cdef double side = box / n_side
     cdef int reach = <int>(rlist / side) + 1
     cdef int grid = n_side + 2 * reach

@@ -114,3 +114,25 @@ def test_fcc_lattice_geometry() -> None:
     a = box / 3
     assert r.min() == pytest.approx(a / np.sqrt(2.0), rel=1e-12)
     assert np.isclose(r, a / np.sqrt(2.0)).sum() == 108 * 12 // 2
+
+
+@every_kernel
+def test_dilute_boxes_match_all_pairs(kernel: str) -> None:
+    """Few atoms in a large box: the compiled list caps its cells near the atom count."""
+    rng = np.random.default_rng(8)
+    for n, box in ((60, 12.0), (40, 200.0)):
+        positions = rng.uniform(0.0, box, (n, 3))
+        # A tight cluster, so that some pairs are within the cutoff.
+        positions[: n // 2] = 0.5 * box + rng.uniform(-2.0, 2.0, (n // 2, 3))
+        with running(kernel) as backend:
+            u, w = lj.energy_virial(positions, box, 2.5, backend=backend)
+        u_ref, w_ref = brute_force(positions, box, 2.5)
+        assert u == pytest.approx(u_ref, rel=1e-12)
+        assert w == pytest.approx(w_ref, rel=1e-12)
+
+
+def test_two_atoms_in_the_largest_box_need_little_memory() -> None:
+    """Two atoms 1.5 apart in a box of 1,000 (valid input): no cell grid of the box's size."""
+    positions = [[500.0, 500.0, 500.0], [501.5, 500.0, 500.0]]
+    u, _ = lj.energy_virial(positions, 1000.0, 2.5, backend="cython")
+    assert u == pytest.approx(4.0 * (1.5**-12 - 1.5**-6), rel=1e-14)
