@@ -44,10 +44,10 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
 
     sample(0)
     tick = Progress(progress, steps)
-    loop_started = time.perf_counter()  # the step loop alone, as metadata loop_s
     # One noise buffer refilled in place: the same numbers as a fresh array per step, without
     # allocating (and page-faulting) 24 bytes per particle every step.
     noise = np.empty((n, 3))
+    loop_started = time.perf_counter()  # the step loop alone, as metadata loop_s
     for step in range(1, steps + 1):
         rng.standard_normal(out=noise)
         if overdamped:
