@@ -27,13 +27,20 @@ DIRECTIVES = {
 }
 
 # -fno-math-errno only stops libm from setting errno (results are unchanged); without it
-# gcc cannot vectorise sqrt. Never -ffast-math or -march=native in what is shipped.
-compile_args = ["-O3", "-fno-math-errno"]
+# gcc cannot vectorise sqrt. -ffp-contract=off forbids fused multiply-adds, so the AVX2 and
+# AVX-512 variants of the pair loops (ckernel/_simd.c, chosen at run time) round exactly
+# like the portable one. Never -ffast-math or -march=native in what is shipped: wheels run
+# on any x86-64 (or any other target, with the portable variant only).
+compile_args = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
+
+# C helpers compiled into the extension of the same stem (ckernel/_kernels.pyx).
+C_HELPERS = {"_kernels": ["ckernel/_simd.c"]}
 
 extensions = [
     Extension(
         name="ckernel." + os.path.splitext(os.path.basename(path))[0],
-        sources=[path],
+        sources=[path, *C_HELPERS.get(os.path.splitext(os.path.basename(path))[0], [])],
+        depends=["ckernel/_simd.h"],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,

@@ -3,6 +3,11 @@
 The compiled extension is optional at import time: without it ckernel runs on the numpy
 reference and warns once. ``CKERNEL_REQUIRE_EXT=1`` (set in CI and in the worker image)
 turns a missing extension into an ImportError, so a broken build cannot pass silently.
+
+The compiled Lennard-Jones and gravity loops come in SIMD variants (portable, avx2,
+avx512) that give bit-identical results; the widest the CPU has runs unless
+``CKERNEL_SIMD`` names another (``auto`` is the default). Each result's metadata says which
+one ran (``simd_variant``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,24 @@ except ImportError as error:
                   "numpy reference backend, which is much slower", RuntimeWarning,
                   stacklevel=2)
     compiled = None
+
+SIMD_ENV = "CKERNEL_SIMD"
+"""Environment variable naming the SIMD variant to use (auto, portable, avx2, avx512)."""
+
+if compiled is not None and (wanted := os.environ.get(SIMD_ENV, "auto")) != "auto":
+    try:
+        compiled.use_simd(wanted)
+    except ValueError as error:
+        raise ImportError(f"ckernel: {SIMD_ENV}={wanted}: {error}") from error
+
+
+def simd_variant(kind: str, backend: str) -> str:
+    """The SIMD variant a ``kind`` run on ``backend`` uses: the compiled variant for the
+    dispatched pair loops (lj, nbody), "portable" for the other compiled loops (built for
+    the baseline instruction set), "none" for numpy and sleep."""
+    if backend != "cython" or compiled is None:
+        return "none"
+    return str(compiled.simd_variant()) if kind in ("lj", "nbody") else "portable"
 
 
 def select(backend: str) -> tuple[str, ModuleType]:

@@ -4,20 +4,50 @@ The drivers validate everything; these functions trust their inputs (shapes, con
 positions wrapped into [0, box), finite values). Directives (boundscheck, wraparound,
 cdivision, ...) are set in ``setup.py``.
 
+The pair loops of Lennard-Jones and gravity are C (``_simd.c``), compiled once per
+instruction set (portable, AVX2, AVX-512) and chosen at run time: :func:`simd_variant`
+names the one in use, :func:`use_simd` picks another. All variants give bit-identical
+results (see ``_simd.c``).
+
 Determinism: every kernel is serial and sums in an order fixed by the data, so a seed gives
-bit-identical results whatever OMP_NUM_THREADS says. Both force kernels use Newton's third
-law over half the pairs (a half neighbour list for Lennard-Jones, pairs j > i for gravity):
-on the one-thread workers that halves the work, which beats any threaded full sum.
+bit-identical results whatever OMP_NUM_THREADS says and whichever SIMD variant runs. Both
+force kernels use Newton's third law over half the pairs (a half neighbour list for
+Lennard-Jones, pairs j > i for gravity): on the one-thread workers that halves the work,
+which beats any threaded full sum.
 """
 
 import numpy as np
 
-from libc.math cimport floor, sqrt
+from libc.math cimport floor
+from libc.stdint cimport int8_t, int32_t
 
-cdef enum:  # potential codes, as in reference.py
-    TRUNCATED = 0
-    SHIFTED = 1
-    FORCE_SHIFTED = 2
+
+cdef extern from "_simd.h" nogil:
+    enum:
+        CK_PORTABLE
+        CK_AVX2
+        CK_AVX512
+        CK_N_VARIANTS
+        CK_PAD
+    ctypedef struct ck_lj_list:
+        Py_ssize_t n_ext
+        const Py_ssize_t *start
+        const int32_t *nbr
+        const int32_t *id
+        const int8_t *shift
+    int ck_variant_available(int variant)
+    const char *ck_variant_name(int variant)
+    Py_ssize_t ck_lj_pairs(int variant, Py_ssize_t n_ext, const double *xs, const double *ys,
+                           const double *zs, const int32_t *id, const int32_t *cell_first,
+                           int grid, int reach, int n_side, const int *columns, int n_columns,
+                           int own_reach, double rlist, Py_ssize_t capacity, int32_t *nbr,
+                           Py_ssize_t *start)
+    void ck_lj_forces(int variant, const ck_lj_list *list, const double *pos, Py_ssize_t n,
+                      double box, double rc, int potential, int energy, double *work,
+                      double *forces, double *u, double *w)
+    double ck_gravity(int variant, Py_ssize_t n, const double *xs, const double *ys,
+                      const double *zs, const double *mass, double eps2, int energy,
+                      double *ax, double *ay, double *az)
 
 
 cdef inline double minimum_image(double d, double box, double half) noexcept nogil:
@@ -29,155 +59,178 @@ cdef inline double minimum_image(double d, double box, double half) noexcept nog
     return d
 
 
-cdef inline int wrapped(int c, int n_side) noexcept nogil:
-    # The image shift of a neighbour cell at coordinate c (-1 .. n_side) of an n_side grid.
-    if c < 0:
-        return 1
-    if c >= n_side:
-        return -1
-    return 0
+# ---------------------------------------------------------------- SIMD variants
+
+SIMD_VARIANTS = tuple(ck_variant_name(_v).decode() for _v in range(CK_N_VARIANTS))
+"""Every variant name, from the most portable to the widest."""
+
+cdef int _variant = CK_PORTABLE
+for _v in range(CK_N_VARIANTS):
+    if ck_variant_available(_v):
+        _variant = _v
 
 
-cdef inline int image_shift(double d, double half) noexcept nogil:
-    # -1, 0 or 1: the box multiple that minimum_image(d) adds.
-    if d > half:
-        return -1
-    if d < -half:
-        return 1
-    return 0
+def simd_available():
+    """The variants this CPU (and this build) can run, most portable first."""
+    cdef int v
+    return tuple([SIMD_VARIANTS[v] for v in range(CK_N_VARIANTS) if ck_variant_available(v)])
+
+
+def simd_variant():
+    """The name of the variant the Lennard-Jones and gravity loops use now."""
+    return SIMD_VARIANTS[_variant]
+
+
+def use_simd(str name):
+    """Use variant ``name`` ("auto": the widest available) from now on; return its name.
+    ValueError if this CPU or build cannot run it."""
+    global _variant
+    available = simd_available()
+    if name == "auto":
+        name = available[len(available) - 1]
+    if name not in available:
+        raise ValueError(f"SIMD variant {name!r} is not available here (available: "
+                         f"{', '.join(available)}; known: {', '.join(SIMD_VARIANTS)})")
+    _variant = SIMD_VARIANTS.index(name)
+    return name
 
 
 # ---------------------------------------------------------------- Lennard-Jones
 
 def lj_neighbours(const double[:, ::1] pos, double box, double rlist):
-    """Half neighbour list (i < j, minimum-image distance < rlist) as CSR arrays
-    (start, nbr, image): the partners of i are nbr[start[i]:start[i+1]], and image holds
-    the periodic image of each pair (code (sx+1)*9 + (sy+1)*3 + (sz+1), s in {-1, 0, 1}).
+    """Half neighbour list of the pairs closer than rlist, over the atoms and their periodic
+    images, as an opaque tuple for :func:`lj_forces`.
 
-    Positions must lie in [0, box). Atoms are sorted into n^3 cells of side >= rlist by a
-    counting sort; each atom scans its own and the adjacent cells, or every distinct cell
-    when n < 3 (small boxes). Storing the image lets the force loop skip the minimum-image
-    branches until the next rebuild, so positions must not be wrapped in between (the
-    driver wraps them just before each rebuild, as LAMMPS does).
+    Positions must lie in [0, box). The box is cut into n^3 cells of side >= rlist / 2
+    (n >= 1, and n^3 at most about 2 N) and surrounded by `reach` layers of image cells, so that every pair within
+    rlist is at most `reach` cells apart on each axis. The list holds "extended" entries:
+    each atom once, plus a copy ("ghost") of every atom whose image falls in an image cell,
+    all sorted by cell (neighbouring atoms are then close in memory). Each atom's row holds
+    its partners in the upper half of the stencil (LAMMPS's half/bin/newton scheme), atoms
+    or ghosts, so each pair at each of its images is listed once; ghosts have empty rows
+    and hand their forces back to their atoms. The image of every entry is stored, so the
+    force loop needs no minimum-image test and positions must not be wrapped until the next
+    rebuild (the driver wraps them just before each rebuild, as LAMMPS does).
     """
     cdef Py_ssize_t n = pos.shape[0]
-    cdef int n_side = max(1, <int>(box / rlist))
-    cdef int n_cells = n_side * n_side * n_side
-    cell_np = np.empty(n, dtype=np.intc)
-    first_np = np.zeros(n_cells + 1, dtype=np.intc)
-    sorted_np = np.empty(n, dtype=np.intc)
-    cdef int[::1] cell = cell_np
-    cdef int[::1] first = first_np
-    cdef int[::1] by_cell = sorted_np
-    cdef int[::1] fill = np.zeros(n_cells, dtype=np.intc)
-    cdef int shifts[3]
-    cdef int n_shifts = 3 if n_side >= 3 else n_side
-    cdef Py_ssize_t i, k
-    cdef int a, c
+    # A dilute system would get far more cells than atoms (two atoms in a box of 1,000:
+    # 700^3 cells); larger cells stay correct (the reach adapts), so at most about 2 N.
+    cdef int n_side = max(1, min(<int>(2.0 * box / rlist), <int>((2.0 * n) ** (1.0 / 3.0))))
+    cdef double side = box / n_side
+    cdef int reach = <int>(rlist / side) + 1
+    cdef int grid = n_side + 2 * reach
+    # Image shifts per axis reach ceil(reach / n_side) boxes (one, unless the box is tiny).
+    cdef int max_shift = (reach + n_side - 1) // n_side
+    cdef Py_ssize_t n_cells = <Py_ssize_t>grid * grid * grid
+    cdef int[:, ::1] home = np.empty((n, 3), dtype=np.intc)
+    cdef int32_t[::1] first = np.zeros(n_cells + 1, dtype=np.int32)
+    cdef Py_ssize_t i, k, c, e, n_ext
+    cdef int a, g, sx, sy, sz, lo, hi
     cdef double scale = n_side / box
-    # Cell offsets per axis: -1, 0, 1, or the distinct ones (0, or 0 and 1) below 3 cells.
-    shifts[0] = 0
-    shifts[1] = 1
-    shifts[2] = -1
+    # Per atom and axis, the shifts whose image cell lies on the grid: lo .. hi.
+    cdef int[:, :, ::1] shifts = np.empty((n, 3, 2), dtype=np.intc)
     with nogil:
         for i in range(n):
-            c = 0
             for a in range(3):
                 k = <Py_ssize_t>(pos[i, a] * scale)
                 # Clamped so that no position (exactly box after rounding, or garbage from
-                # a blown-up run) can ever index outside the cell arrays.
+                # a blown-up run) can ever index outside the grid.
                 if k >= n_side:
                     k = n_side - 1
                 elif k < 0:
                     k = 0
-                c = c * n_side + <int>k
-            cell[i] = c
-            first[c + 1] += 1
+                home[i, a] = <int>k + reach
+                lo = -max_shift
+                while home[i, a] + lo * n_side < 0:
+                    lo += 1
+                hi = max_shift
+                while home[i, a] + hi * n_side >= grid:
+                    hi -= 1
+                shifts[i, a, 0] = lo
+                shifts[i, a, 1] = hi
+            for sx in range(shifts[i, 0, 0], shifts[i, 0, 1] + 1):
+                for sy in range(shifts[i, 1, 0], shifts[i, 1, 1] + 1):
+                    for sz in range(shifts[i, 2, 0], shifts[i, 2, 1] + 1):
+                        c = _cell(home, i, sx, sy, sz, n_side, grid)
+                        first[c + 1] += 1
         for c in range(n_cells):
             first[c + 1] += first[c]
+    n_ext = first[n_cells]
+
+    ids_np = np.empty(n_ext, dtype=np.int32)
+    shift_np = np.empty((n_ext, 3), dtype=np.int8)
+    ext_np = np.empty((3, n_ext + CK_PAD))
+    cdef int32_t[::1] ids = ids_np
+    cdef int8_t[:, ::1] shift = shift_np
+    cdef double[:, ::1] ext = ext_np
+    cdef int32_t[::1] fill = first[:n_cells].copy()
+    with nogil:
+        # Atom by atom into a counting sort: within a cell, entries keep atom order.
         for i in range(n):
-            c = cell[i]
-            by_cell[first[c] + fill[c]] = <int>i
-            fill[c] += 1
+            for sx in range(shifts[i, 0, 0], shifts[i, 0, 1] + 1):
+                for sy in range(shifts[i, 1, 0], shifts[i, 1, 1] + 1):
+                    for sz in range(shifts[i, 2, 0], shifts[i, 2, 1] + 1):
+                        c = _cell(home, i, sx, sy, sz, n_side, grid)
+                        e = fill[c]
+                        fill[c] += 1
+                        ids[e] = <int32_t>i
+                        shift[e, 0] = <int8_t>sx
+                        shift[e, 1] = <int8_t>sy
+                        shift[e, 2] = <int8_t>sz
+                        ext[0, e] = pos[i, 0] + box * sx
+                        ext[1, e] = pos[i, 1] + box * sy
+                        ext[2, e] = pos[i, 2] + box * sz
 
-    start_np = np.empty(n + 1, dtype=np.intp)
+    columns_np, own = _stencil(reach, side, rlist)
+    cdef int[::1] columns = columns_np
+    cdef int own_reach = own
+    start_np = np.empty(n_ext + 1, dtype=np.intp)
     cdef Py_ssize_t[::1] start = start_np
-    # A dense liquid has about rho * 4/3 pi rlist^3 / 2 partners per atom; guess 25 % more
+    # A dense liquid has about rho * (2/3) pi rlist^3 partners per atom; guess 20 % more
     # and redo the pass once with the exact size if that was too few.
-    cdef Py_ssize_t capacity = <Py_ssize_t>(1.25 * n * (n / box**3) * 2.1 * rlist**3) + 16 * n
+    cdef Py_ssize_t capacity = <Py_ssize_t>(1.2 * n * (n / box**3) * 2.1 * rlist**3) + 16 * n
     cdef Py_ssize_t total
+    cdef int32_t[::1] nbr
     while True:
-        nbr_np = np.empty(capacity, dtype=np.intc)
-        image_np = np.empty(capacity, dtype=np.int8)
-        total = _fill_neighbours(pos, box, rlist, n_side, shifts, n_shifts, cell, first,
-                                 by_cell, start, nbr_np, image_np, capacity)
+        nbr_np = np.empty(capacity + CK_PAD, dtype=np.int32)
+        nbr = nbr_np
+        with nogil:
+            total = ck_lj_pairs(_variant, n_ext, &ext[0, 0], &ext[1, 0], &ext[2, 0], &ids[0],
+                                &first[0], grid, reach, n_side, &columns[0],
+                                <int>(columns.shape[0] // 3), own_reach, rlist, capacity,
+                                &nbr[0], &start[0])
         if total <= capacity:
-            return start_np, nbr_np[:total], image_np[:total]
+            break
         capacity = total
+    # The force loop reads (and masks) up to CK_PAD entries past a row: make them valid.
+    nbr_np[total:total + CK_PAD] = 0
+    work = np.empty(6 * n_ext)
+    return start_np, nbr_np[:total + CK_PAD].copy(), ids_np, shift_np, work
 
 
-cdef Py_ssize_t _fill_neighbours(const double[:, ::1] pos, double box, double rlist, int n_side,
-                                 int* shifts, int n_shifts, const int[::1] cell,
-                                 const int[::1] first, const int[::1] by_cell,
-                                 Py_ssize_t[::1] start, int[::1] nbr, signed char[::1] image,
-                                 Py_ssize_t capacity) noexcept nogil:
-    """Write each atom's partners j > i into nbr; return the count (which may exceed capacity).
+cdef inline Py_ssize_t _cell(int[:, ::1] home, Py_ssize_t i, int sx, int sy, int sz,
+                             int n_side, int grid) noexcept nogil:
+    return ((<Py_ssize_t>(home[i, 0] + sx * n_side) * grid + home[i, 1] + sy * n_side) * grid
+            + home[i, 2] + sz * n_side)
 
-    With three or more cells per side, the periodic image of a pair follows from whether
-    the neighbour cell wrapped around the box, the same for all its atoms; with fewer, two
-    shifts can reach one cell, so each pair takes its minimum image instead.
-    """
-    cdef Py_ssize_t n = pos.shape[0]
-    cdef Py_ssize_t i, k = 0
-    cdef int j, idx, sx, sy, sz, cx, cy, cz, ox, oy, oz, other, ix, iy, iz
-    cdef bint per_pair = n_side < 3
-    cdef double half = 0.5 * box, rl2 = rlist * rlist
-    cdef double xi, yi, zi, dx, dy, dz, bx, by, bz
-    for i in range(n):
-        start[i] = k
-        cz = cell[i] % n_side
-        cy = (cell[i] // n_side) % n_side
-        cx = cell[i] // (n_side * n_side)
-        xi = pos[i, 0]
-        yi = pos[i, 1]
-        zi = pos[i, 2]
-        for sx in range(n_shifts):
-            ox = cx + shifts[sx]
-            ix = wrapped(ox, n_side)
-            for sy in range(n_shifts):
-                oy = cy + shifts[sy]
-                iy = wrapped(oy, n_side)
-                for sz in range(n_shifts):
-                    oz = cz + shifts[sz]
-                    iz = wrapped(oz, n_side)
-                    other = (((ox + n_side) % n_side) * n_side
-                             + (oy + n_side) % n_side) * n_side + (oz + n_side) % n_side
-                    bx = ix * box
-                    by = iy * box
-                    bz = iz * box
-                    # Atoms of a cell are in increasing index order: walking it backwards,
-                    # the first j <= i ends the partners j > i.
-                    for idx in range(first[other + 1] - 1, first[other] - 1, -1):
-                        j = by_cell[idx]
-                        if j <= i:
-                            break
-                        if per_pair:
-                            ix = image_shift(xi - pos[j, 0], half)
-                            iy = image_shift(yi - pos[j, 1], half)
-                            iz = image_shift(zi - pos[j, 2], half)
-                            bx = ix * box
-                            by = iy * box
-                            bz = iz * box
-                        dx = xi - pos[j, 0] + bx
-                        dy = yi - pos[j, 1] + by
-                        dz = zi - pos[j, 2] + bz
-                        if dx * dx + dy * dy + dz * dz < rl2:
-                            if k < capacity:
-                                nbr[k] = j
-                                image[k] = <signed char>(9 * ix + 3 * iy + iz + 13)
-                            k += 1
-    start[n] = k
-    return k
+
+def _stencil(int reach, double side, double rlist):
+    """The upper half of the cell stencil as columns (ox, oy, rz): the cells (ox, oy, -rz ..
+    rz) from a cell, for ox > 0 or ox = 0 < oy; and rz of the column (0, 0), which is
+    scanned from the atom itself up. Cells whose nearest points are rlist or more apart
+    are left out (with a margin for round-off)."""
+    limit = rlist * rlist * (1.0 + 1e-9)
+
+    def gap2(ox, oy, oz):
+        return sum((max(abs(o) - 1, 0) * side) ** 2 for o in (ox, oy, oz))
+
+    def rz_of(ox, oy):
+        return max(oz for oz in range(reach + 1) if gap2(ox, oy, oz) < limit)
+
+    columns = [(ox, oy, rz_of(ox, oy))
+               for ox in range(0, reach + 1) for oy in range(-reach, reach + 1)
+               if (ox > 0 or oy > 0) and gap2(ox, oy, 0) < limit]
+    return np.array(columns, dtype=np.intc).reshape(-1), rz_of(0, 0)
 
 
 def lj_forces(const double[:, ::1] pos, double box, tuple pairs, double rc, int potential,
@@ -185,78 +238,21 @@ def lj_forces(const double[:, ::1] pos, double box, tuple pairs, double rc, int 
     """Fill ``forces``; return the pair energy U and the virial W = sum_pairs r_ij . f_ij
     (both 0.0 when ``energy`` is false: steps that are not sampled skip that work)."""
     cdef const Py_ssize_t[::1] start = pairs[0]
-    cdef const int[::1] nbr = pairs[1]
-    cdef const signed char[::1] image = pairs[2]
+    cdef const int32_t[::1] nbr = pairs[1]
+    cdef const int32_t[::1] ids = pairs[2]
+    cdef const int8_t[:, ::1] shift = pairs[3]
+    cdef double[::1] work = pairs[4]
+    cdef ck_lj_list lst
     cdef double u = 0.0, w = 0.0
-    cdef double shift[27][3]
-    cdef int code
-    for code in range(27):
-        shift[code][0] = box * (code // 9 - 1)
-        shift[code][1] = box * ((code // 3) % 3 - 1)
-        shift[code][2] = box * (code % 3 - 1)
+    lst.n_ext = ids.shape[0]
+    lst.start = &start[0]
+    lst.nbr = &nbr[0]
+    lst.id = &ids[0]
+    lst.shift = &shift[0, 0]
     with nogil:
-        _lj_forces(pos, start, nbr, image, shift, rc, potential, forces, energy, &u, &w)
+        ck_lj_forces(_variant, &lst, &pos[0, 0], pos.shape[0], box, rc, potential, energy,
+                     &work[0], &forces[0, 0], &u, &w)
     return u, w
-
-
-cdef void _lj_forces(const double[:, ::1] pos, const Py_ssize_t[::1] start,
-                     const int[::1] nbr, const signed char[::1] image, double[27][3] shift,
-                     double rc, int potential, double[:, ::1] f, bint energy,
-                     double* u_out, double* w_out) noexcept nogil:
-    cdef Py_ssize_t n = pos.shape[0]
-    cdef Py_ssize_t i, k
-    cdef int j, c
-    cdef double rc2 = rc * rc
-    cdef double inv_rc6 = 1.0 / (rc2 * rc2 * rc2)
-    cdef double u_rc = 0.0, f_rc = 0.0
-    cdef double xi, yi, zi, dx, dy, dz, r2, r, inv_r2, inv_r6, f_over_r, u_ij
-    cdef double fxi, fyi, fzi, u = 0.0, w = 0.0
-    if potential != TRUNCATED:
-        u_rc = 4.0 * inv_rc6 * (inv_rc6 - 1.0)
-    if potential == FORCE_SHIFTED:
-        f_rc = 24.0 * inv_rc6 * (2.0 * inv_rc6 - 1.0) / rc
-    for i in range(n):
-        f[i, 0] = 0.0
-        f[i, 1] = 0.0
-        f[i, 2] = 0.0
-    for i in range(n):
-        xi = pos[i, 0]
-        yi = pos[i, 1]
-        zi = pos[i, 2]
-        fxi = 0.0
-        fyi = 0.0
-        fzi = 0.0
-        for k in range(start[i], start[i + 1]):
-            j = nbr[k]
-            c = image[k]
-            dx = xi - pos[j, 0] + shift[c][0]
-            dy = yi - pos[j, 1] + shift[c][1]
-            dz = zi - pos[j, 2] + shift[c][2]
-            r2 = dx * dx + dy * dy + dz * dz
-            if r2 < rc2:
-                inv_r2 = 1.0 / r2
-                inv_r6 = inv_r2 * inv_r2 * inv_r2
-                f_over_r = 24.0 * inv_r6 * (2.0 * inv_r6 - 1.0) * inv_r2
-                if potential == FORCE_SHIFTED:
-                    r = sqrt(r2)
-                    f_over_r = f_over_r - f_rc / r
-                if energy:
-                    u_ij = 4.0 * inv_r6 * (inv_r6 - 1.0) - u_rc
-                    if potential == FORCE_SHIFTED:
-                        u_ij = u_ij + (r - rc) * f_rc
-                    u += u_ij
-                    w += f_over_r * r2
-                fxi += f_over_r * dx
-                fyi += f_over_r * dy
-                fzi += f_over_r * dz
-                f[j, 0] -= f_over_r * dx
-                f[j, 1] -= f_over_r * dy
-                f[j, 2] -= f_over_r * dz
-        f[i, 0] += fxi
-        f[i, 1] += fyi
-        f[i, 2] += fzi
-    u_out[0] = u
-    w_out[0] = w
 
 
 def max_displacement2(const double[:, ::1] pos, const double[:, ::1] ref, double box):
@@ -348,69 +344,26 @@ def euler_maruyama_harmonic(double[:, ::1] x, double k_mobility_dt, double sigma
 # ---------------------------------------------------------------- gravity
 
 def gravity(const double[:, ::1] pos, const double[::1] mass, double G, double eps,
-            double[:, ::1] acc):
-    """Fill ``acc`` with the softened accelerations; return the potential energy U."""
+            double[:, ::1] acc, bint energy=True):
+    """Fill ``acc`` with the softened accelerations; return the potential energy U (0.0 when
+    ``energy`` is false: steps that are not sampled skip that work)."""
     cdef Py_ssize_t n = pos.shape[0]
     cdef Py_ssize_t i
-    # Coordinates as three contiguous arrays: the inner loops then stream memory.
-    cdef const double[::1] xs = np.ascontiguousarray(pos[:, 0])
-    cdef const double[::1] ys = np.ascontiguousarray(pos[:, 1])
-    cdef const double[::1] zs = np.ascontiguousarray(pos[:, 2])
-    cdef double[::1] ax = np.zeros(n)
-    cdef double[::1] ay = np.zeros(n)
-    cdef double[::1] az = np.zeros(n)
+    # Coordinates as three contiguous arrays (the inner loops then stream memory), padded
+    # with CK_PAD zero-mass entries that the blocked loop reads and masks.
+    coords = np.zeros((4, n + CK_PAD))
+    coords[0, :n] = pos[:, 0]
+    coords[1, :n] = pos[:, 1]
+    coords[2, :n] = pos[:, 2]
+    coords[3, :n] = mass
+    cdef const double[:, ::1] c = coords
+    cdef double[:, ::1] a = np.zeros((3, n + CK_PAD))
     cdef double potential = 0.0
     with nogil:
+        potential = ck_gravity(_variant, n, &c[0, 0], &c[1, 0], &c[2, 0], &c[3, 0], eps * eps,
+                               energy, &a[0, 0], &a[1, 0], &a[2, 0])
         for i in range(n):
-            potential += _gravity_row(i, xs, ys, zs, mass, eps * eps, ax, ay, az)
-        for i in range(n):
-            acc[i, 0] = G * ax[i]
-            acc[i, 1] = G * ay[i]
-            acc[i, 2] = G * az[i]
-    return -G * potential
-
-
-cdef enum:
-    GRAVITY_BLOCK = 64  # partners per block: small enough for the stack and L1
-
-
-cdef double _gravity_row(Py_ssize_t i, const double[::1] xs, const double[::1] ys,
-                         const double[::1] zs, const double[::1] mass, double eps2,
-                         double[::1] ax, double[::1] ay, double[::1] az) noexcept nogil:
-    """Pairs (i, j > i): add to i's and j's accelerations (without G); return
-    m_i sum_j m_j / r_ij.
-
-    Each block of partners takes three passes: separations and 1/r (vectorised, sqrt
-    included, with -fno-math-errno), the reaction on every j (vectorised: the j are
-    distinct), then i's own sums in index order.
-    """
-    cdef Py_ssize_t l, m, j0 = i + 1, n = xs.shape[0]
-    cdef double xi = xs[i], yi = ys[i], zi = zs[i], mi = mass[i]
-    cdef double dx[GRAVITY_BLOCK]
-    cdef double dy[GRAVITY_BLOCK]
-    cdef double dz[GRAVITY_BLOCK]
-    cdef double inv_r[GRAVITY_BLOCK]
-    cdef double inv_r3[GRAVITY_BLOCK]
-    cdef double sx = 0.0, sy = 0.0, sz = 0.0, p = 0.0
-    while j0 < n:
-        m = min(<Py_ssize_t>GRAVITY_BLOCK, n - j0)
-        for l in range(m):
-            dx[l] = xs[j0 + l] - xi
-            dy[l] = ys[j0 + l] - yi
-            dz[l] = zs[j0 + l] - zi
-            inv_r[l] = 1.0 / sqrt(dx[l] * dx[l] + dy[l] * dy[l] + dz[l] * dz[l] + eps2)
-            inv_r3[l] = inv_r[l] * inv_r[l] * inv_r[l]
-        for l in range(m):
-            ax[j0 + l] -= mi * inv_r3[l] * dx[l]
-            ay[j0 + l] -= mi * inv_r3[l] * dy[l]
-            az[j0 + l] -= mi * inv_r3[l] * dz[l]
-        for l in range(m):
-            sx += mass[j0 + l] * inv_r3[l] * dx[l]
-            sy += mass[j0 + l] * inv_r3[l] * dy[l]
-            sz += mass[j0 + l] * inv_r3[l] * dz[l]
-            p += mass[j0 + l] * inv_r[l]
-        j0 += m
-    ax[i] += sx
-    ay[i] += sy
-    az[i] += sz
-    return mi * p
+            acc[i, 0] = G * a[0, i]
+            acc[i, 1] = G * a[1, i]
+            acc[i, 2] = G * a[2, i]
+    return -G * potential if energy else 0.0

@@ -155,11 +155,13 @@ def euler_maruyama_harmonic(x: np.ndarray, k_mobility_dt: float, sigma: float,
 # ---------------------------------------------------------------- gravity
 
 def gravity(pos: np.ndarray, mass: np.ndarray, G: float, eps: float,
-            acc: np.ndarray) -> float:
+            acc: np.ndarray, energy: bool = True) -> float:
     """Fill ``acc`` with a_i = G sum_j m_j (r_j - r_i) / (|r_ij|^2 + eps^2)^(3/2); return U.
 
     U = -G sum_{i<j} m_i m_j / sqrt(|r_ij|^2 + eps^2). The N x N broadcast is evaluated in
     blocks of rows to bound memory; the self term is removed by zeroing the diagonal.
+    ``energy`` is accepted for symmetry with the compiled kernel, which skips U (and returns
+    0.0) when it is false; here U costs one matrix-vector product and is always returned.
     """
     n = len(pos)
     potential = 0.0

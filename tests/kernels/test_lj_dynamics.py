@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from kernel_testing import both_backends
+from kernel_testing import both_backends, every_kernel, every_variant, running, simd
 
 import ckernel
 from ckernel import lj
@@ -17,28 +17,32 @@ from ckernel import lj
 NVE = {"n_cells": 5, "density": 0.8, "temperature": 1.0, "rc": 2.5, "potential": "shifted"}
 
 
+@every_variant
 @pytest.mark.parametrize("potential", ["truncated", "shifted", "force_shifted"])
-def test_forces_agree_between_backends(potential: str) -> None:
+def test_forces_agree_between_backends(potential: str, variant: str) -> None:
     rng = np.random.default_rng(11)
     for n_cells, density in ((4, 0.8), (6, 0.5), (2, 1.0)):
         positions, box = lj.fcc_lattice(n_cells, density)
         positions = positions + rng.uniform(-0.2, 0.2, positions.shape)
         rc = min(2.5, box / 2)
         f_np, u_np, w_np = lj.forces(positions, box, rc, potential, backend="numpy")
-        f_cy, u_cy, w_cy = lj.forces(positions, box, rc, potential, backend="cython")
+        with simd(variant):
+            f_cy, u_cy, w_cy = lj.forces(positions, box, rc, potential, backend="cython")
         scale = np.abs(f_np).max()
         assert np.abs(f_cy - f_np).max() <= 1e-10 * scale
         assert u_cy == pytest.approx(u_np, rel=1e-10)
         assert w_cy == pytest.approx(w_np, rel=1e-10)
 
 
-def test_forces_agree_on_uniformly_random_positions() -> None:
+@every_variant
+def test_forces_agree_on_uniformly_random_positions(variant: str) -> None:
     """No lattice at all: close pairs give forces spanning many orders of magnitude."""
     rng = np.random.default_rng(12)
     for n, box in ((300, 8.0), (40, 5.2)):
         positions = rng.uniform(0.0, box, (n, 3))
         f_np, u_np, w_np = lj.forces(positions, box, 2.5, "shifted", backend="numpy")
-        f_cy, u_cy, w_cy = lj.forces(positions, box, 2.5, "shifted", backend="cython")
+        with simd(variant):
+            f_cy, u_cy, w_cy = lj.forces(positions, box, 2.5, "shifted", backend="cython")
         assert np.abs(f_cy - f_np).max() <= 1e-10 * np.abs(f_np).max()
         assert u_cy == pytest.approx(u_np, rel=1e-10)
         assert w_cy == pytest.approx(w_np, rel=1e-10)
@@ -58,19 +62,22 @@ def test_forces_are_minus_the_energy_gradient() -> None:
         assert f[atom, axis] == pytest.approx(numeric, rel=1e-6, abs=1e-6)
 
 
+@every_variant
 @pytest.mark.parametrize("ensemble", ["nve", "nvt"])
-def test_short_trajectories_agree_between_backends(ensemble: str) -> None:
+def test_short_trajectories_agree_between_backends(ensemble: str, variant: str) -> None:
     params = {**NVE, "n_cells": 4, "steps": 60, "sample_every": 5, "ensemble": ensemble}
     a = ckernel.simulate("lj", params, 3, backend="numpy")
-    b = ckernel.simulate("lj", params, 3, backend="cython")
+    with simd(variant):
+        b = ckernel.simulate("lj", params, 3, backend="cython")
     for name, values in a["observables"].items():
         np.testing.assert_allclose(b["observables"][name], values, rtol=1e-9, atol=1e-12)
 
 
-@both_backends
-def test_nve_momentum_and_drift(backend: str) -> None:
-    result = ckernel.simulate("lj", {**NVE, "dt": 0.005, "steps": 2000, "sample_every": 10}, 1,
-                              backend=backend)
+@every_kernel
+def test_nve_momentum_and_drift(kernel: str) -> None:
+    with running(kernel) as backend:
+        result = ckernel.simulate("lj", {**NVE, "dt": 0.005, "steps": 2000,
+                                         "sample_every": 10}, 1, backend=backend)
     summary = result["summary"]
     assert summary["max_momentum"] < 1e-10
     assert abs(summary["energy_drift"]) < 1e-4

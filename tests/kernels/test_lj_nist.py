@@ -1,11 +1,13 @@
-"""Lennard-Jones energies and virials against NIST SRSW reference values, on both backends."""
+"""Lennard-Jones energies and virials against NIST SRSW reference values and LAMMPS's
+bench/in.lj step 0, on the numpy backend and every compiled SIMD variant."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernel_testing import both_backends, load_xyz
+from kernel_testing import every_kernel, load_xyz, running
 
+import ckernel
 from ckernel import lj
 
 # file: (Upair rc=3, Wpair rc=3, ULRC rc=3, Upair rc=4, ULRC rc=4, U LFS rc=3, W LFS rc=3),
@@ -27,24 +29,43 @@ def published(value: float) -> float:
     return float(f"{value:.4e}")
 
 
-@both_backends
+@every_kernel
 @pytest.mark.parametrize("name", sorted(NIST))
-def test_nist_truncated_energies_and_virial(name: str, backend: str) -> None:
+def test_nist_truncated_energies_and_virial(name: str, kernel: str) -> None:
     u3, w3, _, u4, _, _, _ = NIST[name]
     positions, box = load_xyz(name)
-    u, w = lj.energy_virial(positions, box, 3.0, "truncated", backend=backend)
-    assert (published(u), published(w)) == (u3, w3)
-    u, _ = lj.energy_virial(positions, box, 4.0, "truncated", backend=backend)
+    with running(kernel) as backend:
+        u, w = lj.energy_virial(positions, box, 3.0, "truncated", backend=backend)
+        assert (published(u), published(w)) == (u3, w3)
+        u, _ = lj.energy_virial(positions, box, 4.0, "truncated", backend=backend)
     assert published(u) == u4
 
 
-@both_backends
+@every_kernel
 @pytest.mark.parametrize("name", sorted(NIST))
-def test_nist_linear_force_shifted(name: str, backend: str) -> None:
+def test_nist_linear_force_shifted(name: str, kernel: str) -> None:
     *_, u_lfs, w_lfs = NIST[name]
     positions, box = load_xyz(name)
-    u, w = lj.energy_virial(positions, box, 3.0, "force_shifted", backend=backend)
+    with running(kernel) as backend:
+        u, w = lj.energy_virial(positions, box, 3.0, "force_shifted", backend=backend)
     assert (published(u), published(w)) == (u_lfs, w_lfs)
+
+
+LAMMPS_BENCH = {"n_cells": 20, "density": 0.8442, "temperature": 1.44, "rc": 2.5,
+                "potential": "truncated", "skin": 0.3, "rebuild_every": 20, "dt": 0.005,
+                "steps": 1, "sample_every": 1}
+"""LAMMPS's bench/in.lj (32,000 atoms), for one step."""
+
+
+@every_kernel
+def test_lammps_bench_step_zero(kernel: str) -> None:
+    """LAMMPS's log of bench/in.lj at step 0: E_pair = -6.7733681, press = -5.0197073 (the
+    pressure holds at T = 1.44 whatever the velocities, which LAMMPS draws differently)."""
+    with running(kernel) as backend:
+        result = ckernel.simulate("lj", LAMMPS_BENCH, 87287, backend=backend)
+    observables = result["observables"]
+    assert round(observables["potential_energy"][0], 7) == -6.7733681
+    assert round(observables["pressure"][0], 7) == -5.0197073
 
 
 @pytest.mark.parametrize("name", sorted(NIST))
@@ -68,14 +89,15 @@ def brute_force(positions: np.ndarray, box: float, rc: float) -> tuple[float, fl
     return u, w
 
 
-@both_backends
+@every_kernel
 @pytest.mark.parametrize("n_cells,rc", [(1, 0.85), (2, 1.7), (3, 2.5)])
-def test_small_boxes_match_all_pairs(n_cells: int, rc: float, backend: str) -> None:
+def test_small_boxes_match_all_pairs(n_cells: int, rc: float, kernel: str) -> None:
     """Boxes with one, two and three cells per side (where adjacent cells repeat)."""
     positions, box = lj.fcc_lattice(n_cells, 0.8)
     rng = np.random.default_rng(7)
     positions = positions + rng.uniform(-0.15, 0.15, positions.shape)
-    u, w = lj.energy_virial(positions, box, rc, backend=backend)
+    with running(kernel) as backend:
+        u, w = lj.energy_virial(positions, box, rc, backend=backend)
     u_ref, w_ref = brute_force(positions, box, rc)
     assert u == pytest.approx(u_ref, rel=1e-12)
     assert w == pytest.approx(w_ref, rel=1e-12)
@@ -92,3 +114,25 @@ def test_fcc_lattice_geometry() -> None:
     a = box / 3
     assert r.min() == pytest.approx(a / np.sqrt(2.0), rel=1e-12)
     assert np.isclose(r, a / np.sqrt(2.0)).sum() == 108 * 12 // 2
+
+
+@every_kernel
+def test_dilute_boxes_match_all_pairs(kernel: str) -> None:
+    """Few atoms in a large box: the compiled list caps its cells near the atom count."""
+    rng = np.random.default_rng(8)
+    for n, box in ((60, 12.0), (40, 200.0)):
+        positions = rng.uniform(0.0, box, (n, 3))
+        # A tight cluster, so that some pairs are within the cutoff.
+        positions[: n // 2] = 0.5 * box + rng.uniform(-2.0, 2.0, (n // 2, 3))
+        with running(kernel) as backend:
+            u, w = lj.energy_virial(positions, box, 2.5, backend=backend)
+        u_ref, w_ref = brute_force(positions, box, 2.5)
+        assert u == pytest.approx(u_ref, rel=1e-12)
+        assert w == pytest.approx(w_ref, rel=1e-12)
+
+
+def test_two_atoms_in_the_largest_box_need_little_memory() -> None:
+    """Two atoms 1.5 apart in a box of 1,000 (valid input): no cell grid of the box's size."""
+    positions = [[500.0, 500.0, 500.0], [501.5, 500.0, 500.0]]
+    u, _ = lj.energy_virial(positions, 1000.0, 2.5, backend="cython")
+    assert u == pytest.approx(4.0 * (1.5**-12 - 1.5**-6), rel=1e-14)
