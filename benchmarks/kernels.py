@@ -438,22 +438,16 @@ def report(figures: dict[str, Any]) -> str:
             for name, value in figures.items()]
     side_by_side = []
     for steps in LJ_STEPS:
-        if f"lj_{steps}_ours_seconds" in figures:
-            side_by_side.append((f"in.lj {steps} steps, loop s",
-                                 figures[f"lj_{steps}_ours_seconds"],
-                                 figures.get(f"lj_{steps}_lammps_seconds", ""),
-                                 figures.get(f"lj_{steps}_lammps_opt_seconds", ""),
-                                 figures.get(f"lj_{steps}_over_lammps", ""),
-                                 figures.get(f"lj_{steps}_over_lammps_opt", "")))
-    for steps in LJ_STEPS:
-        for variant in ("portable", "avx2"):
-            if f"lj_{steps}_ours_{variant}_seconds" in figures:
-                side_by_side.append((f"in.lj {steps} steps, loop s, {variant}",
-                                     figures[f"lj_{steps}_ours_{variant}_seconds"],
+        for variant in ("", "portable", "avx2"):  # "": the variant the CPU chose
+            ours = f"lj_{steps}_ours_{variant}_seconds" if variant else f"lj_{steps}_ours_seconds"
+            over = f"lj_{steps}_{variant}_over" if variant else f"lj_{steps}_over"
+            label = f"in.lj {steps} steps, loop s" + (f", {variant}" if variant else "")
+            if ours in figures:
+                side_by_side.append((label, figures[ours],
                                      figures.get(f"lj_{steps}_lammps_seconds", ""),
                                      figures.get(f"lj_{steps}_lammps_opt_seconds", ""),
-                                     figures.get(f"lj_{steps}_{variant}_over_lammps", ""),
-                                     figures.get(f"lj_{steps}_{variant}_over_lammps_opt", "")))
+                                     figures.get(f"{over}_lammps", ""),
+                                     figures.get(f"{over}_lammps_opt", "")))
     for variant in ("portable", "avx2"):
         if f"nbody_2048_ours_{variant}_s_per_step" in figures:
             side_by_side.append((f"N-body N=2048, s per step, {variant}",

@@ -562,15 +562,22 @@ def make_tls_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def test_agent_over_tls_survives_a_broker_restart(tmp_path: Path, topic_prefix: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    tls = make_tls_files(tmp_path)
+def broker_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: str) -> LocalBroker:
+    """A started local broker whose generated configuration ends with ``settings``."""
     plain = simctl.local_broker.render_local_config
-    monkeypatch.setattr(simctl.local_broker, "render_local_config", lambda *a: plain(*a) + (
-        f"cafile {tls['ca.crt']}\ncertfile {tls['server.crt']}\nkeyfile {tls['server.key']}\n"))
+    monkeypatch.setattr(simctl.local_broker, "render_local_config",
+                        lambda *a, **k: plain(*a, **k) + settings)
     broker = LocalBroker(tmp_path / "broker", free_port())
     broker.state_dir.mkdir()
     broker.start()
+    return broker
+
+
+def test_agent_over_tls_survives_a_broker_restart(tmp_path: Path, topic_prefix: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    tls = make_tls_files(tmp_path)
+    broker = broker_with(tmp_path, monkeypatch, f"cafile {tls['ca.crt']}\n"
+                         f"certfile {tls['server.crt']}\nkeyfile {tls['server.key']}\n")
     address = f"mqtts://127.0.0.1:{broker.port}"
     dispatcher = FakeDispatcher(address, topic_prefix, tls_ca=tls["ca.crt"])
     agent = Proc("agent-tls", [*procs.agent_command(), "--broker", address, "--tls-ca",
@@ -603,12 +610,8 @@ def test_refused_credentials_exit_3_instead_of_retrying(tmp_path: Path, topic_pr
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "w1", "right"], check=True,
                    capture_output=True)
-    plain = simctl.local_broker.render_local_config
-    monkeypatch.setattr(simctl.local_broker, "render_local_config", lambda *a: plain(*a) + (
-        f"allow_anonymous false\npassword_file {passwd}\n"))
-    broker = LocalBroker(tmp_path / "broker", free_port())
-    broker.state_dir.mkdir()
-    broker.start()
+    broker = broker_with(tmp_path, monkeypatch,
+                         f"allow_anonymous false\npassword_file {passwd}\n")
     wrong = tmp_path / "wrong-password"
     wrong.write_text("wrong\n")
     try:
