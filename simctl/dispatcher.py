@@ -63,7 +63,10 @@ RESUMED_LEASE_S = 10.0
 """Lease of a task found assigned in the ledger whose worker has not been heard from yet."""
 
 REJECTION_BACKOFF_S = 0.2
-"""After a worker rejects an assignment, it gets no new one for this long."""
+"""After a worker rejects an assignment, it gets no new one for this long, or until a status
+of it that arrives later reports a free slot (with several ledgers sharing the workers,
+each dispatcher's count of free slots is optimistic; the agent's status, sent at most every
+50 ms while its running tasks change, corrects it sooner)."""
 
 IDLE_WAIT_S = 0.05
 """Longest wait for a message when there is nothing to do (bounds timer latency)."""
@@ -605,6 +608,8 @@ class Dispatcher:
                 worker, f"worker {worker.worker_id} restarted", now, keep_session=status.session
             )
         worker.state = status.state
+        if status.free_slots > 0:
+            worker.blocked_until = 0.0
         self._retire(worker, status.session)
         worker.started_at = status.started_at
         worker.slots = max(0, status.slots)

@@ -117,6 +117,18 @@ def test_rejection_returns_the_task_without_using_an_attempt(tmp_path: Path) -> 
     assert [x["outcome"] for x in d.ledger.attempts(again.task_id)] == ["rejected", "done"]
 
 
+def test_a_later_status_with_a_free_slot_ends_the_rejection_backoff(tmp_path: Path) -> None:
+    """With another ledger's dispatcher filling the same worker, rejections are frequent; a
+    status that reports a free slot afterwards makes the worker assignable at once."""
+    d, _ = make(tmp_path, n=2)
+    [a] = pass_(d, status("w1"))
+    rejected = Event(worker_id="w1", kind="rejected", detail="no free slot", ts=time.time(),
+                     task_id=a.task_id, attempt=a.attempt)
+    assert pass_(d, rejected) == []  # blocked for REJECTION_BACKOFF_S
+    [again] = pass_(d, status("w1"))  # free_slots 1: the other ledger's task has finished
+    assert again.task_id in (a.task_id, f"{a.task_id[:-1]}1")
+
+
 @pytest.mark.parametrize("how", ["offline", "new-session", "silence", "not-listed",
                                  "handed-back"])
 def test_lost_worker_returns_the_task_without_using_an_attempt(tmp_path: Path,
