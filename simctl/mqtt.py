@@ -34,6 +34,7 @@ from simproto.protocol import (
     Pong,
     RunProgress,
     WorkerStatus,
+    decode_worker,
 )
 from simproto.ratelimit import RateLimit
 
@@ -252,17 +253,17 @@ class Observer:
                 with self._cond:
                     self.progress[rp.run_id] = rp
                 return
-            worker_id, channel = self.topics.parse_worker_topic(msg.topic)
+            decoded = decode_worker(self.topics, msg.topic, payload_of(msg))
+            worker_id = decoded.worker_id
             with self._cond:
-                if channel is Channel.STATUS:
-                    if not msg.payload:
+                match decoded.message:
+                    case None:
                         self.statuses.pop(worker_id, None)  # retained status cleared
-                        return
-                    self.statuses[worker_id] = WorkerStatus.decode(payload_of(msg))
-                    self.heard[worker_id] = max(self.heard.get(worker_id, 0.0), now)
-                elif channel is Channel.HEARTBEAT:
-                    Heartbeat.decode(payload_of(msg))
-                    self.heard[worker_id] = now
+                    case WorkerStatus() as status:
+                        self.statuses[worker_id] = status
+                        self.heard[worker_id] = max(self.heard.get(worker_id, 0.0), now)
+                    case Heartbeat():
+                        self.heard[worker_id] = now
                 self._cond.notify_all()
         except DecodeError as e:
             if self._reports.allow():

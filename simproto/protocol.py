@@ -570,6 +570,30 @@ CONTROL_MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Cancel, Ack, D
 
 
 @only_decode_errors
+@dataclass(frozen=True)
+class WorkerMessage:
+    """A decoded message of a worker topic: whose, which channel, what (None: an empty
+    payload, which clears a retained status)."""
+
+    worker_id: str
+    channel: Channel
+    message: Message | None
+
+
+def decode_worker(topics: Topics, topic: str, payload: bytes) -> WorkerMessage:
+    """Decode any message of a worker topic ``{p}/workers/{id}/{channel}`` by the channel's
+    message class (:data:`WORKER_MESSAGES`); a message naming another worker than its topic
+    is refused. Raises DecodeError (or VersionMismatch) only."""
+    worker_id, channel = topics.parse_worker_topic(topic)
+    if not payload and channel is Channel.STATUS:
+        return WorkerMessage(worker_id, channel, None)
+    message = WORKER_MESSAGES[channel](payload)
+    named = getattr(message, "worker_id", worker_id)
+    if named != worker_id:
+        raise DecodeError(f"message of worker {named!r} on the topic of {worker_id!r}")
+    return WorkerMessage(worker_id, channel, message)
+
+
 def decode_control(payload: bytes) -> Cancel | Ack | Drain:
     """Decode any message of the ``control`` topic."""
     obj = parse_envelope(payload)
@@ -638,6 +662,17 @@ class BrokerIdentity(Message):
         check_id(self.broker_id, "broker id")
 
 
+WORKER_MESSAGES: dict[Channel, Callable[[bytes], Message]] = {
+    Channel.STATUS: WorkerStatus.decode,
+    Channel.HEARTBEAT: Heartbeat.decode,
+    Channel.RESULT: Result.decode,
+    Channel.EVENT: Event.decode,
+    Channel.ASSIGN: Assignment.decode,
+    Channel.CONTROL: decode_control,
+}
+"""How each per-worker channel's payload is decoded (see :func:`decode_worker`)."""
+
+
 def package_version() -> str:
     """The installed version of this project (shown in status and ping)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -671,11 +706,13 @@ __all__ = [
     "RunProgress",
     "Topics",
     "VersionMismatch",
+    "WorkerMessage",
     "WorkerState",
     "WorkerStatus",
     "check_id",
     "decode_control",
     "decode_series",
+    "decode_worker",
     "encode_series",
     "only_decode_errors",
     "package_version",

@@ -34,12 +34,8 @@ from simproto.connection import BrokerAddress, ConnectionSettings, connect, make
 
 cluster = procs.cluster
 
-DECODERS: dict[p.Channel, type[p.Message]] = {
-    p.Channel.STATUS: p.WorkerStatus,
-    p.Channel.HEARTBEAT: p.Heartbeat,
-    p.Channel.RESULT: p.Result,
-    p.Channel.EVENT: p.Event,
-}
+WATCHED = (p.Channel.STATUS, p.Channel.HEARTBEAT, p.Channel.RESULT, p.Channel.EVENT)
+"""The channels a worker publishes on, which the test dispatcher subscribes to."""
 
 
 class FakeDispatcher:
@@ -65,7 +61,7 @@ class FakeDispatcher:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if not reason.is_failure:
-            client.subscribe([(self.topics.all_workers(ch), 1) for ch in DECODERS]
+            client.subscribe([(self.topics.all_workers(ch), 1) for ch in WATCHED]
                              + [(self.topics.replies(self.client_id), 0)])
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -74,8 +70,8 @@ class FakeDispatcher:
             with self._lock:
                 self.pongs.append((p.Pong.decode(bytes(msg.payload)), correlation))
             return
-        worker, channel = self.topics.parse_worker_topic(msg.topic)
-        decoded = DECODERS[channel].decode(bytes(msg.payload))  # an error fails the test
+        message = p.decode_worker(self.topics, msg.topic, bytes(msg.payload))  # errors fail
+        worker, channel, decoded = message.worker_id, message.channel, message.message
         with self._lock:
             self.seen.append((worker, channel, decoded))
             if isinstance(decoded, p.Result):
