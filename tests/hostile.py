@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+import paho.mqtt.client as mqtt
+
 from simproto import protocol as p
 
 if TYPE_CHECKING:
-    import paho.mqtt.client as mqtt
-
-    from simctl.dispatcher import Dispatcher
+    from simctl.scheduler import Scheduler
 
 RAW_ODD_VALUES = (
     "null", "true", "false", "0", "-1", "2", "9223372036854775807", "9223372036854775808",
@@ -106,16 +106,22 @@ def payloads(kind: str, count: int, seed: int, run_id: str = "run-1",
         yield mutate(make[chosen](rng), rng)
 
 
-def feed(d: Dispatcher, msg: mqtt.MQTTMessage) -> None:
-    """One dispatcher pass over one raw message, as ``Dispatcher.step`` makes it (without the
-    network): handle, expire leases, assign, finish runs, in one transaction."""
-    now = time.monotonic()
-    with d.ledger.batch():
-        d.handle_safely(msg, now)
-        d.expire_leases(now)
-        d.assign(now)
-        d.finish_runs()
-    d._outbox.clear()
+def feed(d: Scheduler, msg: mqtt.MQTTMessage) -> None:
+    """One dispatcher pass over one raw message, as the dispatcher makes it."""
+    d.decide([msg], time.monotonic())
+
+
+WORKER_CHANNEL_OF = {p.WorkerStatus: p.Channel.STATUS, p.Heartbeat: p.Channel.HEARTBEAT,
+                     p.Result: p.Channel.RESULT, p.Event: p.Channel.EVENT}
+"""The worker channel each worker-to-simctl message travels on."""
+
+
+def wire(topics: p.Topics, message: p.Message) -> mqtt.MQTTMessage:
+    """``message`` as the dispatcher receives it: on its worker's topic, encoded."""
+    channel = WORKER_CHANNEL_OF[type(message)]
+    msg = mqtt.MQTTMessage(topic=topics.worker(message.worker_id, channel).encode())  # type: ignore[attr-defined]
+    msg.payload = message.encode()
+    return msg
 
 
 def describe(seed: int) -> str:
@@ -123,4 +129,5 @@ def describe(seed: int) -> str:
     return f"hostile payloads from seed {seed} (tests/hostile.py)"
 
 
-__all__ = ["RAW_ODD_VALUES", "describe", "feed", "mutate", "payloads", "valid_messages"]
+__all__ = ["RAW_ODD_VALUES", "describe", "feed", "mutate", "payloads", "valid_messages",
+           "wire"]

@@ -16,11 +16,10 @@ import hostile
 import paho.mqtt.client as mqtt
 import pytest
 
-from simctl.dispatcher import Dispatcher
 from simctl.ledger import Ledger
+from simctl.scheduler import Connected, Scheduler
 from simctl.taskfile import parse_text
 from simproto import protocol as p
-from simproto.connection import BrokerAddress, ConnectionSettings
 
 SEED = 20261201
 PER_HANDLER = 10_000
@@ -62,13 +61,12 @@ def test_the_integer_digits_limit_is_a_decode_error() -> None:
         p.Heartbeat.decode(payload + b',"ts":1,"free_slots":0}')
 
 
-def dispatcher(tmp_path: Path, n: int) -> tuple[Dispatcher, str]:
+def dispatcher(tmp_path: Path, n: int) -> tuple[Scheduler, str]:
     ledger = Ledger(tmp_path / "ledger.sqlite")
     text = f"name: h\nseed: 1\ntasks:\n  - kind: sleep\n    replicas: {n}\n"
     run_id = ledger.create_run(parse_text(text, Path("h.yaml")))
-    d = Dispatcher(ledger, ConnectionSettings(BrokerAddress.parse("127.0.0.1:1"), "h"))
-    d.connected = True
-    d.refresh_runs(time.monotonic())
+    d = Scheduler(ledger, p.Topics("h"))
+    d.decide([Connected()], time.monotonic())
     return d, run_id
 
 
@@ -96,18 +94,13 @@ def test_dispatcher_handlers_survive_hostile_messages(tmp_path: Path) -> None:
     honest = p.WorkerStatus("w2", "online", "honest", time.time(), slots=4, free_slots=4,
                             heartbeat_s=0.2, started_at=time.time())
     for _ in range(20):
-        now = time.monotonic()
-        with d.ledger.batch():
-            d.on_status(honest, now)
+        with d.ledger.batch():  # what the fuzzed worker holds, whatever its session, is lost
             for lease in [x for x in d.leases.values() if x.worker_id == "w1"]:
-                d.lose(lease, "fuzzed worker dropped", now)
-            d.assign(now)
-            for lease in [x for x in d.leases.values() if x.worker_id == "w2"]:
-                done = p.Result("w2", "honest", run_id, lease.task.task_id, lease.attempt,
-                                "done", 1.0, 2.0)
-                d.on_result(done, now)
-            d.finish_runs()
-        d._outbox.clear()
+                d.lose(lease, "fuzzed worker dropped", time.monotonic())
+        done = [hostile.wire(d.topics, p.Result("w2", "honest", run_id, lease.task.task_id,
+                                                lease.attempt, "done", 1.0, 2.0))
+                for lease in d.leases.values() if lease.worker_id == "w2"]
+        d.decide([hostile.wire(d.topics, honest), *done], time.monotonic())
         if run_id in d.finished_runs:
             break
     info = d.ledger.run(run_id)

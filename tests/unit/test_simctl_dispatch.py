@@ -15,10 +15,9 @@ import hostile
 import paho.mqtt.client as mqtt
 import pytest
 
-from simctl.dispatcher import Dispatcher
 from simctl.ledger import Ledger
+from simctl.scheduler import LEASE_CHECK_S, Connected, Decisions, Scheduler
 from simctl.taskfile import parse_text
-from simproto.connection import BrokerAddress, ConnectionSettings
 from simproto.protocol import (
     PROTOCOL_VERSION,
     Assignment,
@@ -26,21 +25,31 @@ from simproto.protocol import (
     DecodeError,
     Event,
     Heartbeat,
+    Message,
     Result,
+    Topics,
     WorkerStatus,
 )
 
 
 def make(tmp_path: Path, n: int = 3, max_attempts: int = 2,
-         max_lost: int = 5) -> tuple[Dispatcher, str]:
+         max_lost: int = 5) -> tuple[Scheduler, str]:
     ledger = Ledger(tmp_path / "ledger.sqlite")
     text = f"name: d\nseed: 1\nmax_attempts: {max_attempts}\nmax_lost: {max_lost}\n" \
            f"tasks:\n  - kind: sleep\n    replicas: {n}\n"
     run_id = ledger.create_run(parse_text(text, Path("d.yaml")))
-    d = Dispatcher(ledger, ConnectionSettings(BrokerAddress.parse("127.0.0.1:1"), "t"))
-    d.connected = True
-    d.refresh_runs(time.monotonic())
+    d = Scheduler(ledger, Topics("t"))
+    d.decide([Connected()], tick())
     return d, run_id
+
+
+_clock = [0.0]
+
+
+def tick() -> float:
+    """The time of the next pass: now, and at least one lease check after the last pass."""
+    _clock[0] = max(time.monotonic(), _clock[0] + LEASE_CHECK_S)
+    return _clock[0]
 
 
 def status(worker: str, session: str = "s1", state: str = "online", slots: int = 1,
@@ -49,7 +58,7 @@ def status(worker: str, session: str = "s1", state: str = "online", slots: int =
                         slots=slots, free_slots=slots, heartbeat_s=hb)
 
 
-def result(d: Dispatcher, task_id: str, worker: str, state: str = "done",
+def result(d: Scheduler, task_id: str, worker: str, state: str = "done",
            retryable: bool = True, session: str = "s1", attempt: int | None = None,
            handed_back: bool = False) -> Result:
     lease = d.leases.get(task_id)
@@ -62,23 +71,17 @@ def result(d: Dispatcher, task_id: str, worker: str, state: str = "done",
                   error=None if state == "done" else "boom", handed_back=handed_back)
 
 
-def pass_(d: Dispatcher, *messages: object) -> list[Assignment]:
-    """One dispatcher pass over ``messages``; returns the assignments it decided."""
-    now = time.monotonic()
-    with d.ledger.batch():
-        for m in messages:
-            handler = {WorkerStatus: d.on_status, Heartbeat: d.on_heartbeat,
-                       Result: d.on_result, Event: d.on_event}[type(m)]
-            handler(m, now)
-        d.expire_leases(now)
-        d.assign(now)
-        d.finish_runs()
-    out = [Assignment.decode(p) for _, p in d._outbox]
-    d._outbox.clear()
-    return out
+def decide(d: Scheduler, *messages: Message) -> Decisions:
+    """One dispatcher pass over ``messages``, as they arrive over the wire."""
+    return d.decide([hostile.wire(d.topics, m) for m in messages], tick())
 
 
-def states(d: Dispatcher, run_id: str) -> list[str]:
+def pass_(d: Scheduler, *messages: Message) -> list[Assignment]:
+    """One dispatcher pass over ``messages``; the assignments it decided."""
+    return [assignment for _, assignment in decide(d, *messages).assignments]
+
+
+def states(d: Scheduler, run_id: str) -> list[str]:
     return [r["state"] for r in d.ledger.task_rows(run_id)]
 
 
@@ -98,9 +101,9 @@ def test_result_frees_the_slot_and_next_task_goes_out_in_the_same_pass(tmp_path:
     first = pass_(d, status("w1"))
     assert [a.task_id for a in first] == [f"{run_id}.0"]
     assert first[0].seed == d.ledger.task_rows(run_id)[0]["seed"]
-    nxt = pass_(d, result(d, f"{run_id}.0", "w1"))
-    assert [a.task_id for a in nxt] == [f"{run_id}.1"]
-    assert d._acks == {"w1": [[f"{run_id}.0", 1]]}
+    nxt = decide(d, result(d, f"{run_id}.0", "w1"))
+    assert [a.task_id for _, a in nxt.assignments] == [f"{run_id}.1"]
+    assert nxt.acks == [("w1", [f"{run_id}.0", 1])]
 
 
 def test_rejection_returns_the_task_without_using_an_attempt(tmp_path: Path) -> None:
@@ -259,8 +262,7 @@ def test_message_from_another_worker_topic_is_refused(tmp_path: Path) -> None:
     d, _ = make(tmp_path, n=1)
     msg = mqtt.MQTTMessage(topic=d.topics.worker("w2", Channel.STATUS).encode())
     msg.payload = status("w1").encode()
-    with d.ledger.batch():
-        d.handle(msg, time.monotonic())
+    d.decide([msg], tick())
     assert "w1" not in d.workers and "w2" not in d.workers
 
 
@@ -371,9 +373,9 @@ def test_result_of_another_ledger_is_counted_quietly(tmp_path: Path) -> None:
     other = Result(worker_id="w1", session="s1", run_id="20990101-000000-abcdef",
                    task_id="20990101-000000-abcdef.0", attempt=1, state="done",
                    started_at=0.0, finished_at=1.0)
-    assert pass_(d, other) == []
-    assert d.ledger.rejections()["unknown task"]["count"] == 1
-    assert d._acks == {}  # the other ledger's dispatcher acknowledges it, not this one
+    decided = decide(d, other)
+    assert decided.assignments == [] and d.ledger.rejections()["unknown task"]["count"] == 1
+    assert decided.acks == []  # the other ledger's dispatcher acknowledges it, not this one
 
 
 def test_a_handler_that_raises_is_rolled_back_counted_and_passed(tmp_path: Path,
@@ -392,15 +394,8 @@ def test_a_handler_that_raises_is_rolled_back_counted_and_passed(tmp_path: Path,
         raise RuntimeError("handler bug")
 
     monkeypatch.setattr(d, "on_event", broken)
-    topic = d.topics.worker("w1", Channel.EVENT).encode()
-    bad = mqtt.MQTTMessage(topic=topic)
-    bad.payload = Event(worker_id="w1", kind="error", detail="x", ts=1.0).encode()
-    done = mqtt.MQTTMessage(topic=d.topics.worker("w1", Channel.RESULT).encode())
-    done.payload = result(d, f"{run_id}.0", "w1").encode()
-    d.inbox = [bad, done]
-    d.pump = type("NoNetwork", (), {"down": True, "pump": lambda self, wait: None})()
-    d.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    d.step()
+    bad = hostile.wire(d.topics, Event(worker_id="w1", kind="error", detail="x", ts=1.0))
+    d.decide([bad, hostile.wire(d.topics, result(d, f"{run_id}.0", "w1"))], tick())
     assert d.ledger.run(run_id).duplicates == 0
     assert d.ledger.rejections()["could not be processed"]["count"] == 1
     assert states(d, run_id) == ["done", "assigned"]

@@ -1,0 +1,850 @@
+"""The dispatcher's decisions: which task goes to which worker, and how each attempt ends.
+
+:class:`Scheduler` holds what the dispatcher knows (workers, leases, runs) and the ledger;
+:meth:`Scheduler.decide` takes one pass of messages and the time, writes every state change
+to the ledger in one transaction, and returns what the pass decided (assignments, acks, run
+progress) for the dispatcher to publish. It does no network I/O, so tests call it with
+messages and read its decisions. Every end of an attempt goes through one method,
+:meth:`Scheduler.end_attempt`, which decides win, retry or give up (rq's
+``handle_job_success`` / ``handle_job_failure`` / ``handle_job_retry`` in one place).
+See docs/cli.md, "Dispatch", and docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from simctl.errors import LedgerWriteError
+from simctl.ledger import FINISHED, Ledger, LiveTask, TaskState
+from simctl.mqtt import payload_of
+from simproto.protocol import (
+    Assignment,
+    DecodeError,
+    Event,
+    EventKind,
+    Heartbeat,
+    Result,
+    ResultState,
+    RunProgress,
+    Topics,
+    VersionMismatch,
+    WorkerState,
+    WorkerStatus,
+    decode_worker,
+)
+from simproto.ratelimit import RateLimit
+
+log = logging.getLogger("simctl.dispatcher")
+
+MISSED_HEARTBEATS = 3
+"""A lease expires after this many heartbeat intervals without a heartbeat listing the task."""
+
+NOT_LISTED_GRACE = 2
+"""Heartbeats of the same session that may omit a fresh assignment (it may be in flight)."""
+
+RESULT_OVERDUE_HEARTBEATS = 10
+"""Heartbeats that may report a task finished before its result must have arrived."""
+
+RESUMED_LEASE_S = 10.0
+"""Lease of a task found assigned in the ledger whose worker has not been heard from yet."""
+
+REJECTION_BACKOFF_S = 0.2
+"""After a worker rejects an assignment, it gets no new one for this long, or until a status
+of it that arrives later reports a free slot (with several ledgers sharing the workers,
+each dispatcher's count of free slots is optimistic; the agent's status, sent at most every
+50 ms while its running tasks change, corrects it sooner)."""
+
+LEASE_CHECK_S = 0.1
+"""How often expired leases are looked for."""
+
+RUNS_REFRESH_S = 0.5
+"""How often the ledger is polled for new or cancelled runs."""
+
+NO_WORKER_WARNING_S = 10.0
+"""Pending work with no online worker for this long is worth a warning (with what is known)."""
+
+PROGRESS_EVERY_S = 0.5
+"""Smallest interval between two retained RunProgress messages of one run."""
+
+REJECTIONS_LOGGED_PER_S = 10.0
+"""Refused messages logged one by one per second (all are counted in the ledger)."""
+
+PROGRESS_KEEPALIVE_S = 10.0
+"""An active run's progress is published at least this often, changed or not: a retained
+"active" progress older than a few of these belongs to a dispatcher that is gone."""
+
+MAX_HEARTBEAT_S = 300.0
+"""Largest heartbeat interval a worker's status is believed for (bounds its leases)."""
+
+
+class Rejection(str, Enum):
+    """Why a message was refused and dropped (``simctl status --json`` counts each)."""
+
+    MALFORMED = "malformed"
+    """Not a valid message of its topic (or of this protocol version)."""
+    UNPROCESSABLE = "could not be processed"
+    """Valid, but handling it raised: logged with the traceback, rolled back, dropped."""
+    UNKNOWN_TASK = "unknown task"
+    """A result for a task this ledger does not have (another ledger on the same broker)."""
+    NOT_ASSIGNED = "not assigned to the sender"
+    """A result whose attempt was never assigned, or assigned to another worker or session."""
+    WRONG_RUN = "names another run"
+    """A result naming a run its task does not belong to."""
+    STALE = "stale session"
+    """A status or heartbeat of a session the worker id has since replaced."""
+
+
+
+
+class Outcome(str, Enum):
+    """How one attempt ended; the value is what the attempts table records."""
+
+    DONE = "done"
+    """A result says done: the task is done (if it is the first conclusive result)."""
+    CANCELLED = "cancelled"
+    """A result says cancelled (simctl asked): conclusive."""
+    FAILED = "failed"
+    """A failure another attempt would repeat (bad parameters, a blow-up): conclusive."""
+    RETRYABLE = "retryable"
+    """A failure worth another attempt; counts against ``max_attempts``."""
+    LOST = "lost"
+    """The worker went away with the task (or handed it back): counts against ``max_lost``."""
+    REJECTED = "rejected"
+    """The worker refused the assignment (no free slot, draining): counts against nothing."""
+    DUPLICATE = "duplicate"
+    """A result for a task already finished: counted, dropped."""
+
+    @property
+    def recorded(self) -> str:
+        """The attempts table's word for it (a retried failure is recorded as failed)."""
+        return ResultState.FAILED.value if self is Outcome.RETRYABLE else self.value
+
+    @classmethod
+    def of(cls, result: Result) -> Outcome:
+        """What a result means for its attempt."""
+        if result.handed_back:
+            return cls.LOST
+        if result.state == ResultState.DONE.value:
+            return cls.DONE
+        if result.state == ResultState.CANCELLED.value:
+            return cls.CANCELLED
+        return cls.RETRYABLE if result.retryable else cls.FAILED
+
+
+CONCLUSIVE = frozenset({Outcome.DONE, Outcome.CANCELLED, Outcome.FAILED})
+"""Outcomes whose result ends the task (the first one wins)."""
+
+TASK_STATE_OF = {
+    Outcome.DONE: TaskState.DONE,
+    Outcome.CANCELLED: TaskState.CANCELLED,
+    Outcome.FAILED: TaskState.FAILED,
+}
+"""The task state a conclusive outcome leaves."""
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The dispatcher's connection to the broker is up (again)."""
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """The dispatcher's connection to the broker went down."""
+
+
+Inbound = mqtt.MQTTMessage | Connected | Disconnected
+"""What one pass takes: messages of the worker topics, and connection events."""
+
+
+@dataclass
+class Decisions:
+    """What one pass decided, for the dispatcher to publish after the ledger commit."""
+
+    assignments: list[tuple[str, Assignment]] = field(default_factory=list)
+    """(worker id, assignment), in the order decided."""
+    acks: list[tuple[str, list[Any]]] = field(default_factory=list)
+    """(worker id, [task id, attempt]) of results stored or dropped as duplicates."""
+    progress: list[RunProgress] = field(default_factory=list)
+    """Run progress to publish (retained)."""
+
+@dataclass
+class Lease:
+    """One assigned attempt, renewed by heartbeats that list it."""
+
+    task: LiveTask
+    attempt: int
+    tries: int
+    lost: int
+    worker_id: str
+    session: str
+    assigned_at: float
+    renewed_at: float
+    finished_seen_at: float | None = None
+    """When a heartbeat first reported this task finished (progress 1) with no result here."""
+
+
+@dataclass
+class WorkerView:
+    """What the dispatcher knows of one worker (from its status and heartbeats)."""
+
+    worker_id: str
+    state: str = "unknown"
+    session: str | None = None
+    started_at: float = 0.0
+    slots: int = 0
+    heartbeat_s: float = 2.0
+    blocked_until: float = 0.0
+    heard_at: float = float("-inf")
+    """When a live message of the worker last arrived (not a retained copy)."""
+    leases: set[str] = field(default_factory=set)
+    retired: set[str] = field(default_factory=set)
+    """Sessions this worker id had before the current one (their messages are stale)."""
+
+    @property
+    def lease_timeout(self) -> float:
+        if self.session is None:
+            return RESUMED_LEASE_S
+        return MISSED_HEARTBEATS * self.heartbeat_s
+
+    def free(self, now: float) -> int:
+        """Slots to fill: only while the worker is online and heard from within a lease, so
+        a worker whose Last Will was lost (a broker node crashed) gets nothing new."""
+        if (
+            self.state != WorkerState.ONLINE.value
+            or now < self.blocked_until
+            or now - self.heard_at > self.lease_timeout
+        ):
+            return 0
+        return self.slots - len(self.leases)
+
+
+@dataclass
+class RunView:
+    """An active run in memory: its pending tasks (in order) and counts."""
+
+    run_id: str
+    name: str
+    max_attempts: int
+    max_lost: int
+    total: int
+    pending: dict[str, LiveTask]
+    queue: deque[str]
+    assigned: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+    dirty: bool = True
+    published_at: float = 0.0
+
+    @property
+    def live(self) -> int:
+        return len(self.pending) + self.assigned
+
+
+
+
+class Scheduler:
+    """What the dispatcher knows and decides, for every active run of one ledger."""
+
+    def __init__(self, ledger: Ledger, topics: Topics, broker: tuple[str, str] | None = None
+                 ) -> None:
+        self.ledger = ledger
+        self.topics = topics
+        self.broker = broker
+        """(broker id, topic prefix) of the broker connected to; runs submitted to another
+        are not served. None: serve every run (tests)."""
+        self.broker_address = ""
+        self.workers: dict[str, WorkerView] = {}
+        self.leases: dict[str, Lease] = {}
+        self.runs: dict[str, RunView] = {}
+        self.finished_runs: dict[str, str] = {}
+        self.connected = False
+        self.refused_runs: set[str] = set()
+        self._decided = Decisions()
+        self._reload = False
+        self._incompatible: set[tuple[str, str]] = set()
+        self._rejection_logs = RateLimit(REJECTIONS_LOGGED_PER_S, int(REJECTIONS_LOGGED_PER_S))
+        self._next_lease_check = 0.0
+        self._next_refresh = 0.0
+        self._idle_since = time.monotonic()
+
+    # ------------------------------------------------------------------ one pass
+
+    def has_work(self, now: float) -> bool:
+        """Whether a pass without messages would do anything (a timer is due, or a pending
+        task and a free slot both exist)."""
+        return (
+            now >= self._next_lease_check
+            or now >= self._next_refresh
+            or (any(r.pending for r in self.runs.values())
+                and any(w.free(now) > 0 for w in self.workers.values()))
+        )
+
+    def decide(self, items: Iterable[Inbound], now: float) -> Decisions:
+        """One pass: take the messages, expire leases, pick up runs, assign, finish runs;
+        all in one ledger transaction. Returns what to publish once it is committed."""
+        self._decided = Decisions()
+        with self.ledger.batch():
+            for item in items:
+                self.handle_safely(item, now)
+            if self._reload:
+                self.reload(now)
+            if now >= self._next_lease_check:
+                self._next_lease_check = now + LEASE_CHECK_S
+                self.expire_leases(now)
+            if now >= self._next_refresh:
+                self._next_refresh = now + RUNS_REFRESH_S
+                self.refresh_runs(now)
+            self.assign(now)
+            self.finish_runs()
+        decided, self._decided = self._decided, Decisions()
+        return decided
+
+    # ------------------------------------------------------------------ runs
+
+    def refresh_runs(self, now: float) -> None:
+        """Load runs that became active; drop runs cancelled (or finished) behind our back."""
+        active = self.ledger.active_run_ids()
+        for run_id in active:
+            if run_id not in self.runs and run_id not in self.refused_runs:
+                self.load_run(run_id, now)
+        for run_id in [r for r in self.runs if r not in active]:
+            self.drop_run(run_id)
+
+    def reload(self, now: float) -> None:
+        """Rebuild what is in memory from the ledger (after a handler failed half-way)."""
+        self._reload = False
+        for worker in self.workers.values():
+            worker.leases.clear()
+        self.leases.clear()
+        self.runs.clear()
+        self.refresh_runs(now)
+
+    def _serves(self, run_id: str) -> bool:
+        """Whether a run belongs to this broker and prefix (runs from before the ledger
+        recorded it adopt the current one)."""
+        info = self.ledger.run(run_id)
+        if self.broker is None:
+            return True
+        mine = (*self.broker, self.broker_address)
+        if info.broker_id is None:
+            self.ledger.set_run_broker(run_id, mine)
+            return True
+        if (info.broker_id, info.topic_prefix) == self.broker:
+            return True
+        self.refused_runs.add(run_id)
+        log.warning(
+            "not serving run %s: it was submitted to broker %s (id %s, prefix %s), this is "
+            "%s (id %s, prefix %s); resume it with `simctl run --resume %s --broker-changed` "
+            "if the broker was replaced",
+            run_id, info.broker, info.broker_id, info.topic_prefix,
+            mine[2], mine[0], mine[1], run_id,
+        )
+        return False
+
+    def load_run(self, run_id: str, now: float) -> None:
+        if not self._serves(run_id):
+            return
+        info = self.ledger.run(run_id)
+        view = RunView(
+            run_id,
+            info.name,
+            info.max_attempts,
+            info.max_lost,
+            info.total,
+            {},
+            deque(),
+            finished={s: info.counts.get(s, 0) for s in ("done", "failed", "cancelled")},
+        )
+        for task in self.ledger.live_tasks(run_id):
+            if task.worker_id is None:
+                view.pending[task.task_id] = task
+                view.queue.append(task.task_id)
+                continue
+            # Assigned by an earlier dispatcher: keep the lease until the worker says otherwise.
+            worker = self.worker(task.worker_id)
+            self.leases[task.task_id] = Lease(
+                task,
+                task.attempt,
+                task.tries,
+                task.lost,
+                task.worker_id,
+                task.session or "",
+                now,
+                now,
+            )
+            worker.leases.add(task.task_id)
+            view.assigned += 1
+        self.runs[run_id] = view
+        log.info("serving run %s (%d unfinished of %d)", run_id, view.live, view.total)
+
+    def drop_run(self, run_id: str) -> None:
+        view = self.runs.pop(run_id)
+        for task_id in [t for t, lease in self.leases.items() if lease.task.run_id == run_id]:
+            lease = self.leases.pop(task_id)
+            self.worker(lease.worker_id).leases.discard(task_id)
+        state = self.finished_runs[run_id] = self.ledger.run_state(run_id)
+        self._decided.progress.append(self._progress(view, time.monotonic(), state))
+
+    def finish_runs(self) -> None:
+        for view in [v for v in self.runs.values() if v.live == 0]:
+            state = self.ledger.finish_run(view.run_id)
+            self.runs.pop(view.run_id)
+            self.finished_runs[view.run_id] = state
+            self._decided.progress.append(self._progress(view, time.monotonic(), state))
+            log.info("run %s finished: %s", view.run_id, state)
+
+    # ------------------------------------------------------------- messages
+
+    def worker(self, worker_id: str) -> WorkerView:
+        view = self.workers.get(worker_id)
+        if view is None:
+            view = self.workers[worker_id] = WorkerView(worker_id)
+        return view
+
+    def handle_safely(self, item: Inbound, now: float) -> None:
+        """Handle one message; if that fails, undo its writes, count it and go on.
+
+        A message that cannot be processed is dropped, never left to be re-delivered: it is
+        acknowledged with the rest of the pass. Only a ledger write failure stops the pass.
+        """
+        try:
+            with self.ledger.savepoint():
+                self.handle(item, now)
+        except LedgerWriteError:
+            raise
+        except Exception as e:
+            assert isinstance(item, mqtt.MQTTMessage)
+            log.exception("a message on %s could not be processed; dropped", item.topic)
+            self.reject(Rejection.UNPROCESSABLE, f"{item.topic}: {type(e).__name__}: {e}", now)
+            self._reload = True  # memory may be half-updated: rebuild it from the ledger
+
+    def reject(self, reason: Rejection, detail: str, now: float, *, quiet: bool = False) -> None:
+        """Count a refused message in the ledger (and log it unless ``quiet``)."""
+        self.ledger.add_rejection(reason.value, detail, time.time())
+        if quiet:
+            log.debug("rejected (%s): %s", reason.value, detail)
+        elif self._rejection_logs.allow():
+            unlogged = self._rejection_logs.take_suppressed()
+            more = f" ({unlogged} more since the last; all in `simctl status`)" if unlogged else ""
+            log.warning("rejected (%s): %.300s%s", reason.value, detail, more)
+
+    def handle(self, item: Inbound, now: float) -> None:
+        match item:
+            case Connected():
+                self.connected = True
+                # Nobody could renew leases while we were away: start their clocks again.
+                for lease in self.leases.values():
+                    lease.renewed_at = now
+            case Disconnected():
+                self.connected = False
+            case _:
+                try:
+                    decoded = decode_worker(self.topics, item.topic, payload_of(item))
+                except VersionMismatch as e:
+                    self._incompatible_peer(item.topic, e, now)
+                    return
+                except DecodeError as e:
+                    self.reject(Rejection.MALFORMED, f"{item.topic}: {e}", now)
+                    return
+                match decoded.message:
+                    case WorkerStatus() as status:
+                        self.on_status(status, now, live=not item.retain)
+                    case Heartbeat() as beat:
+                        self.on_heartbeat(beat, now)
+                    case Result() as result:
+                        self.on_result(result, now)
+                    case Event() as event:
+                        self.on_event(event, now)
+                    case None:
+                        pass  # a retained status cleared
+
+    def _incompatible_peer(self, topic: str, error: VersionMismatch, now: float) -> None:
+        """A worker of another release: say so once per worker and version, clearly."""
+        key = (topic.rsplit("/", 1)[0], repr(error.peer_version)[:40])
+        self.reject(Rejection.MALFORMED, f"{topic}: {error}", now, quiet=key in self._incompatible)
+        if key not in self._incompatible:
+            self._incompatible.add(key)
+            log.error("%s: %s; it gets no tasks from this simctl", key[0], error)
+
+    def _stale(self, worker: WorkerView, session: str, started_at: float | None) -> bool:
+        """Whether a message of ``session`` comes from an agent this worker id has replaced
+        (a frozen or cut-off agent coming back, or its late Last Will)."""
+        if session in worker.retired:
+            return True
+        return (
+            started_at is not None
+            and worker.session is not None
+            and session != worker.session
+            and started_at < worker.started_at
+        )
+
+    def _retire(self, worker: WorkerView, session: str) -> None:
+        if worker.session is not None and worker.session != session:
+            worker.retired.add(worker.session)
+        worker.session = session
+
+    def on_status(self, status: WorkerStatus, now: float, live: bool = True) -> None:
+        worker = self.worker(status.worker_id)
+        if self._stale(worker, status.session, status.started_at):
+            self.reject(
+                Rejection.STALE,
+                f"status {status.state} of {status.worker_id} session {status.session}, "
+                f"replaced by session {worker.session}",
+                now,
+                quiet=True,
+            )
+            return
+        if status.state != worker.state or status.session != worker.session:
+            log.info(
+                "worker %s: %s, %d slots, session %s",
+                status.worker_id,
+                status.state,
+                status.slots,
+                status.session,
+            )
+        if status.state == WorkerState.OFFLINE.value:
+            self.lose_all(worker, f"worker {worker.worker_id} went offline", now)
+        else:
+            self.lose_all(
+                worker, f"worker {worker.worker_id} restarted", now, keep_session=status.session
+            )
+        worker.state = status.state
+        if status.free_slots > 0:
+            worker.blocked_until = 0.0
+        self._retire(worker, status.session)
+        worker.started_at = status.started_at
+        worker.slots = max(0, status.slots)
+        worker.heartbeat_s = min(MAX_HEARTBEAT_S, max(0.05, status.heartbeat_s))
+        if live:
+            worker.heard_at = now
+        else:
+            # A retained copy speaks for when it was published, not for now.
+            worker.heard_at = max(worker.heard_at, now - max(0.0, time.time() - status.ts))
+
+    def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
+        worker = self.worker(hb.worker_id)
+        if self._stale(worker, hb.session, None):
+            self.reject(
+                Rejection.STALE,
+                f"heartbeat of {hb.worker_id} session {hb.session}, replaced by {worker.session}",
+                now,
+                quiet=True,
+            )
+            return
+        if worker.session is not None and hb.session != worker.session:
+            self.lose_all(
+                worker, f"worker {worker.worker_id} restarted", now, keep_session=hb.session
+            )
+            self._retire(worker, hb.session)
+        worker.heard_at = now
+        for task_id in list(worker.leases):
+            lease = self.leases[task_id]
+            if task_id in hb.progress:
+                lease.renewed_at = now
+                self._check_overdue(lease, hb.progress[task_id], worker, now)
+            elif (
+                lease.session == hb.session
+                and now - lease.assigned_at > NOT_LISTED_GRACE * worker.heartbeat_s
+            ):
+                self.lose(lease, f"worker {worker.worker_id} no longer holds the task", now)
+
+    def _check_overdue(self, lease: Lease, progress: float, worker: WorkerView, now: float) -> None:
+        """A result the worker holds but never reached us (lost while we were resubscribing
+        after a broker restart, say) would renew the lease forever: give up on it."""
+        if progress < 1.0:
+            lease.finished_seen_at = None
+        elif lease.finished_seen_at is None:
+            lease.finished_seen_at = now
+        elif now - lease.finished_seen_at > RESULT_OVERDUE_HEARTBEATS * worker.heartbeat_s:
+            self.lose(
+                lease,
+                f"worker {worker.worker_id} reports the task finished but its result never arrived",
+                now,
+            )
+
+    def on_event(self, event: Event, now: float) -> None:
+        if event.kind == EventKind.REJECTED.value and event.task_id is not None:
+            lease = self.leases.get(event.task_id)
+            if lease and lease.worker_id == event.worker_id and lease.attempt == event.attempt:
+                self.worker(event.worker_id).blocked_until = now + REJECTION_BACKOFF_S
+                self.end_attempt(event.task_id, lease.attempt, Outcome.REJECTED,
+                                 f"rejected by {event.worker_id}: {event.detail}", now)
+            return
+        log.warning(
+            "worker %s reports an error (%s): %.300s", event.worker_id, event.topic, event.detail
+        )
+
+    def on_result(self, result: Result, now: float) -> None:
+        """Store a result if it comes from the worker and session its attempt was assigned
+        to and the task is unfinished; the first conclusive one wins (any attempt)."""
+        lease = self.leases.get(result.task_id)
+        current = lease is not None and (lease.attempt, lease.worker_id, lease.session) == (
+            result.attempt,
+            result.worker_id,
+            result.session,
+        )
+        who = f"{result.task_id} attempt {result.attempt} from {result.worker_id}"
+        if lease is not None and current:
+            task_run, task_state = lease.task.run_id, TaskState.ASSIGNED.value
+        else:
+            known = self.ledger.assigned_attempt(result.task_id, result.attempt)
+            if known is None:
+                # Expected when several ledgers share a broker: the other one stores it.
+                self.reject(Rejection.UNKNOWN_TASK, f"result of {who}", now, quiet=True)
+                return
+            task_run, task_state, assigned_worker, assigned_session = known
+            if (assigned_worker, assigned_session) != (result.worker_id, result.session):
+                self.reject(
+                    Rejection.NOT_ASSIGNED,
+                    f"result of {who} session {result.session}: that attempt was "
+                    + (
+                        f"assigned to {assigned_worker} session {assigned_session}"
+                        if assigned_worker
+                        else "never assigned"
+                    ),
+                    now,
+                )
+                return
+        if result.run_id != task_run:
+            self.reject(Rejection.WRONG_RUN, f"result of {who} names run {result.run_id}", now)
+            return
+        if task_state in FINISHED:
+            outcome = Outcome.DUPLICATE
+        elif task_run not in self.runs:
+            if task_run in self.finished_runs or task_run in self.refused_runs:
+                return  # finished meanwhile, or served by another broker: not ours to store
+            self.load_run(task_run, now)  # became active after our last look at the ledger
+            if task_run not in self.runs:
+                return
+            outcome = Outcome.of(result)
+        else:
+            outcome = Outcome.of(result)
+        self.end_attempt(result.task_id, result.attempt, outcome, result.error or "failed", now,
+                         result)
+
+    def end_attempt(self, task_id: str, attempt: int, outcome: Outcome, detail: str,
+                    now: float, result: Result | None = None) -> None:
+        """The one place an attempt ends: win, retry or give up.
+
+        A conclusive result (``CONCLUSIVE``) of any authorized attempt of an unfinished task
+        wins; a later one is a duplicate. The current attempt's other ends put the task back
+        to pending (first in line), counting a try (``RETRYABLE``), a lost worker (``LOST``)
+        or nothing (``REJECTED``); the task fails when it is out of tries or of workers. A
+        non-conclusive result of an earlier attempt only records how that attempt ended.
+        """
+        lease = self.leases.get(task_id)
+        current = lease is not None and lease.attempt == attempt
+        if outcome is Outcome.DUPLICATE:
+            assert result is not None
+            self.ledger.record_attempt_end(result, outcome.recorded)
+            self.ledger.add_duplicates(result.run_id, 1)
+            self.ack(result)
+        elif outcome in CONCLUSIVE:
+            assert result is not None
+            self._win(result, TASK_STATE_OF[outcome], lease)
+        elif not current:
+            if result is not None:
+                self.ledger.record_attempt_end(result, outcome.recorded)
+                self.ack(result)
+        else:
+            assert lease is not None
+            self._retry_or_give_up(lease, outcome, detail)
+            if result is not None:
+                self.ack(result)
+
+    def _win(self, result: Result, state: TaskState, lease: Lease | None) -> None:
+        run = self.runs[result.run_id]
+        if not self.ledger.store_result(result, state.value):
+            self.end_attempt(result.task_id, result.attempt, Outcome.DUPLICATE, "", 0.0, result)
+            return
+        if lease is not None:
+            self.leases.pop(result.task_id)
+            self.worker(lease.worker_id).leases.discard(result.task_id)
+            run.assigned -= 1
+        else:
+            run.pending.pop(result.task_id, None)
+        run.finished[state.value] = run.finished.get(state.value, 0) + 1
+        run.dirty = True
+        self.ack(result)
+
+    def _retry_or_give_up(self, lease: Lease, outcome: Outcome, detail: str) -> None:
+        task = lease.task
+        run = self.runs[task.run_id]
+        self.leases.pop(task.task_id)
+        self.worker(lease.worker_id).leases.discard(task.task_id)
+        run.assigned -= 1
+        run.dirty = True
+        counts_a_try = outcome is Outcome.RETRYABLE
+        lost = outcome is Outcome.LOST
+        tries = lease.tries if counts_a_try else lease.tries - 1
+        lost_count = lease.lost + 1 if lost else lease.lost
+        fail = tries >= run.max_attempts or lost_count >= run.max_lost
+        if lost_count >= run.max_lost:
+            detail = f"lost {lost_count} workers; last: {detail}"
+        elif fail:
+            detail = f"gave up after {tries} attempts; last: {detail}"
+        self.ledger.release(
+            task.task_id,
+            lease.attempt,
+            outcome.recorded,
+            detail,
+            refund=not counts_a_try,
+            lost=lost,
+            fail=fail,
+            now=time.time(),
+        )
+        if fail:
+            run.finished[TaskState.FAILED.value] = run.finished.get(TaskState.FAILED.value, 0) + 1
+            return
+        run.pending[task.task_id] = LiveTask(
+            task.task_id,
+            task.run_id,
+            task.kind,
+            task.params,
+            task.seed,
+            lease.attempt,
+            tries,
+            lost_count,
+            None,
+            None,
+        )
+        # First in line again: it has waited longest, and a late result of the lost attempt
+        # then meets the new attempt early rather than at the end of the run.
+        run.queue.appendleft(task.task_id)
+
+    def ack(self, result: Result) -> None:
+        """Acknowledge a result (sent after the pass that stored it is committed)."""
+        self._decided.acks.append((result.worker_id, [result.task_id, result.attempt]))
+
+    # --------------------------------------------------------------- leases
+
+    def lose_all(
+        self, worker: WorkerView, reason: str, now: float, keep_session: str | None = None
+    ) -> None:
+        """Every lease of ``worker`` (except those of ``keep_session``) goes back to pending."""
+        for task_id in list(worker.leases):
+            lease = self.leases[task_id]
+            if keep_session is None or lease.session != keep_session:
+                self.lose(lease, reason, now)
+
+    def lose(self, lease: Lease, reason: str, now: float) -> None:
+        """The worker went away with the task: the attempt does not count, the loss does."""
+        log.info("task %s attempt %d lost: %s", lease.task.task_id, lease.attempt, reason)
+        self.end_attempt(lease.task.task_id, lease.attempt, Outcome.LOST, reason, now)
+
+    def expire_leases(self, now: float) -> None:
+        if not self.connected:
+            return
+        for lease in list(self.leases.values()):
+            worker = self.worker(lease.worker_id)
+            if now - lease.renewed_at > worker.lease_timeout:
+                self.lose(
+                    lease,
+                    f"no heartbeat from worker {worker.worker_id} listing the task "
+                    f"for {now - lease.renewed_at:.1f} s",
+                    now,
+                )
+
+    # -------------------------------------------------------------- assignment
+
+    def assign(self, now: float) -> None:
+        """Fill the free slots of online workers, round-robin over workers and runs."""
+        if not self.connected:
+            return
+        runs = [r for r in self.runs.values() if r.pending]
+        workers = [w for w in self.workers.values() if w.free(now) > 0]
+        if runs and not any(w.state == WorkerState.ONLINE.value for w in self.workers.values()):
+            if now - self._idle_since > NO_WORKER_WARNING_S:
+                known = ", ".join(f"{w.worker_id}={w.state}" for w in self.workers.values())
+                log.warning(
+                    "tasks are pending but no worker is online (known: %s)", known or "none"
+                )
+                self._idle_since = now
+        else:
+            self._idle_since = now
+        wall = time.time()
+        turn = 0
+        while runs and workers:
+            for worker in list(workers):
+                run = runs[turn % len(runs)]
+                turn += 1
+                task = self._next_pending(run)
+                if task is None:
+                    runs.remove(run)
+                    if not runs:
+                        return
+                    continue
+                self._assign_one(run, task, worker, now, wall)
+                if worker.free(now) <= 0:
+                    workers.remove(worker)
+                if not run.pending:
+                    runs.remove(run)
+                    if not runs:
+                        return
+
+    @staticmethod
+    def _next_pending(run: RunView) -> LiveTask | None:
+        while run.queue:
+            task = run.pending.pop(run.queue.popleft(), None)
+            if task is not None:
+                return task
+        return None
+
+    def _assign_one(
+        self, run: RunView, task: LiveTask, worker: WorkerView, now: float, wall: float
+    ) -> None:
+        attempt = task.attempt + 1
+        assert worker.session is not None
+        self.ledger.assign(task.task_id, attempt, worker.worker_id, worker.session, wall)
+        self.leases[task.task_id] = Lease(
+            task, attempt, task.tries + 1, task.lost, worker.worker_id, worker.session, now, now
+        )
+        worker.leases.add(task.task_id)
+        run.assigned += 1
+        run.dirty = True
+        message = Assignment(
+            run_id=task.run_id,
+            task_id=task.task_id,
+            attempt=attempt,
+            kind=task.kind,
+            params=json.loads(task.params),
+            seed=task.seed,
+            assigned_at=wall,
+        )
+        self._decided.assignments.append((worker.worker_id, message))
+
+    # -------------------------------------------------------------- progress
+
+    def due_progress(self, now: float, force: bool = False) -> list[RunProgress]:
+        """Progress of the active runs that changed (at most every PROGRESS_EVERY_S), or
+        that was not published for PROGRESS_KEEPALIVE_S; ``force``: every changed run."""
+        due = []
+        for view in self.runs.values():
+            ready = force or now - view.published_at >= PROGRESS_EVERY_S
+            if (view.dirty and ready) or now - view.published_at >= PROGRESS_KEEPALIVE_S:
+                due.append(self._progress(view, now))
+        return due
+
+    @staticmethod
+    def _progress(view: RunView, now: float, state: str = "active") -> RunProgress:
+        view.dirty = False
+        view.published_at = now
+        return RunProgress(
+            run_id=view.run_id,
+            name=view.name,
+            state=state,
+            total=view.total,
+            done=view.finished.get("done", 0),
+            failed=view.finished.get("failed", 0),
+            running=view.assigned,
+            pending=len(view.pending),
+            updated_at=time.time(),
+        )
