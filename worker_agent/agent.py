@@ -69,6 +69,17 @@ from worker_agent.errors import (
     Superseded,
     WorkerIdInUse,
 )
+from worker_agent.events import (
+    Connected,
+    Delivered,
+    Disconnected,
+    InboxItem,
+    Invalid,
+    PingRequest,
+    Received,
+    Refused,
+    Subscribed,
+)
 from worker_agent.http import HealthServer, View
 from worker_agent.pool import ChildPool, Job
 
@@ -170,7 +181,7 @@ class Agent:
         self._error_reports = RateLimit(ERROR_REPORTS_PER_S, ERROR_REPORT_BURST)
         self.http: HealthServer | None = None
         self.client: mqtt.Client | None = None
-        self._inbox: deque[tuple[Any, ...]] = deque()  # filled by paho's callbacks
+        self._inbox: deque[InboxItem] = deque()  # filled by paho's callbacks
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -266,10 +277,9 @@ class Agent:
             try:
                 self._handle(item)
             except Exception as e:
-                # Dropped, not retried: its PUBACK went out with the rest (an "ack" item).
-                self.counters["invalid_messages"] += 1
-                log.exception("error handling %s; dropped", item[0])
-                self._error_event(None, f"internal error handling {item[0]}: {e}")
+                # Dropped, not retried: its PUBACK went out with the rest (a Delivered item).
+                log.exception("error handling %s; dropped", type(item).__name__)
+                self._on_invalid(None, f"internal error handling {type(item).__name__}: {e}")
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -386,52 +396,57 @@ class Agent:
 
     # ================================================================ messages
 
-    def _handle(self, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        if kind == "connected":
-            self._on_connected(item[1])
-        elif kind == "disconnected":
-            self.connected = False
-            self._view_stale = True
-            for held in self.held.values():
-                held.resend_at = 0.0  # re-sent on the next connect
-            delay = self._backoff.next_delay()
-            log.warning("disconnected from the broker: %s; reconnecting in %.1f s", item[1],
-                        delay)
-            self._watch_socket()
-            if not self._done:
-                self._reconnect_at = time.monotonic() + delay
-        elif kind == "assign":
-            self.handle_assignment(item[1])
-        elif kind == "control":
-            message = item[1]
-            if isinstance(message, Cancel):
-                self.handle_cancel(message)
-            elif isinstance(message, Ack):
-                self.handle_ack(message)
-            else:
-                self.handle_drain(message)
-        elif kind == "ack":
-            self._acknowledge(item[1], item[2])
-        elif kind == "subscribed":
-            self._on_subscribed()
-        elif kind == "ping":
-            self.handle_ping(item[1], item[2], item[3])
-        elif kind == "status":
-            self.handle_own_status(item[1])
-        elif kind == "refused":
-            self._stop_now(BrokerRefused(
-                f"the broker {self.config.connection.broker} refused worker "
-                f"{self.config.worker_id}: {item[1]}; check its user name, password file and "
-                "the broker's configuration (this agent exits instead of retrying forever)"))
-        elif kind == "invalid":
-            self.counters["invalid_messages"] += 1
-            self._view_stale = True
-            if self._error_reports.allow():
-                unreported = self._error_reports.take_suppressed()
-                more = f" ({unreported} more since the last report)" if unreported else ""
-                log.warning("invalid message on %s: %s%s", item[1], item[2], more)
-                self._error_event(item[1], item[2] + more)
+    def _handle(self, item: InboxItem) -> None:
+        match item:
+            case Connected(session_present=present):
+                self._on_connected(present)
+            case Subscribed():
+                self._on_subscribed()
+            case Disconnected(reason=reason):
+                self._on_disconnected(reason)
+            case Received(message=Assignment() as assignment):
+                self.handle_assignment(assignment)
+            case Received(message=Cancel() as cancel):
+                self.handle_cancel(cancel)
+            case Received(message=Ack() as ack):
+                self.handle_ack(ack)
+            case Received(message=Drain() as drain):
+                self.handle_drain(drain)
+            case Received(message=WorkerStatus() as status):
+                self.handle_own_status(status)
+            case Delivered(connection=connection, mid=mid):
+                self._acknowledge(connection, mid)
+            case PingRequest(ping=ping, response_topic=topic, correlation=correlation):
+                self.handle_ping(ping, topic, correlation)
+            case Refused(reason=reason):
+                self._stop_now(BrokerRefused(
+                    f"the broker {self.config.connection.broker} refused worker "
+                    f"{self.config.worker_id}: {reason}; check its user name, password file "
+                    "and the broker's configuration (this agent exits instead of retrying "
+                    "forever)"))
+            case Invalid(topic=topic, detail=detail):
+                self._on_invalid(topic, detail)
+
+    def _on_disconnected(self, reason: str) -> None:
+        self.connected = False
+        self._view_stale = True
+        for held in self.held.values():
+            held.resend_at = 0.0  # re-sent on the next connect
+        delay = self._backoff.next_delay()
+        log.warning("disconnected from the broker: %s; reconnecting in %.1f s", reason, delay)
+        self._watch_socket()
+        if not self._done:
+            self._reconnect_at = time.monotonic() + delay
+
+    def _on_invalid(self, topic: str | None, detail: str) -> None:
+        """Count a refused message; report it (log line, error event) within the rate."""
+        self.counters["invalid_messages"] += 1
+        self._view_stale = True
+        if self._error_reports.allow():
+            unreported = self._error_reports.take_suppressed()
+            more = f" ({unreported} more since the last report)" if unreported else ""
+            log.warning("invalid message on %s: %s%s", topic, detail, more)
+            self._error_event(topic, detail + more)
 
     def _stop_now(self, error: AgentError) -> None:
         """End the agent at once (no hand-back, no result sent) and exit with ``error``."""
@@ -715,7 +730,7 @@ class Agent:
         client.on_message = self._on_message
         return client
 
-    def _enqueue(self, *item: Any) -> None:
+    def _enqueue(self, item: InboxItem) -> None:
         # No wake-up needed: paho runs in the main loop, which takes the inbox right after.
         self._inbox.append(item)
 
@@ -726,10 +741,10 @@ class Agent:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             if is_permanent_refusal(reason):
-                self._enqueue("refused", str(reason))
+                self._enqueue(Refused(str(reason)))
             return
         self._connection_number += 1
-        self._enqueue("connected", bool(flags.session_present))
+        self._enqueue(Connected(bool(flags.session_present)))
         _, self._subscribe_mid = client.subscribe([
             (self._assign_topic, 1), (self._control_topic, 1), (self.topics.ping, 0),
             (self._replies_topic, 0), (self._status_topic, 0)])
@@ -737,41 +752,41 @@ class Agent:
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, _codes: Any,
                       _props: Any) -> None:
         if mid == self._subscribe_mid:
-            self._enqueue("subscribed")
+            self._enqueue(Subscribed())
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
                        _props: Any) -> None:
         self._connection_number += 1
-        self._enqueue("disconnected", str(reason))
+        self._enqueue(Disconnected(str(reason)))
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         topic, payload = msg.topic, bytes(msg.payload)
         try:
             if topic == self._assign_topic:
-                self._enqueue("assign", Assignment.decode(payload))
+                self._enqueue(Received(Assignment.decode(payload)))
             elif topic == self._control_topic:
-                self._enqueue("control", decode_control(payload))
+                self._enqueue(Received(decode_control(payload)))
             elif topic == self.topics.ping:
                 ping = Ping.decode(payload)
                 props = msg.properties
                 response_topic = getattr(props, "ResponseTopic", None)
                 if not response_topic or any(c in response_topic for c in "+#"):
                     raise DecodeError("ping without a valid MQTT v5 response topic")
-                self._enqueue("ping", ping, response_topic, getattr(props, "CorrelationData",
-                                                                    None))
+                self._enqueue(PingRequest(ping, response_topic,
+                                          getattr(props, "CorrelationData", None)))
             elif topic == self._replies_topic:
                 Pong.decode(payload)  # our own answer to an id check: nothing to do
             elif topic == self._status_topic and payload:
                 status = WorkerStatus.decode(payload)
                 if status.worker_id != self.config.worker_id:
                     raise DecodeError(f"status of {status.worker_id!r} on our topic")
-                self._enqueue("status", status)
+                self._enqueue(Received(status))
         except DecodeError as e:
-            self._enqueue("invalid", topic, str(e))
+            self._enqueue(Invalid(topic, str(e)))
         except Exception as e:
-            self._enqueue("invalid", topic, f"{type(e).__name__}: {e}")
+            self._enqueue(Invalid(topic, f"{type(e).__name__}: {e}"))
         if msg.qos > 0:
-            self._enqueue("ack", self._connection_number, msg.mid)
+            self._enqueue(Delivered(self._connection_number, msg.mid))
 
     def _discard_old_session(self) -> bool:
         """End the session a previous agent process left under this client id.

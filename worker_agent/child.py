@@ -1,11 +1,9 @@
 """The task child: a long-lived process that runs one kernel call at a time for one slot.
 
 It talks to the agent over one pipe (both ends are this project's own processes, so the
-pipe carries pickled tuples; nothing from the network reaches it unchecked). Requests:
-``("run", task_id, kind, params, seed)`` and ``("stop",)``. Replies, all tuples tagged by
-their first item: ``("ready", pid)``, ``("progress", task_id, fraction)``,
-``("done", task_id, started_at, finished_at, payload)`` and
-``("error", task_id, started_at, finished_at, message, retryable)``.
+pipe carries pickled frozen dataclasses of this module; nothing from the network reaches it
+unchecked). Requests: :class:`Run` and :class:`Stop`. Replies: :class:`Ready`,
+:class:`Progress`, :class:`Done` and :class:`Failed`.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -23,6 +22,62 @@ PROGRESS_INTERVAL_S = 0.05
 """Least time between two progress messages of one task (kernels may report per step)."""
 
 _PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Run:
+    """Agent -> child: run one kernel call."""
+
+    task_id: str
+    kind: str
+    params: dict[str, Any]
+    seed: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Agent -> child: exit."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Child -> agent: the kernels are imported; send tasks."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Child -> agent: how far the running task is, in [0, 1)."""
+
+    task_id: str
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Done:
+    """Child -> agent: the task finished; ``payload`` holds summary, observables, metadata."""
+
+    task_id: str
+    started_at: float
+    finished_at: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Child -> agent: the task failed; ``retryable`` is false when another attempt would
+    fail the same way."""
+
+    task_id: str
+    started_at: float
+    finished_at: float
+    error: str
+    retryable: bool
+
+
+Reply = Ready | Progress | Done | Failed
+"""What a child sends the agent."""
 
 
 def _die_with_parent() -> None:
@@ -41,20 +96,21 @@ def child_main(conn: Connection) -> None:
     _die_with_parent()
     import ckernel  # loaded before "ready", so the first task pays no import
 
-    conn.send(("ready", os.getpid()))
+    conn.send(Ready(os.getpid()))
     while True:
         try:
             request = conn.recv()
         except (EOFError, OSError):
             return  # the agent is gone
-        if request[0] == "stop":
-            return
-        _, task_id, kind, params, seed = request
-        conn.send(_run(conn, ckernel, task_id, kind, params, seed))
+        match request:
+            case Run():
+                conn.send(_run(conn, ckernel, request))
+            case _:
+                return  # Stop
 
 
-def _run(conn: Connection, ckernel: Any, task_id: str, kind: str, params: dict[str, Any],
-         seed: int) -> tuple[Any, ...]:
+def _run(conn: Connection, ckernel: Any, request: Run) -> Done | Failed:
+    task_id = request.task_id
     # The first report waits one interval, and the end is not reported: "done" says it. A
     # short task then costs one message each way, which matters at hundreds per second.
     last_sent = time.monotonic()
@@ -64,22 +120,22 @@ def _run(conn: Connection, ckernel: Any, task_id: str, kind: str, params: dict[s
         now = time.monotonic()
         if now - last_sent >= PROGRESS_INTERVAL_S and fraction < 1.0:
             last_sent = now
-            conn.send(("progress", task_id, max(float(fraction), 0.0)))
+            conn.send(Progress(task_id, max(float(fraction), 0.0)))
 
     started_at = time.time()
     try:
-        output = ckernel.simulate(kind, params, seed, progress=progress)
+        output = ckernel.simulate(request.kind, request.params, request.seed, progress=progress)
     except (ckernel.ParamError, ckernel.SimulationError) as e:
         # Deterministic for these parameters and this seed: another attempt fails the same way.
-        return ("error", task_id, started_at, time.time(), str(e), False)
+        return Failed(task_id, started_at, time.time(), str(e), False)
     except Exception as e:
-        return ("error", task_id, started_at, time.time(), f"{type(e).__name__}: {e}", True)
+        return Failed(task_id, started_at, time.time(), f"{type(e).__name__}: {e}", True)
     finished_at = time.time()
     try:
         payload = result_payload(output)
     except (TypeError, ValueError) as e:
-        return ("error", task_id, started_at, finished_at, f"result not encodable: {e}", False)
-    return ("done", task_id, started_at, finished_at, payload)
+        return Failed(task_id, started_at, finished_at, f"result not encodable: {e}", False)
+    return Done(task_id, started_at, finished_at, payload)
 
 
 def result_payload(output: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from simproto.protocol import Assignment, ResultState
-from worker_agent.child import child_main
+from worker_agent.child import Done, Failed, Progress, Ready, Reply, Run, Stop, child_main
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class ChildPool:
         for slot in self.slots:
             if slot.conn is not None and slot.process is not None and slot.process.is_alive():
                 try:
-                    slot.conn.send(("stop",))
+                    slot.conn.send(Stop())
                 except OSError:
                     slot.process.kill()
         for slot in self.slots:
@@ -193,7 +193,7 @@ class ChildPool:
         slot.job_started_at = time.time()
         slot.job_sent = True
         with contextlib.suppress(OSError):  # a dead child's sentinel reports it on the next poll
-            slot.conn.send(("run", a.task_id, a.kind, a.params, a.seed))
+            slot.conn.send(Run(a.task_id, a.kind, a.params, a.seed))
 
     def kill(self, slot: Slot, reason: str) -> tuple[Job, float]:
         """Terminate the slot's child (cancel, hand back), start a fresh one.
@@ -270,29 +270,31 @@ class ChildPool:
             outcomes.append(outcome)
         return True
 
-    def _handle(self, slot: Slot, message: tuple[Any, ...]) -> Outcome | None:
-        tag = message[0]
-        if tag == "ready":
-            slot.ready, slot.pid = True, message[1]
+    def _handle(self, slot: Slot, message: Reply) -> Outcome | None:
+        if isinstance(message, Ready):
+            slot.ready, slot.pid = True, message.pid
             self.changed = True
             log.info("slot %d: child process %d ready", slot.index, slot.pid)
             if slot.job is not None and not slot.job_sent:
                 self._send_job(slot)
             return None
         job = slot.job
-        if job is None or job.assignment.task_id != message[1]:
+        if job is None or job.assignment.task_id != message.task_id:
             return None  # a late message about a job this slot no longer holds
-        if tag == "progress":
-            job.progress = message[2]
-            return None
-        slot.job = None
-        if tag == "done":
-            _, _, started_at, finished_at, payload = message
-            job.progress = 1.0
-            return Outcome(job, ResultState.DONE, started_at, finished_at, payload)
-        _, _, started_at, finished_at, error, retryable = message
-        return Outcome(job, ResultState.FAILED, started_at, finished_at, error=error,
-                       retryable=retryable)
+        match message:
+            case Progress(fraction=fraction):
+                job.progress = fraction
+                return None
+            case Done(started_at=started_at, finished_at=finished_at, payload=payload):
+                slot.job = None
+                job.progress = 1.0
+                return Outcome(job, ResultState.DONE, started_at, finished_at, payload)
+            case Failed(started_at=started_at, finished_at=finished_at, error=error,
+                        retryable=retryable):
+                slot.job = None
+                return Outcome(job, ResultState.FAILED, started_at, finished_at, error=error,
+                               retryable=retryable)
+        return None
 
     def _replace_dead(self, slot: Slot) -> Outcome | None:
         assert slot.process is not None
