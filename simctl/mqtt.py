@@ -19,8 +19,8 @@ from paho.mqtt.properties import Properties
 
 from simctl.errors import ConnectionFailed
 from simproto.connection import (
-    Backoff,
     ConnectionSettings,
+    Redial,
     connect,
     exchange,
     make_client,
@@ -147,8 +147,7 @@ class Pump:
         self.client = client
         self.on_lost = on_lost
         self.down = False
-        self._backoff = Backoff()
-        self._retry_at = 0.0
+        self._redial = Redial()
 
     def pump(self, wait: float) -> None:
         """Exchange packets for up to ``wait`` seconds (returns early when one arrived)."""
@@ -159,24 +158,22 @@ class Pump:
         if rc != mqtt.MQTT_ERR_SUCCESS:
             log.info("connection to the broker lost (%s); reconnecting", rc)
             self.down = True
-            self._retry_at = time.monotonic()
+            self._redial.lost(time.monotonic(), delay=0.0)  # the first try at once
             self.on_lost()
 
     def _reconnect(self, wait: float) -> None:
         now = time.monotonic()
-        if now < self._retry_at:
-            time.sleep(min(wait, self._retry_at - now))
+        if not self._redial.due(now):
+            time.sleep(min(wait, max(0.0, (self._redial.at or now) - now)))
             return
         log.info("reconnecting to the broker")
-        try:
-            self.client.reconnect()
-        except OSError as e:
-            delay = self._backoff.next_delay()
-            log.info("broker still unreachable (%s); next try in %.1f s", e, delay)
-            self._retry_at = now + delay
+        error = self._redial.attempt(self.client.reconnect, now)
+        if error is not None:
+            log.info("broker still unreachable (%s); next try in %.1f s", error,
+                     (self._redial.at or now) - now)
             return
         self.down = False
-        self._backoff.reset()
+        self._redial.connected()
 
 
 def payload_of(msg: mqtt.MQTTMessage) -> bytes:

@@ -11,6 +11,7 @@ import re
 import select
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -73,6 +74,43 @@ class Backoff:
     def reset(self) -> None:
         """Connected: the next outage starts from ``first`` again."""
         self._ceiling = self.first
+
+
+class Redial:
+    """When to try the broker again after losing it, for both sides: a :class:`Backoff`
+    and the time of the next attempt."""
+
+    def __init__(self) -> None:
+        self._backoff = Backoff()
+        self.at: float | None = None
+        """Monotonic time of the next attempt; None while none is scheduled."""
+
+    def lost(self, now: float, delay: float | None = None) -> float:
+        """The connection went away (or an attempt failed): schedule the next attempt after
+        ``delay`` (default: the backoff's next); returns the delay."""
+        delay = self._backoff.next_delay() if delay is None else delay
+        self.at = now + delay
+        return delay
+
+    def due(self, now: float) -> bool:
+        """Whether a scheduled attempt's time has come."""
+        return self.at is not None and now >= self.at
+
+    def attempt(self, open_connection: Callable[[], object], now: float) -> Exception | None:
+        """Try ``open_connection`` now; on an OSError or ValueError schedule the next try
+        and return the error (None: the connection is being opened)."""
+        self.at = None
+        try:
+            open_connection()
+        except (OSError, ValueError) as e:
+            self.lost(now)
+            return e
+        return None
+
+    def connected(self) -> None:
+        """The broker accepted us: the next outage starts the backoff from the start."""
+        self._backoff.reset()
+        self.at = None
 
 
 def is_permanent_refusal(reason: object) -> bool:

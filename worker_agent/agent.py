@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import signal
 import socket
 import ssl
@@ -33,10 +32,9 @@ from paho.mqtt.properties import Properties
 
 import ckernel
 from simproto.connection import (
-    Backoff,
+    Redial,
     connect,
     exchange,
-    id_check_identity,
     is_permanent_refusal,
     make_client,
 )
@@ -67,7 +65,6 @@ from worker_agent.errors import (
     BrokerRefused,
     ConfigError,
     Superseded,
-    WorkerIdInUse,
 )
 from worker_agent.events import (
     Connected,
@@ -82,6 +79,7 @@ from worker_agent.events import (
 )
 from worker_agent.http import HealthServer, View
 from worker_agent.pool import ChildPool, Job
+from worker_agent.startup import check_worker_id, discard_old_session
 
 log = logging.getLogger("worker_agent")
 
@@ -128,12 +126,6 @@ VIEW_MIN_INTERVAL_S = 0.1
 
 MQTT_MISC_INTERVAL_S = 0.5
 """Longest wait between two calls of paho's keepalive bookkeeping (``loop_misc``)."""
-
-SESSION_WIPE_TIMEOUT_S = 5.0
-"""How long discarding the previous process's session may take at start-up."""
-
-BROKER_WAIT_LOG_S = 10.0
-"""While the broker is unreachable at start-up, how often to say so."""
 
 
 class StopMode(str, Enum):
@@ -190,8 +182,7 @@ class Agent:
         self._socket: Any = None  # the MQTT socket the loop watches, and its fd
         self._socket_fd = -1
         self._want_write = False
-        self._reconnect_at: float | None = None
-        self._backoff = Backoff()
+        self._redial = Redial()
         self._fatal: AgentError | None = None
         """Set when the agent must stop at once and exit with that error's code."""
         self._stop_mode: StopMode | None = None
@@ -231,7 +222,7 @@ class Agent:
 
     def _start(self) -> bool:
         self.pool.start()  # children import the kernels while the id check runs
-        if not self._check_worker_id():
+        if not check_worker_id(self.config, stopping=lambda: self._stop_mode is not None):
             return False
         try:
             self.http = HealthServer(self.config.http_port, self._view())
@@ -242,7 +233,7 @@ class Agent:
         if not self.pool.wait_ready(CHILD_START_TIMEOUT_S):
             log.warning("task children are not ready after %.0f s; going online anyway",
                         CHILD_START_TIMEOUT_S)
-        resume = self._discard_old_session()
+        resume = discard_old_session(self.config)
         self.client = self._make_client()
         log.info("worker %s (%d slots, session %s) connecting to %s", self.config.worker_id,
                  self.config.slots, self.session, self.config.connection.broker)
@@ -258,7 +249,7 @@ class Agent:
         status_due = self._status_due if self.connected else None  # sent on (re)connect
         view_due = self._view_at + VIEW_MIN_INTERVAL_S if self._view_stale else None
         wake_at = min(t for t in (self._next_heartbeat, self._stop_deadline, status_due,
-                                  view_due, self._reconnect_at, now + MQTT_MISC_INTERVAL_S)
+                                  view_due, self._redial.at, now + MQTT_MISC_INTERVAL_S)
                       if t is not None)
         timeout = max(0.0, wake_at - now)
         for outcome in self.pool.poll(timeout):
@@ -432,11 +423,11 @@ class Agent:
         self._view_stale = True
         for held in self.held.values():
             held.resend_at = 0.0  # re-sent on the next connect
-        delay = self._backoff.next_delay()
-        log.warning("disconnected from the broker: %s; reconnecting in %.1f s", reason, delay)
         self._watch_socket()
         if not self._done:
-            self._reconnect_at = time.monotonic() + delay
+            delay = self._redial.lost(time.monotonic())
+            log.warning("disconnected from the broker: %s; reconnecting in %.1f s", reason,
+                        delay)
 
     def _on_invalid(self, topic: str | None, detail: str) -> None:
         """Count a refused message; report it (log line, error event) within the rate."""
@@ -472,7 +463,7 @@ class Agent:
 
     def _on_connected(self, session_present: bool) -> None:
         self.connected = True
-        self._backoff.reset()
+        self._redial.connected()
         self._status_due = None  # once subscribed: see _on_subscribed
         log.info("connected to %s (%s)", self.config.connection.broker,
                  "session resumed" if session_present else "new session")
@@ -672,8 +663,7 @@ class Agent:
             while isinstance(sock := client.socket(), ssl.SSLSocket) and sock.pending():
                 client.loop_read()
         self._mqtt_write_and_misc()
-        if self._reconnect_at is not None and time.monotonic() >= self._reconnect_at:
-            self._reconnect_at = None
+        if self._redial.due(time.monotonic()):
             self._open_connection(client.reconnect)
 
     def _mqtt_write_and_misc(self) -> None:
@@ -694,13 +684,11 @@ class Agent:
 
     def _open_connection(self, attempt: Callable[[], Any]) -> None:
         """Open the TCP (and TLS) connection; on failure try again after the backoff."""
-        try:
-            attempt()
-        except (OSError, ValueError) as e:
-            delay = self._backoff.next_delay()
+        now = time.monotonic()
+        error = self._redial.attempt(attempt, now)
+        if error is not None:
             log.warning("broker %s unreachable (%s); next try in %.1f s",
-                        self.config.connection.broker, e, delay)
-            self._reconnect_at = time.monotonic() + delay
+                        self.config.connection.broker, error, (self._redial.at or now) - now)
             return
         self._watch_socket()
 
@@ -787,106 +775,3 @@ class Agent:
             self._enqueue(Invalid(topic, f"{type(e).__name__}: {e}"))
         if msg.qos > 0:
             self._enqueue(Delivered(self._connection_number, msg.mid))
-
-    def _discard_old_session(self) -> bool:
-        """End the session a previous agent process left under this client id.
-
-        Assignments queued there were given up by the dispatcher when the new session
-        appeared; running them would only make duplicates. A clean-start connection with no
-        session expiry discards that session; the real connection can then resume (create)
-        its session. Connecting clean in the real connection instead would do the same, but
-        Mosquitto 2.0 does not save a session begun with clean start to its persistence
-        file, so the first broker restart would lose it. Returns whether this worked (if
-        not, the real connection starts clean).
-        """
-        connected = threading.Event()
-
-        def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            if not reason.is_failure:
-                connected.set()
-
-        client = make_client(self.config.connection, self.config.client_id)
-        client.on_connect = on_connect
-        try:
-            connect(client, self.config.connection)  # clean start, session ends at disconnect
-            client.loop_start()
-            return connected.wait(SESSION_WIPE_TIMEOUT_S)
-        finally:
-            client.disconnect()
-            client.loop_stop()
-
-    # ======================================================= start-up: the id check
-
-    def _check_worker_id(self) -> bool:
-        """Refuse to start if a live agent answers a ping under this worker id.
-
-        Only a live answer counts: a retained status left by a killed agent does not. The
-        retained status is read only to name the other agent's host in the message.
-        Returns False if a stop was requested while waiting for the broker.
-        """
-        cfg, t = self.config, self.topics
-        reply_topic = t.replies(cfg.worker_id)
-        status_topic = t.worker(cfg.worker_id, Channel.STATUS)
-        token = uuid.uuid4().bytes
-        subscribed = threading.Event()
-        answers: queue.SimpleQueue[Pong] = queue.SimpleQueue()
-        hosts: list[str] = []
-        probe_settings, probe_id = id_check_identity(cfg.connection, cfg.client_id)
-        client = make_client(probe_settings, probe_id)
-
-        refused: list[str] = []
-
-        def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            if reason.is_failure:
-                log.error("broker refused the connection: %s", reason)
-                if is_permanent_refusal(reason):
-                    refused.append(str(reason))
-            else:
-                c.subscribe([(reply_topic, 0), (status_topic, 0)])
-
-        def on_subscribe(c: mqtt.Client, _u: Any, _mid: Any, _codes: Any, _p: Any) -> None:
-            props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = reply_topic
-            props.CorrelationData = token
-            c.publish(t.ping, Ping(time.time(), probe_id).encode(), qos=0, properties=props)
-            subscribed.set()
-
-        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-            with contextlib.suppress(DecodeError):
-                if msg.topic == status_topic:
-                    hosts.append(WorkerStatus.decode(bytes(msg.payload)).host)
-                elif getattr(msg.properties, "CorrelationData", None) == token:
-                    pong = Pong.decode(bytes(msg.payload))
-                    if pong.worker_id == cfg.worker_id:
-                        answers.put(pong)
-
-        client.on_connect, client.on_subscribe, client.on_message = (
-            on_connect, on_subscribe, on_message)
-        connect(client, cfg.connection)
-        client.loop_start()
-        try:
-            waited = 0.0
-            while not subscribed.wait(0.1):
-                if self._stop_mode is not None:
-                    return False
-                if refused:
-                    raise BrokerRefused(
-                        f"the broker {cfg.connection.broker} refused worker {cfg.worker_id}'s "
-                        f"start-up check: {refused[0]}; check its user name, password file and "
-                        "the broker's configuration")
-                waited += 0.1
-                if waited >= BROKER_WAIT_LOG_S:
-                    waited = 0.0
-                    log.warning("broker %s not reachable yet; retrying", cfg.connection.broker)
-            try:
-                pong = answers.get(timeout=max(1.0, 3 * cfg.heartbeat_s))
-            except queue.Empty:
-                return True
-            host = hosts[-1] if hosts and hosts[-1] else "unknown"
-            raise WorkerIdInUse(
-                f"worker id {cfg.worker_id} is already in use by a live agent on host {host} "
-                f"(session {pong.session}); choose another --worker-id or stop that agent"
-            )
-        finally:
-            client.disconnect()
-            client.loop_stop()
