@@ -8,6 +8,9 @@ The compiled Lennard-Jones and gravity loops come in SIMD variants (portable, av
 avx512) that give bit-identical results; the widest the CPU has runs unless
 ``CKERNEL_SIMD`` names another (``auto`` is the default). Each result's metadata says which
 one ran (``simd_variant``).
+
+:class:`Kernels` is what the drivers call on a backend; mypy checks the numpy reference and
+the compiled module (typed by ``_kernels.pyi``) against it.
 """
 
 from __future__ import annotations
