@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ckernel._backend import Kernels
 from ckernel._run import Progress, Run, Samples, mean_and_sem, require_finite, slope
 
 FIT_START_GAMMA_TIMES = 10.0
@@ -17,7 +18,7 @@ FIT_START_GAMMA_TIMES = 10.0
 
 
 def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | None,
-        kernels: Any) -> Run:
+        kernels: Kernels) -> Run:
     """Integrate validated ``params``; free particles start at the origin, trapped ones in
     the equilibrium distribution, velocities from Maxwell-Boltzmann."""
     p = params

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ckernel import _backend
+from ckernel._backend import Kernels
 from ckernel._run import Progress, Run, Samples, blow_up, mean_and_sem, require_finite, slope
 from ckernel.errors import ParamError
 from ckernel.reference import FORCE_SHIFTED, SHIFTED, TRUNCATED
@@ -95,7 +96,7 @@ def energy_virial(positions: Any, box: float, rc: float, potential: str = "trunc
 
 
 def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | None,
-        kernels: Any) -> Run:
+        kernels: Kernels) -> Run:
     """Integrate validated ``params``: velocity Verlet (nve) or Langevin BAOAB (nvt)."""
     p = params
     rng = np.random.default_rng(seed)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ckernel._backend import Kernels
 from ckernel._run import Progress, Run, Samples, mean_and_sem, require_finite
 
 OBSERVABLES = ("kinetic_energy", "potential_energy", "total_energy", "relative_energy_error",
@@ -57,7 +58,7 @@ def plummer_sphere(n: int, rng: np.random.Generator,
 
 
 def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | None,
-        kernels: Any) -> Run:
+        kernels: Kernels) -> Run:
     """Integrate validated ``params`` with kick-drift-kick leapfrog."""
     p = params
     G, eps, dt, steps = p["G"], p["softening"], p["dt"], p["steps"]

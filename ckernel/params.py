@@ -3,8 +3,12 @@
 simctl validates task files with this module before anything is sent, so it must import
 without the extension. Each kind is a table of :class:`Field` specs (type, default, range);
 cross-field rules (lattice or explicit positions, cutoff against the box, stability limits,
-size bounds) follow in one function per kind. Every error names the field, the value and
-what is allowed.
+size bounds) follow in one function per kind, and :data:`RULES` says them in words. Every
+error names the field, the value and what is allowed.
+
+The parameter tables of ``docs/kernels.md`` are generated from these specs:
+``python -m ckernel.params --markdown docs/kernels.md`` rewrites them, and
+``tests/kernels/test_docs_tables.py`` fails when the committed doc differs.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ ENSEMBLES = ("nve", "nvt")
 
 @dataclass(frozen=True)
 class Field:
-    """One parameter: its type, default and allowed range (``None`` bound = unbounded)."""
+    """One parameter: its type, default, allowed range (``None`` bound = unbounded) and unit
+    (reduced units; "" for counts, switches and choices)."""
 
     type: str  # "int", "float", "bool", "choice", "vectors" (list of [x, y, z]), "bodies"
     default: Any
@@ -50,6 +55,7 @@ class Field:
     high: float | None = None
     low_open: bool = False  # True: the value must be strictly above ``low``
     choices: tuple[str, ...] = ()
+    unit: str = ""
 
     def allowed(self) -> str:
         """Human-readable range or type, used in error messages and docs."""
@@ -60,16 +66,19 @@ class Field:
         if self.type == "vectors":
             return "a list of [x, y, z] number triples"
         if self.type == "bodies":
-            return 'a list of {"mass": m > 0, "position": [x, y, z], "velocity": [vx, vy, vz]}'
+            return (f'a list of 2 to {MAX_BODIES} {{"mass": m > 0, "position": [x, y, z], '
+                    '"velocity": [vx, vy, vz]}')
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
         bracket = "(" if self.low_open else "["
         return f"{'an integer' if self.type == 'int' else 'a number'} in {bracket}{low}, {high}]"
 
 
-def _steps_fields(dt_default: float, dt_high: float, steps_default: int) -> dict[str, Field]:
+def _steps_fields(dt_default: float, dt_high: float, steps_default: int,
+                  time_unit: str) -> dict[str, Field]:
     return {
-        "dt": Field("float", dt_default, "time step", 0.0, dt_high, low_open=True),
+        "dt": Field("float", dt_default, "time step", 0.0, dt_high, low_open=True,
+                    unit=time_unit),
         "steps": Field("int", steps_default, "number of time steps", 1, MAX_STEPS),
         "sample_every": Field("int", 10, "steps between samples of the observables", 1, MAX_STEPS),
         "equilibration_steps": Field("int", 0, "steps at the start left out of the summary's "
@@ -78,53 +87,86 @@ def _steps_fields(dt_default: float, dt_high: float, steps_default: int) -> dict
     }
 
 
+# Units: Lennard-Jones in epsilon = sigma = m = k_B = 1 (time tau = sigma sqrt(m/epsilon));
+# N-body and Brownian in whatever consistent units G, masses, lengths (and kT) are given in.
 SPECS: dict[str, dict[str, Field]] = {
     "lj": {
         "n_cells": Field("int", 5, "fcc unit cells per box side (N = 4 n^3); "
                          "not with positions", 1, 40),
-        "density": Field("float", 0.8, "number density N / V of the fcc start", 0.0, MAX_DENSITY,
-                         low_open=True),
-        "positions": Field("vectors", None, "explicit start positions (needs box)"),
-        "velocities": Field("vectors", None, "explicit start velocities (needs positions)"),
+        # "not with positions": validate refuses it there (N / V follows from them).
+        "density": Field("float", 0.8, "number density N / V of the fcc start; not with "
+                         "positions", 0.0, MAX_DENSITY, low_open=True, unit="sigma^-3"),
+        "positions": Field("vectors", None, "explicit start positions (needs box)",
+                           unit="sigma"),
+        "velocities": Field("vectors", None, "explicit start velocities (needs positions)",
+                            unit="sigma / tau"),
         "box": Field("float", None, "cubic box side for explicit positions", 0.0, 1000.0,
-                     low_open=True),
+                     low_open=True, unit="sigma"),
         "temperature": Field("float", 1.0, "start temperature; thermostat target for nvt",
-                             0.0, 100.0, low_open=True),
-        **_steps_fields(0.005, 0.05, 1000),
-        "rc": Field("float", 2.5, "cutoff radius (at most half the box)", 1.0, 6.0),
+                             0.0, 100.0, low_open=True, unit="epsilon / k_B"),
+        **_steps_fields(0.005, 0.05, 1000, "tau"),
+        "rc": Field("float", 2.5, "cutoff radius (at most half the box)", 1.0, 6.0,
+                    unit="sigma"),
         "potential": Field("choice", "shifted", "how the pair potential is cut at rc",
                            choices=POTENTIALS),
-        "skin": Field("float", 0.3, "neighbour-list skin", 0.0, 2.0),
+        "skin": Field("float", 0.3, "neighbour-list skin", 0.0, 2.0, unit="sigma"),
         "rebuild_every": Field("int", 0, "rebuild the neighbour list every k steps (0: only "
                                "when an atom moved more than skin/2)", 0, 100_000),
         "ensemble": Field("choice", "nve", "nve (velocity Verlet) or nvt (Langevin BAOAB)",
                           choices=ENSEMBLES),
         "gamma": Field("float", 1.0, "Langevin friction (nvt only)", 0.0, 1000.0,
-                       low_open=True),
+                       low_open=True, unit="1 / tau"),
     },
     "nbody": {
         "n_bodies": Field("int", 256, "bodies in the Plummer sphere (with bodies: their "
                           "count)", 2, MAX_BODIES),
         "bodies": Field("bodies", None, "explicit bodies instead of a Plummer sphere"),
-        "softening": Field("float", 0.05, "Plummer softening length epsilon", 0.0, 100.0),
-        "G": Field("float", 1.0, "gravitational constant", 0.0, 1e6, low_open=True),
-        **_steps_fields(0.01, 10.0, 1000),
+        "softening": Field("float", 0.05, "Plummer softening length epsilon", 0.0, 100.0,
+                           unit="length"),
+        "G": Field("float", 1.0, "gravitational constant", 0.0, 1e6, low_open=True,
+                   unit="length^3 / (mass time^2)"),
+        **_steps_fields(0.01, 10.0, 1000, "time"),
     },
     "brownian": {
         "n_particles": Field("int", 1000, "independent particles", 1, MAX_PARTICLES),
-        "temperature": Field("float", 1.0, "bath temperature kT", 0.0, 1e4, low_open=True),
-        "gamma": Field("float", 1.0, "friction coefficient", 0.0, 1e6, low_open=True),
-        "mass": Field("float", 1.0, "particle mass", 0.0, 1e6, low_open=True),
-        "trap_k": Field("float", 0.0, "harmonic trap stiffness (0: free particles)", 0.0, 1e6),
+        "temperature": Field("float", 1.0, "bath temperature kT", 0.0, 1e4, low_open=True,
+                             unit="energy"),
+        "gamma": Field("float", 1.0, "friction coefficient", 0.0, 1e6, low_open=True,
+                       unit="1 / time"),
+        "mass": Field("float", 1.0, "particle mass", 0.0, 1e6, low_open=True, unit="mass"),
+        "trap_k": Field("float", 0.0, "harmonic trap stiffness (0: free particles)", 0.0, 1e6,
+                        unit="energy / length^2"),
         "overdamped": Field("bool", False, "Euler-Maruyama on positions only (no inertia)"),
-        **_steps_fields(0.01, 100.0, 1000),
+        **_steps_fields(0.01, 100.0, 1000, "time"),
     },
     "sleep": {
-        "seconds": Field("float", 0.0, "how long to wait", 0.0, MAX_SLEEP_SECONDS),
+        "seconds": Field("float", 0.0, "how long to wait", 0.0, MAX_SLEEP_SECONDS, unit="s"),
         "fail": Field("bool", False, "raise SimulationError after waiting"),
     },
 }
 """Parameter tables per kind: the single source for defaults, ranges and docs."""
+
+RULES: dict[str, str] = {
+    "lj": "either the lattice (`n_cells`, `density`) or `positions` + `box` (then "
+          f"2 to {MAX_LJ_ATOMS:,} atoms, N/box^3 <= {MAX_DENSITY:g}, and the validated params "
+          "carry `n_cells: null, density: null`); `velocities` only with `positions` and with "
+          "as many rows; `rc` <= box/2; the expected neighbour list N/2 rho (4/3) pi "
+          f"(rc + skin)^3 at most {MAX_NEIGHBOUR_PAIRS:,} pairs "
+          f"({MAX_NEIGHBOUR_PAIRS * 4 // 1_000_000} MB of int32 indices).",
+    "nbody": "with `bodies`, `n_bodies` may be left out or must equal their count (validation "
+             "fills it in).",
+    "brownian": "in a trap (`trap_k` > 0) `dt` must be below 2 sqrt(`mass` / `trap_k`) "
+                "(underdamped, BAOAB) or 2 `mass` `gamma` / `trap_k` (`overdamped`, "
+                "Euler-Maruyama), beyond which the schemes diverge.",
+    "sleep": "",
+}
+"""The cross-field rules of each kind (the ``_*_cross`` checks below) in words, for the docs."""
+
+SAMPLES_RULE = (f"For every physical kind, `steps // sample_every + 1` must be at most "
+                f"{MAX_SAMPLES:,} samples, which bounds a result's size (the error says which "
+                "`sample_every` would do), and at least one sample must be taken at or after "
+                "`equilibration_steps`.")
+"""The sampling rule of every physical kind (:func:`_check_samples`) in words."""
 
 
 def validate(kind: str, params: dict[str, Any]) -> dict[str, Any]:

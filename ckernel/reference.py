@@ -79,9 +79,12 @@ def lj_neighbours(pos: np.ndarray, box: float, rlist: float) -> tuple[np.ndarray
     return np.concatenate(pairs_i), np.concatenate(pairs_j)
 
 
-def lj_forces(pos: np.ndarray, box: float, pairs: tuple[np.ndarray, np.ndarray], rc: float,
+def lj_forces(pos: np.ndarray, box: float, pairs: tuple[np.ndarray, ...], rc: float,
               potential: int, forces: np.ndarray, energy: bool = True) -> tuple[float, float]:
     """Fill ``forces``; return the pair energy U and the virial W = sum_pairs r_ij . f_ij.
+
+    ``pairs`` is this module's :func:`lj_neighbours` list (i, j); the type is the backends'
+    common opaque one (``ckernel._backend.NeighbourList``).
 
     ``energy`` is accepted for symmetry with the compiled kernel, which skips U and W when
     it is false; here they cost little next to the gathers and are always computed.

@@ -13,12 +13,17 @@
 # particle-broker-registration-ID (Ansible checks several workers at once), both with the
 # probe's password. The probe's topic, particle-broker/health, is HEALTH_TOPIC there.
 #
+# Topics are spelled out here because the image has no Python to ask simproto.protocol;
+# tests/deploy/test_broker_config.py::test_health_probe_topics_are_the_protocols fails when
+# a -t below (or the default prefix) differs from Topics(...) and HEALTH_TOPIC.
+#
 # Settings come from the container's environment (BROKER_PROBE_HOST, BROKER_PROBE_PORT,
 # BROKER_TOPIC_PREFIX) and the mounted files ca.crt and healthcheck.password.
 set -eu
 conf=/etc/particle-broker
 host=${BROKER_PROBE_HOST:?BROKER_PROBE_HOST is not set}
 port=${BROKER_PROBE_PORT:-8883}
+# The default is simproto.protocol.DEFAULT_TOPIC_PREFIX (guarded by the test named above).
 prefix=${BROKER_TOPIC_PREFIX:-sim}
 password=$(cat "$conf/healthcheck.password")
 
@@ -33,6 +38,7 @@ mqtt() {
 
 if [ $# -eq 0 ]; then
     stamp="probe-$(date +%s)-$$"
+    # HEALTH_TOPIC of simctl/broker_security.py (test_health_probe_topics_are_the_protocols).
     mqtt pub healthcheck particle-broker-health -t particle-broker/health -m "$stamp" -r -q 1
     seen=$(mqtt sub healthcheck particle-broker-health -t particle-broker/health -C 1 -W 5 -q 1)
     if [ "$seen" != "$stamp" ]; then
@@ -43,6 +49,8 @@ fi
 
 for worker_id in "$@"; do
     # The worker's retained status; a JSON object with "state": "online" once it registered.
+    # Topics(prefix).worker(id, Channel.STATUS) and WorkerStatus's encoding of the state
+    # (test_health_probe_topics_are_the_protocols).
     status=$(mqtt sub "healthcheck.$worker_id" "particle-broker-registration-$worker_id" \
         -t "$prefix/workers/$worker_id/status" -C 1 -W 5 || true)
     case $status in

@@ -329,3 +329,67 @@ def test_real_agents_start_under_the_deployed_config(deployed_broker: DeployedBr
         agent.wait(30)
         log.close()
 
+
+
+# ------------------------------------------- topics spelled outside simproto.protocol
+
+def _probe_topics(script: str, prefix: str, worker_id: str) -> list[str]:
+    """The -t arguments of the health probe script's commands, its shell variables filled in."""
+    import re
+
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+    topics = re.findall(r'-t\s+("[^"]*"|\S+)', code)
+    return [t.strip('"').replace("$prefix", prefix).replace("$worker_id", worker_id)
+            for t in topics]
+
+
+def test_health_probe_topics_are_the_protocols() -> None:
+    """images/broker/healthcheck.sh spells its topics (the image has no Python): they, its
+    default prefix and the status it waits for are the protocol's."""
+    import fnmatch
+    import re
+
+    from simproto.protocol import DEFAULT_TOPIC_PREFIX, WorkerState, WorkerStatus
+
+    script = (REPO / "images/broker/healthcheck.sh").read_text()
+    default = re.search(r"^prefix=\$\{BROKER_TOPIC_PREFIX:-([^}]*)\}$", script, re.MULTILINE)
+    assert default is not None, "the script's default prefix is not where the test looks"
+    assert default.group(1) == DEFAULT_TOPIC_PREFIX
+    for prefix in (DEFAULT_TOPIC_PREFIX, "lab/cluster-2"):
+        topics = Topics(prefix)
+        assert sorted(set(_probe_topics(script, prefix, "worker1"))) == sorted(
+            {broker_security.HEALTH_TOPIC, topics.worker("worker1", Channel.STATUS)})
+    online = WorkerStatus("worker1", WorkerState.ONLINE.value, "s", 0.0).encode().decode()
+    patterns = re.search(r"^\s*(\*'[^\n]*'\*)\s*\)\s*;;", script, re.MULTILINE)
+    assert patterns is not None, "the script's status pattern is not where the test looks"
+    assert any(fnmatch.fnmatchcase(online, p.strip().replace("'", ""))
+               for p in patterns.group(1).split("|"))
+
+
+TREE_LEVELS = sorted({topic.split("/")[1] for topic in (
+    *(Topics("p").worker("w", channel) for channel in Channel), Topics("p").ping,
+    Topics("p").replies("c"), Topics("p").run_progress("r"), Topics("p").broker_identity)})
+"""The first levels under the prefix of every topic the protocol builds."""
+
+
+def test_ansible_spells_no_topic_of_the_tree() -> None:
+    """The roles pass only the prefix on (to the agents' environment, simctl.yaml and the
+    particle_dynsec filter, which builds the broker's rules from Topics): no template, task
+    or variable file writes a topic of the tree itself."""
+    import re
+
+    from simproto.protocol import DEFAULT_TOPIC_PREFIX
+
+    prefix = (rf"(?:\b{re.escape(DEFAULT_TOPIC_PREFIX)}|topic_prefix\s*}}}}"
+              r"|topic_prefix\s*~\s*['\"])")
+    spelled = re.compile(rf"{prefix}/(?:{'|'.join(map(re.escape, TREE_LEVELS))})\b")
+    found = []
+    for path in sorted((REPO / "ansible").rglob("*")):
+        if path.is_file() and "generated" not in path.parts and path.suffix in (
+                ".j2", ".yml", ".yaml", ".cfg", ".ini", ".py"):
+            found += [f"{path.relative_to(REPO)}: {m.group(0)}"
+                      for m in spelled.finditer(path.read_text())]
+    assert not found, "topics spelled out in ansible/ instead of built by Topics:\n" + "\n".join(
+        found)
+    # The check itself sees a spelled-out topic.
+    assert spelled.search("t: '{{ broker_topic_prefix }}/workers/{{ id }}/status'")
