@@ -53,7 +53,8 @@ HASH_BYTES = 64
 """PBKDF2-HMAC-SHA512 output length dynsec compares."""
 
 HEALTH_TOPIC = "particle-broker/health"
-"""The broker image's health probe topic (images/broker/healthcheck.sh spells it too)."""
+"""The broker image's health probe topic (images/broker/healthcheck.sh spells it too,
+guarded by tests/deploy/test_broker_config.py::test_health_probe_topics_are_the_protocols)."""
 
 HEALTH_CLIENT_ID = "particle-broker-health"
 """Client id of the image's HEALTHCHECK (one at a time: Docker does not overlap them)."""

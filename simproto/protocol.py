@@ -1,9 +1,14 @@
 """The wire protocol between simctl and the worker agents: every topic and every message.
 
-No topic string is spelled out anywhere else in the project. Each message is a frozen
-dataclass with ``encode() -> bytes`` and ``decode(bytes) -> message``; anything that is not
-a well-formed message of the expected type and protocol version raises :class:`DecodeError`
-(or its subclass :class:`VersionMismatch`). Nothing received is ever unpickled or executed.
+The cluster's topics are built here and nowhere else in the Python code (the broker's
+access rules are built from them by ``simctl.broker_security``); the one shell script that
+must spell some, ``images/broker/healthcheck.sh``, is checked against this module by
+``tests/deploy/test_broker_config.py::test_health_probe_topics_are_the_protocols``.
+
+Each message is a frozen dataclass with ``encode() -> bytes`` and ``decode(bytes) ->
+message``; anything that is not a well-formed message of the expected type and protocol
+version raises :class:`DecodeError` (or its subclass :class:`VersionMismatch`). Nothing
+received is ever unpickled or executed.
 
 Encoding: UTF-8 JSON objects, ``{"v": PROTOCOL_VERSION, "type": "<type>", ...}``. Float series
 in results (observables) are encoded as base64 of little-endian float64 (``{"f64": "..."}``):

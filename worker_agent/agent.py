@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import selectors
 import signal
 import socket
 import ssl
@@ -177,8 +178,14 @@ class Agent:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.pool = ChildPool(config.slots)
-        self.pool.watch(self._wake_r, "wake")
+        # One long-lived selector for everything the loop waits on (the MQTT socket, the
+        # wake-up pipe, the children's pipes and sentinels): building one per wait costs more
+        # than the wait itself at hundreds of tasks per second.
+        self._selector = selectors.DefaultSelector()
+        self._ready: set[str] = set()
+        """Tags of the agent's own fds (wake, mqtt) that the last wait found ready."""
+        self.pool = ChildPool(config.slots, self._selector)
+        self._watch(self._wake_r, "wake")
         self._socket: Any = None  # the MQTT socket the loop watches, and its fd
         self._socket_fd = -1
         self._want_write = False
@@ -252,14 +259,19 @@ class Agent:
                                   view_due, self._redial.at, now + MQTT_MISC_INTERVAL_S)
                       if t is not None)
         timeout = max(0.0, wake_at - now)
-        for outcome in self.pool.poll(timeout):
+        due = self.pool.respawn(now)
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - now))
+        events = [key.data for key, _ in self._selector.select(timeout)]
+        self._ready = {tag for kind, tag in events if kind == "fd"}
+        for outcome in self.pool.handle(events):
             self._finish(outcome.job, outcome.state, outcome.started_at, outcome.finished_at,
                          payload=outcome.payload, error=outcome.error,
                          retryable=outcome.retryable)
 
     def _take_messages(self) -> None:
         """Act on what paho's callbacks decoded (assignments, control, pings, connects)."""
-        if "wake" in self.pool.ready_fds:
+        if "wake" in self._ready:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_r, 4096):
                     pass
@@ -330,6 +342,7 @@ class Agent:
             props.SessionExpiryInterval = 0
             client.disconnect(properties=props)
         self.pool.close()
+        self._selector.close()
         if self.http is not None:
             self.http.stop()
         os.close(self._wake_r)
@@ -657,7 +670,7 @@ class Agent:
         client = self.client
         if client is None:
             return
-        if "mqtt" in self.pool.ready_fds and self._socket is not None:
+        if "mqtt" in self._ready and self._socket is not None:
             client.loop_read()
             # TLS may hold decrypted bytes that select() cannot see.
             while isinstance(sock := client.socket(), ssl.SSLSocket) and sock.pending():
@@ -680,7 +693,7 @@ class Agent:
         want_write = client.want_write()
         if want_write != self._want_write:
             self._want_write = want_write
-            self.pool.watch(self._socket_fd, "mqtt", write=want_write)
+            self._watch(self._socket_fd, "mqtt", write=want_write)
 
     def _open_connection(self, attempt: Callable[[], Any]) -> None:
         """Open the TCP (and TLS) connection; on failure try again after the backoff."""
@@ -699,11 +712,20 @@ class Agent:
         if sock is self._socket:
             return
         if self._socket is not None:
-            self.pool.unwatch(self._socket_fd)  # by the old number: paho closed the socket
+            with contextlib.suppress(KeyError):  # by the old number: paho closed the socket
+                self._selector.unregister(self._socket_fd)
         self._socket, self._want_write = sock, False
         if sock is not None:
             self._socket_fd = sock.fileno()
-            self.pool.watch(self._socket_fd, "mqtt")
+            self._watch(self._socket_fd, "mqtt")
+
+    def _watch(self, fd: int, tag: str, write: bool = False) -> None:
+        """Wake the loop when ``fd`` is readable (or writable); its tag lands in _ready."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
+        try:
+            self._selector.modify(fd, events, ("fd", tag))
+        except KeyError:
+            self._selector.register(fd, events, ("fd", tag))
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config

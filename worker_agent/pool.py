@@ -90,16 +90,15 @@ def describe_exit(exitcode: int | None) -> str:
 class ChildPool:
     """A fixed number of slots, each served by a long-lived child process."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, selector: selectors.BaseSelector) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self.slots = [Slot(i) for i in range(size)]
         self.changed = False
         """Set when a child started, became ready or died; the caller resets it."""
-        # One long-lived selector: building one per wait costs more than the wait itself
-        # at hundreds of tasks per second.
-        self._selector = selectors.DefaultSelector()
-        self.ready_fds: set[str] = set()
-        """Tags of the :meth:`watch`-ed file descriptors the last :meth:`poll` found ready."""
+        self._selector = selector
+        """The owner's selector: the pool registers each child's pipe and sentinel in it with
+        the data (slot, "message" | "exit"); the owner waits on it and hands those events to
+        :meth:`handle`."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -131,7 +130,6 @@ class ChildPool:
                     slot.process.kill()
         for slot in self.slots:
             self._reap(slot)
-        self._selector.close()
 
     def _spawn(self, slot: Slot) -> None:
         parent, child = self._ctx.Pipe(duplex=True)
@@ -214,38 +212,32 @@ class ChildPool:
 
     # --------------------------------------------------------------------- polling
 
-    def watch(self, fd: int, tag: str, write: bool = False) -> None:
-        """Let :meth:`poll` also wake when ``fd`` is readable (or writable); see ready_fds."""
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
-        try:
-            self._selector.modify(fd, events, ("fd", tag))
-        except KeyError:
-            self._selector.register(fd, events, ("fd", tag))
-
-    def unwatch(self, fd: int) -> None:
-        with contextlib.suppress(KeyError):
-            self._selector.unregister(fd)
-
-    def poll(self, timeout: float) -> list[Outcome]:
-        """Wait up to ``timeout`` for a child message, a child death or a watched fd.
-
-        Returns the jobs that ended (finished, failed, or lost with their child); the tags of
-        watched fds that are ready are in :attr:`ready_fds`.
-        """
-        now = time.monotonic()
+    def respawn(self, now: float) -> float | None:
+        """Start children whose restart delay is over; the time of the next one due."""
+        due = None
         for slot in self.slots:
             if slot.process is None and slot.respawn_at is not None:
                 if slot.respawn_at <= now:
                     self._spawn(slot)
                 else:
-                    timeout = min(timeout, slot.respawn_at - now)
-        events = [key.data for key, _ in self._selector.select(max(0.0, timeout))]
+                    due = slot.respawn_at if due is None else min(due, slot.respawn_at)
+        return due
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        """Wait up to ``timeout`` on the selector for the children alone (at start-up,
+        before the owner's loop runs); the owner's own fds stay ready for its next wait."""
+        due = self.respawn(time.monotonic())
+        if due is not None:
+            timeout = min(timeout, due - time.monotonic())
+        return self.handle([key.data for key, _ in self._selector.select(max(0.0, timeout))])
+
+    def handle(self, events: list[Any]) -> list[Outcome]:
+        """Act on the selector's events of the children (others are ignored): messages and
+        deaths. Returns the jobs that ended (finished, failed, or lost with their child)."""
+        events = [event for event in events if isinstance(event[0], Slot)]
         events.sort(key=lambda event: event[1] == "exit")  # a last message precedes the death
-        self.ready_fds = {tag for kind, tag in events if kind == "fd"}
         outcomes: list[Outcome] = []
         for slot, what in events:
-            if not isinstance(slot, Slot):
-                continue  # a watched fd
             if what == "message":
                 # One message per wake-up; the level-triggered selector reports the rest.
                 self._receive(slot, outcomes)
