@@ -1,15 +1,21 @@
-"""Output helpers: tables (tabulate), JSON, durations, and the run progress bar."""
+"""Output helpers: tables (tabulate), JSON, durations, the rows and tables of workers and runs
+(one builder each, for ``status`` and ``monitor``), and the run progress bar."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from typing import IO, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from simctl.ledger import RunInfo
+if TYPE_CHECKING:
+    from simctl.ledger import RunInfo
+    from simproto.protocol import RunProgress, WorkerStatus
+
+Row = dict[str, Any]
 
 BAR_WIDTH = 30
 """Characters of the progress bar on a terminal."""
@@ -56,6 +62,114 @@ def ago(epoch: float | None) -> str:
     if not epoch:
         return "-"
     return f"{duration(max(0.0, time.time() - epoch))} ago"
+
+
+def worker_rows(statuses: Mapping[str, WorkerStatus], heard: Mapping[str, float]) -> list[Row]:
+    """One row per worker, by id, from their statuses and when each was last heard from
+    (the workers of ``simctl status --json``)."""
+    return [
+        {
+            "worker_id": s.worker_id,
+            "state": s.state,
+            "host": s.host,
+            "version": s.version,
+            "slots": s.slots,
+            "busy_slots": max(0, s.slots - s.free_slots),
+            "free_slots": s.free_slots,
+            "running": list(s.running),
+            "last_seen": heard.get(s.worker_id, s.ts),
+            "status_at": s.ts,
+            "http_port": s.http_port,
+        }
+        for s in sorted(statuses.values(), key=lambda s: s.worker_id)
+    ]
+
+
+def run_row(info: RunInfo) -> Row:
+    """A run of the ledger as the run tables show it."""
+    return {
+        "run_id": info.run_id,
+        "name": info.name,
+        "state": info.state,
+        "total": info.total,
+        "done": info.done,
+        "failed": info.failed,
+        "running": info.running,
+        "pending": info.pending,
+        "created_at": info.created_at,
+        "elapsed_s": info.elapsed_s,
+    }
+
+
+def progress_row(progress: RunProgress) -> Row:
+    """A run known only from its retained progress (another ledger's): when it started and
+    how long it has taken are not known."""
+    return {
+        "run_id": progress.run_id,
+        "name": progress.name,
+        "state": progress.state,
+        "total": progress.total,
+        "done": progress.done,
+        "failed": progress.failed,
+        "running": progress.running,
+        "pending": progress.pending,
+        "created_at": None,
+        "elapsed_s": None,
+    }
+
+
+WORKER_CELLS: dict[str, Callable[[Row], Any]] = {
+    "worker": lambda w: w["worker_id"],
+    "state": lambda w: w["state"],
+    "busy": lambda w: f"{w['busy_slots']}/{w['slots']}",
+    "running": lambda w: len(w["running"]),
+    "host": lambda w: w["host"],
+    "last seen": lambda w: ago(w["last_seen"]),
+}
+"""The columns a worker table can have, from a row of :func:`worker_rows`."""
+
+RUN_CELLS: dict[str, Callable[[Row], Any]] = {
+    "run": lambda r: r["run_id"],
+    "name": lambda r: r["name"],
+    "state": lambda r: r["state"],
+    "done": lambda r: f"{r['done']}/{r['total']}",
+    "failed": lambda r: r["failed"],
+    "running": lambda r: r["running"],
+    "pending": lambda r: r["pending"],
+    "started": lambda r: when(r["created_at"]),
+    "elapsed": lambda r: duration(r["elapsed_s"]),
+}
+"""The columns a run table can have, from a row of :func:`run_row` or :func:`progress_row`."""
+
+
+def rows_table(
+    rows: list[Row], cells: Mapping[str, Callable[[Row], Any]], columns: Sequence[str]
+) -> str:
+    """A table of ``rows`` with ``columns``, each cell made by ``cells[column]``."""
+    return table([[cells[c](r) for c in columns] for r in rows], list(columns))
+
+
+def workers_table(
+    rows: list[Row],
+    columns: Sequence[str] = ("worker", "state", "busy", "running", "host", "last seen"),
+) -> str:
+    return rows_table(rows, WORKER_CELLS, columns)
+
+
+def runs_table(
+    rows: list[Row],
+    columns: Sequence[str] = (
+        "run",
+        "name",
+        "state",
+        "done",
+        "failed",
+        "running",
+        "started",
+        "elapsed",
+    ),
+) -> str:
+    return rows_table(rows, RUN_CELLS, columns)
 
 
 class ProgressBar:

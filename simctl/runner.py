@@ -13,15 +13,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from simctl.background import spawn_detached
 from simctl.config import Settings
 from simctl.dispatcher import Dispatcher, DispatcherLock
-from simctl.errors import BrokerChanged, RunTimeout
+from simctl.errors import BrokerChanged, BrokerError, RunTimeout
 from simctl.ledger import Ledger, RunInfo, RunState
 from simctl.mqtt import Observer
+from simproto.protocol import Cancel, Channel, RunProgress
 
 if TYPE_CHECKING:
     from simctl.taskfile import TaskFile
@@ -187,6 +189,66 @@ def serve_all(settings: Settings) -> int:
         lock.release()
         ledger.close()
     return 0
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """What :func:`cancel` did to a run."""
+
+    before: RunInfo
+    """The run as it was: nothing was cancelled unless it was active."""
+    after: RunInfo
+    stopped: int
+    """Running tasks whose workers were told to stop."""
+    broker_error: BrokerError | None
+    """Why the workers could not be told (the run is cancelled in the ledger all the same)."""
+
+    @property
+    def cancelled(self) -> int:
+        """Tasks cancelled: the pending and the running ones of an active run."""
+        was = self.before
+        return was.pending + was.running if was.state == RunState.ACTIVE.value else 0
+
+
+def cancel(settings: Settings, ledger: Ledger, run_id: str) -> Cancellation:
+    """Cancel a run in the ledger; if it was active, tell the workers running its tasks to
+    stop them and publish its final retained progress.
+
+    The progress says cancelled at once, with or without a dispatcher to publish it, so
+    ``simctl monitor`` of another ledger shows no phantom active run.
+    """
+    before = ledger.run(run_id)
+    stopped = ledger.cancel_run(run_id)
+    told, broker_error = 0, None
+    if before.state == RunState.ACTIVE.value:
+        by_worker: dict[str, list[str]] = {}
+        for task_id, worker_id in stopped:
+            by_worker.setdefault(worker_id, []).append(task_id)
+        after = ledger.run(run_id)
+        try:
+            conn = settings.connection()
+            with Observer(conn) as obs:
+                for worker_id, task_ids in by_worker.items():
+                    obs.publish(
+                        conn.topics.worker(worker_id, Channel.CONTROL),
+                        Cancel(task_ids=task_ids).encode(),
+                    )
+                    told += len(task_ids)
+                final = RunProgress(
+                    run_id=run_id,
+                    name=after.name,
+                    state=after.state,
+                    total=after.total,
+                    done=after.done,
+                    failed=after.failed,
+                    running=0,
+                    pending=0,
+                    updated_at=time.time(),
+                )
+                obs.publish(conn.topics.run_progress(run_id), final.encode(), retain=True)
+        except BrokerError as e:
+            broker_error = e
+    return Cancellation(before, ledger.run(run_id), told, broker_error)
 
 
 def _timeout_message(info: RunInfo, timeout: float | None) -> str:

@@ -1,0 +1,155 @@
+"""What ``simctl status`` and ``simctl monitor`` show of the workers and the active runs.
+
+:func:`screen` is pure: from the workers' statuses, when each was last heard, the retained
+progress of every run on the broker, this ledger's active runs, the previous sample and
+the time, it makes one screen of ``simctl monitor``, with the throughput since the previous
+one. :func:`screens` feeds it from the broker and the ledger.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from simctl.dispatcher import PROGRESS_KEEPALIVE_S
+from simctl.display import Row, progress_row, run_row, worker_rows
+from simctl.ledger import Ledger, RunInfo
+from simctl.mqtt import Observer
+
+if TYPE_CHECKING:
+    from simctl.config import Settings
+    from simproto.protocol import RunProgress, WorkerStatus
+
+STALE_PROGRESS_S = 3 * PROGRESS_KEEPALIVE_S
+"""A retained "active" progress older than this belongs to a dispatcher that is gone."""
+
+STATUS_SYNC_S = 0.8
+"""How long ``simctl status`` listens for the workers' retained statuses."""
+
+MONITOR_SYNC_S = 1.0
+"""How long ``simctl monitor`` listens before its first screen."""
+
+MONITOR_WORKER_FIELDS = ("worker_id", "state", "slots", "busy_slots", "running", "last_seen")
+"""The fields of a worker in ``simctl monitor --json`` (``running``: how many tasks)."""
+
+MONITOR_RUN_FIELDS = (
+    "run_id",
+    "name",
+    "total",
+    "done",
+    "failed",
+    "running",
+    "pending",
+    "elapsed_s",
+)
+"""The fields of a run in ``simctl monitor --json``."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Finished tasks (done or failed) per run at one moment, for the throughput."""
+
+    at: float
+    finished: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Screen:
+    """One screen of ``simctl monitor``."""
+
+    time: float
+    workers: list[Row]
+    """Rows of :func:`simctl.display.worker_rows`."""
+    runs: list[Row]
+    """Active runs: this ledger's, then other ledgers' live ones (``elapsed_s`` to 0.1 s)."""
+    throughput_per_s: float | None
+    """Tasks finished per second since the previous sample; None on the first screen."""
+    sample: Sample
+    """What the next screen's throughput is measured against."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "workers": [
+                {**{k: w[k] for k in MONITOR_WORKER_FIELDS}, "running": len(w["running"])}
+                for w in self.workers
+            ],
+            "runs": [{k: r[k] for k in MONITOR_RUN_FIELDS} for r in self.runs],
+            "throughput_per_s": (
+                None if self.throughput_per_s is None else round(self.throughput_per_s, 2)
+            ),
+        }
+
+
+def is_live(progress: RunProgress, now: float) -> bool:
+    """Whether a run known from its retained progress is still being dispatched: active and
+    kept up by its dispatcher (a killed one leaves "active" behind)."""
+    return progress.state == "active" and now - progress.updated_at < STALE_PROGRESS_S
+
+
+def active_runs(
+    ledger_runs: Sequence[RunInfo], progress: Mapping[str, RunProgress], now: float
+) -> list[Row]:
+    """This ledger's active runs, then the live runs of other ledgers on the broker."""
+    rows = [{**run_row(r), "elapsed_s": round(r.elapsed_s, 1)} for r in ledger_runs]
+    ours = {r.run_id for r in ledger_runs}
+    rows += [progress_row(p) for p in progress.values() if p.run_id not in ours and is_live(p, now)]
+    return rows
+
+
+def throughput(runs: list[Row], previous: Sample | None, now: float) -> tuple[float | None, Sample]:
+    """Tasks finished per second since ``previous`` (None without one), and the new sample.
+
+    Only runs in both samples count: a run that appears or ends between them adds nothing.
+    """
+    finished = {r["run_id"]: r["done"] + r["failed"] for r in runs}
+    rate = None
+    if previous is not None:
+        delta = sum(v - previous.finished.get(k, v) for k, v in finished.items())
+        rate = delta / max(1e-9, now - previous.at)
+    return rate, Sample(now, finished)
+
+
+def screen(
+    statuses: Mapping[str, WorkerStatus],
+    heard: Mapping[str, float],
+    progress: Mapping[str, RunProgress],
+    ledger_runs: Sequence[RunInfo],
+    previous: Sample | None,
+    now: float,
+) -> Screen:
+    """One screen of ``simctl monitor`` from what the broker and the ledger say at ``now``."""
+    runs = active_runs(ledger_runs, progress, now)
+    rate, sample = throughput(runs, previous, now)
+    return Screen(now, worker_rows(statuses, heard), runs, rate, sample)
+
+
+def screens(
+    settings: Settings, interval: float, count: int | None
+) -> Generator[Screen, None, None]:
+    """Screens every ``interval`` seconds (``count`` of them, or until closed)."""
+    ledger = Ledger(settings.store)
+    with Observer(settings.connection(), heartbeats=True, progress=True) as obs:
+        obs.sync(MONITOR_SYNC_S)
+        previous = None
+        n = 0
+        while True:
+            statuses, heard, progress = obs.snapshot()
+            now = time.time()
+            shown = screen(statuses, heard, progress, ledger.runs(active_only=True), previous, now)
+            yield shown
+            previous = shown.sample
+            n += 1
+            if count is not None and n >= count:
+                return
+            time.sleep(interval)
+
+
+def workers(settings: Settings) -> list[Row]:
+    """The workers' rows from their retained statuses on the broker (raises BrokerError)."""
+    with Observer(settings.connection()) as obs:
+        obs.sync(STATUS_SYNC_S)
+        statuses, heard, _ = obs.snapshot()
+    return worker_rows(statuses, heard)
