@@ -23,7 +23,6 @@ import paho.mqtt.client as mqtt
 from simctl.ledger import Ledger
 from simctl.mqtt import Pump, client_id, open_client
 from simctl.scheduler import (
-    PROGRESS_KEEPALIVE_S,
     Connected,
     Decisions,
     Disconnected,
@@ -33,7 +32,6 @@ from simctl.scheduler import (
 from simproto.connection import ConnectionSettings, exchange
 from simproto.protocol import Ack, Channel, Message, RunProgress
 
-__all__ = ["PROGRESS_KEEPALIVE_S", "Dispatcher", "DispatcherLock"]
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 """The dispatcher's MQTT session outlives it by a week: results sent meanwhile wait for it."""
