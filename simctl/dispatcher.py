@@ -32,7 +32,6 @@ from simctl.scheduler import (
 from simproto.connection import ConnectionSettings, exchange
 from simproto.protocol import Ack, Channel, Message, RunProgress
 
-
 SESSION_EXPIRY_S = 7 * 24 * 3600
 """The dispatcher's MQTT session outlives it by a week: results sent meanwhile wait for it."""
 

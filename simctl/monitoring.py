@@ -13,10 +13,10 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from simctl.scheduler import PROGRESS_KEEPALIVE_S
 from simctl.display import Row, progress_row, run_row, worker_rows
 from simctl.ledger import Ledger, RunInfo
 from simctl.mqtt import Observer
+from simctl.scheduler import PROGRESS_KEEPALIVE_S
 
 if TYPE_CHECKING:
     from simctl.config import Settings
