@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -81,6 +82,15 @@ def _print_version(ctx: click.Context, value: bool) -> None:
     ctx.exit()
 
 
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+def _path_option(flag: str, help: str) -> Callable[[FC], FC]:
+    """A global option naming a file, also read from ``SIMCTL_<FLAG>``."""
+    envvar = "SIMCTL_" + flag.removeprefix("--").replace("-", "_").upper()
+    return click.option(flag, envvar=envvar, type=click.Path(path_type=Path), help=help)
+
+
 @click.group(
     cls=SimctlGroup,
     lazy_subcommands=COMMANDS,
@@ -95,36 +105,11 @@ def _print_version(ctx: click.Context, value: bool) -> None:
 )
 @click.option("--topic-prefix", envvar="SIMCTL_TOPIC_PREFIX", help="Topic prefix [default: sim].")
 @click.option("--username", envvar="SIMCTL_USERNAME", help="Broker user name.")
-@click.option(
-    "--password-file",
-    envvar="SIMCTL_PASSWORD_FILE",
-    type=click.Path(path_type=Path),
-    help="File whose first line is the broker password.",
-)
-@click.option(
-    "--tls-ca",
-    envvar="SIMCTL_TLS_CA",
-    type=click.Path(path_type=Path),
-    help="CA certificate; turns TLS on.",
-)
-@click.option(
-    "--tls-cert",
-    envvar="SIMCTL_TLS_CERT",
-    type=click.Path(path_type=Path),
-    help="Client certificate for TLS.",
-)
-@click.option(
-    "--tls-key",
-    envvar="SIMCTL_TLS_KEY",
-    type=click.Path(path_type=Path),
-    help="Client key for TLS.",
-)
-@click.option(
-    "--store",
-    envvar="SIMCTL_STORE",
-    type=click.Path(path_type=Path),
-    help="The run ledger (SQLite) [default: ~/.local/share/simctl/ledger.sqlite].",
-)
+@_path_option("--password-file", "File whose first line is the broker password.")
+@_path_option("--tls-ca", "CA certificate; turns TLS on.")
+@_path_option("--tls-cert", "Client certificate for TLS.")
+@_path_option("--tls-key", "Client key for TLS.")
+@_path_option("--store", "The run ledger (SQLite) [default: ~/.local/share/simctl/ledger.sqlite].")
 @click.option(
     "--log-level",
     envvar="SIMCTL_LOG_LEVEL",
@@ -153,7 +138,8 @@ def cli(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
     Global options go before the command: simctl --broker HOST:1883 run tasks.yaml.
     Each also comes from a SIMCTL_* environment variable or the config file; a flag beats
     the environment, which beats the file. Exit codes: 0 success, 1 tasks failed or were
-    cancelled, 2 invalid input, 3 timeout, 4 broker unreachable or no worker answering.
+    cancelled, 2 invalid input, 3 timeout, 4 broker unreachable or no worker answering,
+    5 the ledger cannot be written.
     """
     settings = Settings.resolve(given, config_file)
     logging.basicConfig(
