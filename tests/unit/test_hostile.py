@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hostile
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -21,6 +20,7 @@ from simctl.ledger import Ledger
 from simctl.taskfile import parse_text
 from simproto import protocol as p
 from simproto.connection import BrokerAddress, ConnectionSettings
+from tests.support import hostile
 
 SEED = 20261201
 PER_HANDLER = 10_000

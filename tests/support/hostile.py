@@ -120,7 +120,7 @@ def feed(d: Dispatcher, msg: mqtt.MQTTMessage) -> None:
 
 def describe(seed: int) -> str:
     """The line a test prints so that a failure can be replayed."""
-    return f"hostile payloads from seed {seed} (tests/hostile.py)"
+    return f"hostile payloads from seed {seed} (tests/support/hostile.py)"
 
 
 __all__ = ["RAW_ODD_VALUES", "describe", "feed", "mutate", "payloads", "valid_messages"]
