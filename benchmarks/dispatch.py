@@ -18,7 +18,7 @@ child processes, acknowledgements. Measured:
 
 Figures are printed next to the issue's reference figures (Celery 5.7 with Redis and Dask
 distributed, about 470 tasks/s each with the same 5,000 no-op tasks and two worker
-processes on these machines; measured side by side by ``benchmarks/peers.py``) and targets.
+processes on these machines; measured side by side by ``benchmarks/peers/``) and targets.
 
     python -m benchmarks.dispatch [--tasks 5000] [--repeat 3] [--big-tasks 10000] [--json]
 
