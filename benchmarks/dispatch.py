@@ -45,7 +45,14 @@ from typing import Any
 from tabulate import tabulate
 
 from simctl.local_broker import LocalBroker, free_port
-from tests.support.procs import Cluster, sleep_tasks  # the tests' process harness
+
+try:
+    from tests.support.procs import Cluster, sleep_tasks  # the tests' process harness
+except ModuleNotFoundError as e:
+    if e.name != "tests":
+        raise
+    # Run as a script, the repository root is not on the import path.
+    raise SystemExit("run it from the repository root: python -m benchmarks.dispatch") from e
 
 REFERENCE_TASKS_PER_S = {"Celery 5.7 + Redis": 470.0, "Dask distributed": 470.0}
 """The issue's figures for the same 5,000 no-op tasks with two worker processes."""
