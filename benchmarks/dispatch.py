@@ -18,11 +18,12 @@ child processes, acknowledgements. Measured:
 
 Figures are printed next to the issue's reference figures (Celery 5.7 with Redis and Dask
 distributed, about 470 tasks/s each with the same 5,000 no-op tasks and two worker
-processes on these machines; measured side by side by ``benchmarks/peers.py``) and targets.
+processes on these machines; measured side by side by ``benchmarks/peers/``) and targets.
 
-    python benchmarks/dispatch.py [--tasks 5000] [--repeat 3] [--big-tasks 10000] [--json]
+    python -m benchmarks.dispatch [--tasks 5000] [--repeat 3] [--big-tasks 10000] [--json]
 
-Needs the ``mosquitto`` binary and the test extra (the process harness lives in tests/).
+Run from the repository root, as a module: the process harness it shares with the tests is
+the package ``tests.support``, found from there. Needs the ``mosquitto`` binary.
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ from typing import Any
 
 from tabulate import tabulate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from procs import Cluster, sleep_tasks  # the process harness lives beside the tests
-
 from simctl.local_broker import LocalBroker, free_port
+
+try:
+    from tests.support.procs import Cluster, sleep_tasks  # the tests' process harness
+except ModuleNotFoundError as e:
+    if e.name != "tests":
+        raise
+    # Run as a script, the repository root is not on the import path.
+    raise SystemExit("run it from the repository root: python -m benchmarks.dispatch") from e
 
 REFERENCE_TASKS_PER_S = {"Celery 5.7 + Redis": 470.0, "Dask distributed": 470.0}
 """The issue's figures for the same 5,000 no-op tasks with two worker processes."""

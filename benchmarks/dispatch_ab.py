@@ -2,14 +2,16 @@
 
 A change to the runtime must not cost throughput; on a shared, noisy machine only a ratio
 measured side by side means anything. This runs ``benchmarks/dispatch.py`` (one throughput
-run each, no memory run) in this checkout and in ``--base`` (another checkout, for example
-a ``git worktree`` of the parent commit, with its own ``.venv``), alternating, ``--rounds``
-times, and prints each figure and the ratio of the medians (this / base) of the target's
-measure: tasks per second from the run submitted to the last result stored.
+run each, no memory run; as ``python -m benchmarks.dispatch`` in a checkout whose
+``benchmarks`` is a package, as a script in older ones) in this checkout and in ``--base``
+(another checkout, for example a ``git worktree`` of the parent commit, with its own
+``.venv``), alternating, ``--rounds`` times, and prints each figure and the ratio of the
+medians (this / base) of the target's measure: tasks per second from the run submitted to
+the last result stored.
 
     git worktree add /tmp/base HEAD~1 && (cd /tmp/base && python3 -m venv .venv \\
         && .venv/bin/pip install -e '.[test]')
-    python benchmarks/dispatch_ab.py --base /tmp/base [--rounds 3] [--tasks 5000] [--json]
+    python -m benchmarks.dispatch_ab --base /tmp/base [--rounds 3] [--tasks 5000] [--json]
 """
 
 from __future__ import annotations
@@ -32,10 +34,18 @@ def python_of(checkout: Path) -> str:
     return str(candidate) if candidate.exists() else sys.executable
 
 
+def dispatch_command(checkout: Path) -> list[str]:
+    """How the checkout runs its dispatch benchmark: as a module of the ``benchmarks``
+    package, or (checkouts from before ``tests/support``) as a script."""
+    if (checkout / "benchmarks/__init__.py").exists():
+        return [python_of(checkout), "-m", "benchmarks.dispatch"]
+    return [python_of(checkout), "benchmarks/dispatch.py"]
+
+
 def one_run(checkout: Path, tasks: int) -> float:
     """Tasks per second, run submitted to last result stored, of one dispatch.py run."""
     done = subprocess.run(
-        [python_of(checkout), "benchmarks/dispatch.py", "--tasks", str(tasks), "--repeat", "1",
+        [*dispatch_command(checkout), "--tasks", str(tasks), "--repeat", "1",
          "--big-tasks", "0", "--json"],
         cwd=checkout, capture_output=True, text=True, timeout=900, check=False,
     )

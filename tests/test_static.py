@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON_PATHS = ["ckernel", "simproto", "simctl", "worker_agent", "benchmarks", "images"]
+PYTHON_PATHS = ["ckernel", "simproto", "simctl", "worker_agent", "benchmarks", "images",
+                "tests/support"]
 
 
 def _run(*command: str) -> subprocess.CompletedProcess[str]:

@@ -28,21 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import mqtt_probe
 import paho.mqtt.client as mqtt
 import pytest
-from deployed_broker import (
-    REPO,
-    TEMPLATES,
-    DeployedBroker,
-    deployed_broker_fixture,  # noqa: F401  (the fixture)
-    render_dynsec,
-)
 
 from simctl import broker_security
 from simctl.mqtt import Observer
 from simproto.connection import BrokerAddress, ConnectionSettings, id_check_identity
 from simproto.protocol import Channel, Topics
+from tests.support import mqtt_probe
+from tests.support.deployed_broker import (
+    REPO,
+    TEMPLATES,
+    DeployedBroker,
+    render_dynsec,
+)
 
 WAIT_S = 10.0
 

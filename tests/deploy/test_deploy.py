@@ -35,12 +35,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import mqtt_probe
 import pytest
-import vms
 import yaml
 
 from simctl.local_broker import port_open
+from tests.support import mqtt_probe, vms
 
 pytestmark = pytest.mark.deploy
 

@@ -7,18 +7,15 @@ from __future__ import annotations
 import signal
 import time
 
-import procs
 import pytest
-from conftest import wait_for
-from procs import Cluster, assert_run_complete, sleep_tasks
 
 from simctl.local_broker import LocalBroker
+from tests.support.procs import Cluster, assert_run_complete, sleep_tasks
+from tests.support.waiting import wait_for
 
 BROKER_DOWN_S = 1.5
 """How long the broker stays away: running tasks finish meanwhile, so their results must be
 kept by the agents and delivered after the restart, and clients go through reconnect backoff."""
-
-cluster = procs.cluster
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

@@ -8,16 +8,13 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import hostile
-import procs
 import pytest
-from conftest import wait_for
-from procs import Cluster, assert_run_complete, sleep_tasks
 
 import simproto as p
 from simctl.errors import LedgerWriteError
-
-cluster = procs.cluster
+from tests.support import hostile
+from tests.support.procs import Cluster, assert_run_complete, sleep_tasks
+from tests.support.waiting import wait_for
 
 
 def test_dispatcher_killed_then_resumed_runs_nothing_twice(cluster: Cluster) -> None:

@@ -10,14 +10,11 @@ from __future__ import annotations
 import signal
 import time
 
-import procs
-from blackhole import BlackholeProxy
-from conftest import wait_for
-from procs import Cluster, Proc, assert_run_complete, sleep_tasks
-
 from simctl.local_broker import LocalBroker
-
-cluster = procs.cluster
+from tests.support import procs
+from tests.support.blackhole import BlackholeProxy
+from tests.support.procs import Cluster, Proc, assert_run_complete, sleep_tasks
+from tests.support.waiting import wait_for
 
 
 def wait_until_running(cluster: Cluster, worker_id: str, run: Proc) -> str:

@@ -18,21 +18,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hostile
 import paho.mqtt.client as mqtt
-import procs
 import pytest
-from conftest import wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from procs import Cluster, Proc
 
 import simctl.local_broker
 import simproto as p
 from simctl.local_broker import LocalBroker, free_port
 from simproto.connection import BrokerAddress, ConnectionSettings, connect, make_client
-
-cluster = procs.cluster
+from tests.support import hostile, procs
+from tests.support.procs import Cluster, Proc
+from tests.support.waiting import wait_for
 
 WATCHED = (p.Channel.STATUS, p.Channel.HEARTBEAT, p.Channel.RESULT, p.Channel.EVENT)
 """The channels a worker publishes on, which the test dispatcher subscribes to."""

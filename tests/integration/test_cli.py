@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import wait_for
 
 from simctl.cli import cli
 from simctl.local_broker import LocalBroker, free_port
 from simctl.mqtt import Observer
 from simctl.taskfile import load
 from simproto.connection import BrokerAddress, ConnectionSettings
+from tests.support.waiting import wait_for
 
 BAD_TASKFILE = "name: bad\ntasks:\n  - kind: sleep\n    params:\n      seconds: -2\n"
 
@@ -399,7 +399,7 @@ def test_local_up_run_down(tmp_path: Path, topic_prefix: str) -> None:
 
 def assert_local_broker_is_secured(local_dir: Path, prefix: str) -> None:
     """Credentials are private files; anonymous clients and stolen client ids are refused."""
-    from deploy.mqtt_probe import connect
+    from tests.support.mqtt_probe import connect
 
     state = json.loads((local_dir / "state.json").read_text())
     assert state["username"] == "simctl"

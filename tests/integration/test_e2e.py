@@ -7,12 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import procs
-from procs import Cluster, assert_run_complete, sleep_tasks
-
 import ckernel
-
-cluster = procs.cluster
+from tests.support.procs import Cluster, assert_run_complete, sleep_tasks
 
 # Precedence defaults < params < sweep is exercised end to end: steps come from the
 # defaults, temperature from the sweep over the params' value.

@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import procs
-from conftest import wait_for
-from deploy.deployed_broker import DeployedBroker, deployed_broker_fixture  # noqa: F401
-from procs import Proc
-
 import simproto as p
 from simproto.connection import connect, make_client
+from tests.support import procs
+from tests.support.deployed_broker import DeployedBroker
+from tests.support.procs import Proc
+from tests.support.waiting import wait_for
 
 TASKS = 6
 SECONDS = 0.4

@@ -7,12 +7,8 @@ results of unknown tasks, and lets the other store them.
 
 from __future__ import annotations
 
-import procs
-from procs import Cluster, assert_run_complete, sleep_tasks
-
 from simctl.local_broker import LocalBroker
-
-cluster = procs.cluster
+from tests.support.procs import Cluster, assert_run_complete, sleep_tasks
 
 
 def test_two_ledgers_share_one_broker_and_its_workers(cluster: Cluster,

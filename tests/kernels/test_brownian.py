@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernel_testing import both_backends
 from scipy import stats
 
 import ckernel
+from tests.support.kernels import both_backends
 
 BATH = {"temperature": 1.5, "gamma": 2.0, "mass": 1.5}
 

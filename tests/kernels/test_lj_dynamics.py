@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from kernel_testing import both_backends, every_kernel, every_variant, running, simd
 
 import ckernel
 from ckernel import lj
+from tests.support.kernels import both_backends, every_kernel, every_variant, running, simd
 
 NVE = {"n_cells": 5, "density": 0.8, "temperature": 1.0, "rc": 2.5, "potential": "shifted"}
 

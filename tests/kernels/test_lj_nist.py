@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernel_testing import every_kernel, load_xyz, running
 
 import ckernel
 from ckernel import lj
+from tests.support.kernels import every_kernel, load_xyz, running
 
 # file: (Upair rc=3, Wpair rc=3, ULRC rc=3, Upair rc=4, ULRC rc=4, U LFS rc=3, W LFS rc=3),
 # from tests/data/nist-lj/README.md (NIST's published five significant figures).

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kernel_testing import both_backends, every_kernel, every_variant, running, simd
 
 import ckernel
 from ckernel import nbody
+from tests.support.kernels import both_backends, every_kernel, every_variant, running, simd
 
 # Relative orbit with semi-major axis 1, eccentricity 0.5, total mass 1 (G = 1), started at
 # pericentre: r_p = a (1 - e), v_p = sqrt(G M (1 + e) / (a (1 - e))), period 2 pi.

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kernel_testing import SIMD_VARIANTS, every_variant, simd
 
 import ckernel
 from ckernel import _backend, lj, nbody
+from tests.support.kernels import SIMD_VARIANTS, every_variant, simd
 
 pytestmark = pytest.mark.skipif(_backend.compiled is None, reason="needs the compiled kernels")
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kernel_testing import both_backends
 
 import ckernel
+from tests.support.kernels import both_backends
 
 SMALL: dict[str, dict[str, Any]] = {
     "lj": {"n_cells": 3, "steps": 30, "sample_every": 10},

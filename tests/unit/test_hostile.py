@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hostile
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -20,6 +19,7 @@ from simctl.ledger import Ledger
 from simctl.scheduler import Connected, Scheduler
 from simctl.taskfile import parse_text
 from simproto import protocol as p
+from tests.support import hostile
 
 SEED = 20261201
 PER_HANDLER = 10_000

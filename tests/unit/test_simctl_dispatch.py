@@ -11,7 +11,6 @@ import random
 import time
 from pathlib import Path
 
-import hostile
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -30,6 +29,7 @@ from simproto.protocol import (
     Topics,
     WorkerStatus,
 )
+from tests.support import hostile
 
 
 def make(tmp_path: Path, n: int = 3, max_attempts: int = 2,

@@ -17,6 +17,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from simctl.local_broker import port_open
 
@@ -58,7 +60,7 @@ exec /usr/sbin/sshd -D -e
 """
 
 
-def _load_debian_base():  # type: ignore[no-untyped-def]
+def _load_debian_base() -> ModuleType:
     spec = importlib.util.spec_from_file_location("debian_base", REPO / "images/debian_base.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -162,7 +164,7 @@ def wait_vm_ready(name: str, ip: str, timeout: float = 90) -> None:
     raise RuntimeError(f"VM {name} not ready after {timeout:.0f} s:\n{logs}\n{inner}")
 
 
-def http_json(url: str, timeout: float = 3.0) -> dict:  # type: ignore[type-arg]
+def http_json(url: str, timeout: float = 3.0) -> dict[str, Any]:
     """GET ``url`` and decode its JSON body."""
     import urllib.request
 

@@ -5,7 +5,8 @@ against a real Mosquitto, and a :class:`Watcher` is a plain MQTT client that dec
 traffic with :mod:`simproto` so a test can see, for instance, which task a worker is running
 before it kills that worker. :class:`Cluster` owns every process it starts and kills them
 all on :meth:`Cluster.close` (also when a test fails), printing the tail of every log;
-pytest shows that output for failed tests only.
+pytest shows that output for failed tests only. The ``cluster`` fixture
+(:mod:`tests.support.fixtures`) gives a test one.
 """
 
 from __future__ import annotations
@@ -20,18 +21,16 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 import yaml
-from conftest import wait_for
 
 import simproto as p
-from simctl.local_broker import LocalBroker
 from simproto.connection import BrokerAddress, ConnectionSettings, connect, make_client
+from tests.support.waiting import wait_for
 
 SIMCTL_TIMEOUT_S = 120.0
 """Upper bound for one blocking simctl command; a hang fails the test instead of the suite."""
@@ -452,13 +451,6 @@ class Cluster:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-
-@pytest.fixture
-def cluster(broker: LocalBroker, topic_prefix: str, tmp_path: Path) -> Iterator[Cluster]:
-    """A :class:`Cluster` on the test's broker and topic prefix; torn down even on failure."""
-    with Cluster(broker.address, topic_prefix, tmp_path / "cluster") as instance:
-        yield instance
 
 
 def sleep_tasks(replicas: int, seconds: float) -> list[dict[str, Any]]:

@@ -2,10 +2,9 @@
 file, rendered from ``ansible/roles/broker/templates/dynamic-security.json.j2`` with the
 role's filter plugin, on a free loopback port (plain TCP: TLS is the deploy test's part).
 
-Use the ``deployed_broker`` fixture: import it into the test module (a conftest.py here
-would shadow tests/conftest.py, which tests import as ``conftest``)::
+Ask for the ``deployed_broker`` fixture (:mod:`tests.support.fixtures`)::
 
-    from deploy.deployed_broker import DeployedBroker, deployed_broker_fixture  # noqa: F401
+    from tests.support.deployed_broker import DeployedBroker
 
     def test_x(deployed_broker: DeployedBroker) -> None:
         agent = [sys.executable, "-m", "worker_agent", *deployed_broker.agent_args("worker2")]
@@ -34,7 +33,6 @@ from pathlib import Path
 from types import ModuleType
 
 import jinja2
-import pytest
 
 from simctl.broker_security import identities
 from simctl.local_broker import LocalBroker, free_port
@@ -149,11 +147,4 @@ def deployed_broker_at(folder: Path, topic_prefix: str = "sim",
         yield DeployedBroker(broker, topic_prefix, credentials)
     finally:
         broker.stop()
-
-
-@pytest.fixture(name="deployed_broker")
-def deployed_broker_fixture(tmp_path: Path) -> Iterator[DeployedBroker]:
-    """Mosquitto with the deployed security config, credentials for simctl, worker1, worker2."""
-    with deployed_broker_at(tmp_path / "deployed-broker") as instance:
-        yield instance
 

@@ -1,8 +1,5 @@
 """Shared helpers for the kernel tests: both backends, every SIMD variant, and the NIST
-reference configurations.
-
-Deliberately not a conftest.py: other test folders do ``from conftest import ...`` and a
-second module called conftest on sys.path would shadow theirs.
+reference configurations. Imports pytest (the parametrize marks): for tests only.
 """
 
 from __future__ import annotations

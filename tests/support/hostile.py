@@ -126,7 +126,7 @@ def wire(topics: p.Topics, message: p.Message) -> mqtt.MQTTMessage:
 
 def describe(seed: int) -> str:
     """The line a test prints so that a failure can be replayed."""
-    return f"hostile payloads from seed {seed} (tests/hostile.py)"
+    return f"hostile payloads from seed {seed} (tests/support/hostile.py)"
 
 
 __all__ = ["RAW_ODD_VALUES", "describe", "feed", "mutate", "payloads", "valid_messages",
