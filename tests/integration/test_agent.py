@@ -2,7 +2,7 @@
 
 :class:`FakeDispatcher` is a plain MQTT client (built with :mod:`simproto`) that plays the
 dispatcher's part of the runtime contract: it assigns, cancels, acknowledges and pings, and
-records everything the agents publish. Agents run with a 0.2 s heartbeat (tests/procs.py).
+records everything the agents publish. Agents run with a 0.2 s heartbeat (tests/support/procs.py).
 """
 
 from __future__ import annotations
@@ -445,7 +445,7 @@ def test_malformed_messages_get_error_events_and_the_agent_stays_up(
 
 def test_ten_thousand_hostile_messages_per_topic_leave_the_agent_serving(
         cluster: Cluster, dispatcher: FakeDispatcher) -> None:
-    """Structure-aware hostile payloads (tests/hostile.py) on every topic the agent takes
+    """Structure-aware hostile payloads (tests/support/hostile.py) on every topic the agent takes
     orders from: its assignments, control and ping topics (its own status topic is writable
     by its own credential alone; a newer agent's status there makes it leave, see
     test_frozen_agent_replaced_under_its_id_exits). It neither crashes nor stalls, counts

@@ -193,27 +193,23 @@ class Watcher:
             client.subscribe([(self.topics.all_workers(ch), 1) for ch in self.channels])
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        payload = bytes(msg.payload)
         try:
-            _worker, channel = self.topics.parse_worker_topic(msg.topic)
-            if channel is p.Channel.STATUS:
-                status = p.WorkerStatus.decode(payload)
-                with self._lock:
+            decoded = p.decode_worker(self.topics, msg.topic, bytes(msg.payload)).message
+        except p.DecodeError as e:
+            with self._lock:
+                self.undecodable.append(f"{msg.topic}: {e}")
+            return
+        with self._lock:
+            match decoded:
+                case p.WorkerStatus() as status:
                     self.statuses[status.worker_id] = status
                     self.status_log.append((time.time(), status))
                     self.max_running[status.worker_id] = max(
                         self.max_running.get(status.worker_id, 0), len(status.running))
-            elif channel is p.Channel.RESULT:
-                result = p.Result.decode(payload)
-                with self._lock:
+                case p.Result() as result:
                     self.results.append(result)
-            elif channel is p.Channel.EVENT:
-                event = p.Event.decode(payload)
-                with self._lock:
+                case p.Event() as event:
                     self.events.append(event)
-        except p.DecodeError as e:
-            with self._lock:
-                self.undecodable.append(f"{msg.topic}: {e}")
 
     def status(self, worker_id: str) -> p.WorkerStatus | None:
         with self._lock:

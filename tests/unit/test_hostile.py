@@ -1,8 +1,9 @@
 """Hostile payloads against every decoder and every dispatcher handler, in process.
 
-The same generator drives the real broker, real agent and real simctl processes in
-tests/integration/test_hostile.py; here the decoders and the dispatcher's handlers take
-10,000 payloads each in a few seconds, with nothing in between to blur a failure.
+The same generator drives a real agent over a real broker (tests/integration/test_agent.py)
+and a real simctl at --resume (tests/fault/test_fault_dispatcher.py); here the decoders and
+the dispatcher's handlers take 10,000 payloads each in a few seconds, with nothing in
+between to blur a failure.
 """
 
 from __future__ import annotations
