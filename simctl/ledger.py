@@ -62,6 +62,12 @@ class RunState(str, Enum):
     CANCELLED = "cancelled"
 
 
+# Task and run states as SQL literals, from the enums (never spelled in a query).
+PENDING, ASSIGNED = (f"'{s.value}'" for s in (TaskState.PENDING, TaskState.ASSIGNED))
+FAILED, CANCELLED = (f"'{s.value}'" for s in (TaskState.FAILED, TaskState.CANCELLED))
+ACTIVE = f"'{RunState.ACTIVE.value}'"
+UNFINISHED = f"({PENDING}, {ASSIGNED})"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id       TEXT PRIMARY KEY,
@@ -352,7 +358,7 @@ class Ledger:
             )
             self.db.executemany(
                 "INSERT INTO tasks (task_id, run_id, idx, kind, params, seed, state)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                f" VALUES (?, ?, ?, ?, ?, ?, {PENDING})",
                 rows,
             )
         return run_id
@@ -388,7 +394,7 @@ class Ledger:
 
     def runs(self, active_only: bool = False) -> list[RunInfo]:
         """All runs (or the active ones), oldest first, with counts."""
-        where = " WHERE state = 'active'" if active_only else ""
+        where = f" WHERE state = {ACTIVE}" if active_only else ""
         rows = self.db.execute(
             f"SELECT {self._RUN_COLUMNS} FROM runs{where} ORDER BY created_at, run_id"
         ).fetchall()
@@ -402,7 +408,7 @@ class Ledger:
         return [
             r[0]
             for r in self.db.execute(
-                "SELECT run_id FROM runs WHERE state = 'active' ORDER BY created_at, run_id"
+                f"SELECT run_id FROM runs WHERE state = {ACTIVE} ORDER BY created_at, run_id"
             )
         ]
 
@@ -415,16 +421,16 @@ class Ledger:
     def finish_run(self, run_id: str) -> str:
         """Mark an active run finished (done, failed or cancelled, from its tasks)."""
         counts = self._counts(run_id).get(run_id, {})
-        if counts.get("pending") or counts.get("assigned"):
+        if counts.get(TaskState.PENDING.value) or counts.get(TaskState.ASSIGNED.value):
             raise LedgerError(f"run {run_id} still has unfinished tasks")
-        if counts.get("failed"):
+        if counts.get(TaskState.FAILED.value):
             state = RunState.FAILED.value
-        elif counts.get("cancelled"):
+        elif counts.get(TaskState.CANCELLED.value):
             state = RunState.CANCELLED.value
         else:
             state = RunState.DONE.value
         self.db.execute(
-            "UPDATE runs SET state = ?, finished_at = ? WHERE run_id = ? AND state = 'active'",
+            f"UPDATE runs SET state = ?, finished_at = ? WHERE run_id = ? AND state = {ACTIVE}",
             (state, time.time(), run_id),
         )
         return state
@@ -444,23 +450,23 @@ class Ledger:
         now = time.time()
         with self.batch():
             assigned = self.db.execute(
-                "SELECT task_id, worker_id FROM tasks WHERE run_id = ? AND state = 'assigned'",
+                f"SELECT task_id, worker_id FROM tasks WHERE run_id = ? AND state = {ASSIGNED}",
                 (run_id,),
             ).fetchall()
             self.db.execute(
-                "UPDATE attempts SET ended_at = ?, outcome = 'cancelled' WHERE ended_at IS NULL"
+                f"UPDATE attempts SET ended_at = ?, outcome = {CANCELLED} WHERE ended_at IS NULL"
                 " AND task_id IN (SELECT task_id FROM tasks WHERE run_id = ?"
-                " AND state = 'assigned')",
+                f" AND state = {ASSIGNED})",
                 (now, run_id),
             )
             self.db.execute(
-                "UPDATE tasks SET state = 'cancelled', finished_at = ?, error = 'cancelled by user'"
-                " WHERE run_id = ? AND state IN ('pending', 'assigned')",
+                f"UPDATE tasks SET state = {CANCELLED}, finished_at = ?,"
+                f" error = 'cancelled by user' WHERE run_id = ? AND state IN {UNFINISHED}",
                 (now, run_id),
             )
             self.db.execute(
-                "UPDATE runs SET state = 'cancelled', finished_at = ? WHERE run_id = ?"
-                " AND state = 'active'",
+                f"UPDATE runs SET state = {CANCELLED}, finished_at = ? WHERE run_id = ?"
+                f" AND state = {ACTIVE}",
                 (now, run_id),
             )
         return [(t, w) for t, w in assigned]
@@ -473,7 +479,7 @@ class Ledger:
             LiveTask(*row)
             for row in self.db.execute(
                 "SELECT task_id, run_id, kind, params, seed, attempt, tries, lost, worker_id,"
-                " session FROM tasks WHERE run_id = ? AND state IN ('pending', 'assigned')"
+                f" session FROM tasks WHERE run_id = ? AND state IN {UNFINISHED}"
                 " ORDER BY idx",
                 (run_id,),
             )
@@ -502,7 +508,7 @@ class Ledger:
     def assign(self, task_id: str, attempt: int, worker_id: str, session: str, now: float) -> None:
         """Record an assignment (inside a batch); ``attempt`` is the new attempt number."""
         self.db.execute(
-            "UPDATE tasks SET state = 'assigned', attempt = ?, tries = tries + 1, worker_id = ?,"
+            f"UPDATE tasks SET state = {ASSIGNED}, attempt = ?, tries = tries + 1, worker_id = ?,"
             " session = ?, assigned_at = ? WHERE task_id = ?",
             (attempt, worker_id, session, now, task_id),
         )
@@ -537,14 +543,14 @@ class Ledger:
         counts = f"tries = tries - {1 if refund else 0}, lost = lost + {1 if lost else 0}"
         if fail:
             self.db.execute(
-                f"UPDATE tasks SET state = 'failed', finished_at = ?, error = ?, {counts}"
-                " WHERE task_id = ? AND state IN ('pending', 'assigned')",
+                f"UPDATE tasks SET state = {FAILED}, finished_at = ?, error = ?, {counts}"
+                f" WHERE task_id = ? AND state IN {UNFINISHED}",
                 (now, detail, task_id),
             )
         else:
             self.db.execute(
-                f"UPDATE tasks SET state = 'pending', worker_id = NULL, session = NULL, {counts},"
-                " error = ? WHERE task_id = ? AND state = 'assigned'",
+                f"UPDATE tasks SET state = {PENDING}, worker_id = NULL, session = NULL, {counts},"
+                f" error = ? WHERE task_id = ? AND state = {ASSIGNED}",
                 (detail, task_id),
             )
 
@@ -553,7 +559,7 @@ class Ledger:
         now = time.time()
         cur = self.db.execute(
             "UPDATE tasks SET state = ?, finished_at = ?, error = ?, worker_id = ?"
-            " WHERE task_id = ? AND state IN ('pending', 'assigned')",
+            f" WHERE task_id = ? AND state IN {UNFINISHED}",
             (state, now, result.error, result.worker_id, result.task_id),
         )
         self.record_attempt_end(result, "duplicate" if cur.rowcount == 0 else result.state, now)
