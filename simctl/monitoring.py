@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from simctl.display import Row, progress_row, run_row, worker_rows
-from simctl.ledger import Ledger, RunInfo
+from simctl.ledger import Ledger, RunInfo, RunState
 from simctl.mqtt import Observer
 from simctl.scheduler import PROGRESS_KEEPALIVE_S
 
@@ -86,7 +86,7 @@ class Screen:
 def is_live(progress: RunProgress, now: float) -> bool:
     """Whether a run known from its retained progress is still being dispatched: active and
     kept up by its dispatcher (a killed one leaves "active" behind)."""
-    return progress.state == "active" and now - progress.updated_at < STALE_PROGRESS_S
+    return progress.state == RunState.ACTIVE.value and now - progress.updated_at < STALE_PROGRESS_S
 
 
 def active_runs(

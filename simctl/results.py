@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from simctl.ledger import Ledger, RunInfo
+from simctl.ledger import FINISHED, Ledger, RunInfo, TaskState
 
 FAILURES_SHOWN = 10
 """Failed tasks listed under a run's summary (all are in ``simctl status RUN``)."""
@@ -117,9 +117,9 @@ def run_summary(ledger: Ledger, info: RunInfo) -> str:
             r["kind"], {"tasks": 0, "done": 0, "failed": 0, "cancelled": 0, "elapsed": []}
         )
         k["tasks"] += 1
-        if r["state"] in ("done", "failed", "cancelled"):
+        if r["state"] in FINISHED:
             k[r["state"]] += 1
-        if r["state"] == "done" and r["elapsed_s"] is not None:
+        if r["state"] == TaskState.DONE.value and r["elapsed_s"] is not None:
             k["elapsed"].append(r["elapsed_s"])
     lines = [
         table(
@@ -141,7 +141,7 @@ def run_summary(ledger: Ledger, info: RunInfo) -> str:
         f"{info.failed} failed, {info.cancelled} cancelled, {info.duplicates} duplicates, "
         f"{duration(info.elapsed_s)}",
     ]
-    failed = [r for r in rows if r["state"] in ("failed", "cancelled")]
+    failed = [r for r in rows if r["state"] in (TaskState.FAILED.value, TaskState.CANCELLED.value)]
     lines += [f"  {r['task_id']} {r['state']}: {r['error']}" for r in failed[:FAILURES_SHOWN]]
     if len(failed) > FAILURES_SHOWN:
         lines.append(f"  ... and {len(failed) - FAILURES_SHOWN} more (simctl status {info.run_id})")
