@@ -29,7 +29,8 @@ The topic tree, under a prefix (default ``sim``)::
     {p}/broker                   retained, QoS 1  simctl -> all     BrokerIdentity
 
 Decoding never raises anything but :class:`DecodeError`, whatever the bytes: every decode
-entry point (``Message.decode``, :func:`decode_control`) turns any other exception into one.
+entry point (``Message.decode``, :func:`decode_control`, :func:`decode_worker`) turns any
+other exception into one.
 """
 
 from __future__ import annotations
@@ -574,7 +575,6 @@ CONTROL_MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Cancel, Ack, D
 """The messages that may arrive on a worker's ``control`` topic, by type tag."""
 
 
-@only_decode_errors
 @dataclass(frozen=True)
 class WorkerMessage:
     """A decoded message of a worker topic: whose, which channel, what (None: an empty
@@ -585,6 +585,7 @@ class WorkerMessage:
     message: Message | None
 
 
+@only_decode_errors
 def decode_worker(topics: Topics, topic: str, payload: bytes) -> WorkerMessage:
     """Decode any message of a worker topic ``{p}/workers/{id}/{channel}`` by the channel's
     message class (:data:`WORKER_MESSAGES`); a message naming another worker than its topic
@@ -599,6 +600,7 @@ def decode_worker(topics: Topics, topic: str, payload: bytes) -> WorkerMessage:
     return WorkerMessage(worker_id, channel, message)
 
 
+@only_decode_errors
 def decode_control(payload: bytes) -> Cancel | Ack | Drain:
     """Decode any message of the ``control`` topic."""
     obj = parse_envelope(payload)

@@ -54,6 +54,16 @@ def test_decoding_raises_nothing_but_decode_error(name: str) -> None:
     assert accepted > 100 and refused > 5000, (accepted, refused)
 
 
+def test_every_decode_entry_point_is_guarded() -> None:
+    """The contract rests on one guard (only_decode_errors) around each entry point, not on
+    every parser catching the right exceptions: a new entry point must be wrapped too."""
+    entry_points = [p.decode_control, p.decode_worker,
+                    *(cls.decode for cls in (p.WorkerStatus, p.Result, p.BrokerIdentity))]
+    for decode in entry_points:
+        assert getattr(decode, "__wrapped__", None) is not None, decode
+    assert isinstance(p.WorkerMessage, type)  # a message type, not a wrapped function
+
+
 def test_the_integer_digits_limit_is_a_decode_error() -> None:
     """The case that stopped `simctl run` for good: JSON the json module refuses with a
     ValueError that is not a JSONDecodeError."""
