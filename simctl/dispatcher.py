@@ -91,16 +91,16 @@ class Dispatcher:
     """Serves every active run of one ledger until told to stop."""
 
     def __init__(
-        self, ledger: Ledger, settings: ConnectionSettings, broker_id: str | None = None
+        self,
+        ledger: Ledger,
+        settings: ConnectionSettings,
+        broker: tuple[str, str, str] | None = None,
     ) -> None:
         self.ledger = ledger
         self.settings = settings
         self.topics = settings.topics
-        self.scheduler = Scheduler(
-            ledger, self.topics,
-            None if broker_id is None else (broker_id, settings.topic_prefix),
-        )
-        self.scheduler.broker_address = str(settings.broker)
+        # broker: (id, prefix, address), from simctl.runner.broker_identity.
+        self.scheduler = Scheduler(ledger, self.topics, broker)
         self.inbox: list[Inbound] = []
         self.client: mqtt.Client | None = None
         self._unconfirmed: list[mqtt.MQTTMessageInfo] = []

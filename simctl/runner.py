@@ -54,10 +54,11 @@ def spawn_background_dispatcher(
     return spawn_detached([*argv, run_id] if run_id else argv, path)
 
 
-def broker_identity(conn: ConnectionSettings) -> str:
-    """The id of the broker behind ``conn`` (made on first contact; raises ConnectionFailed)."""
+def broker_identity(conn: ConnectionSettings) -> tuple[str, str, str]:
+    """(broker id, topic prefix, address) of the broker behind ``conn``, as runs record it
+    (the id is made on first contact; raises ConnectionFailed)."""
     with Observer(conn) as obs:
-        return obs.broker_id()
+        return (obs.broker_id(), conn.topic_prefix, str(conn.broker))
 
 
 def check_broker(
@@ -66,8 +67,8 @@ def check_broker(
     """Refuse to resume a run against another broker or topic prefix than it was submitted
     to (its results are not there) unless the user says the broker changed; then, or for a
     run from before the ledger recorded it, the run moves to this broker."""
-    broker_id = broker_identity(conn)
-    here = (broker_id, conn.topic_prefix, str(conn.broker))
+    here = broker_identity(conn)
+    broker_id = here[0]
     if info.broker_id is not None and (info.broker_id, info.topic_prefix) != here[:2]:
         if not changed:
             raise BrokerChanged(
@@ -96,18 +97,18 @@ def submit(
     the broker cannot be reached.
     """
     held = None
-    broker_id = broker_identity(conn)
+    broker = broker_identity(conn)
     if dispatch_here:
         lock = DispatcherLock(settings.store)
         if lock.acquire():
-            dispatcher = Dispatcher(ledger, conn, broker_id)
+            dispatcher = Dispatcher(ledger, conn, broker)
             try:
                 dispatcher.connect()
             except BaseException:
                 lock.release()
                 raise
             held = (lock, dispatcher)
-    return ledger.create_run(taskfile, (broker_id, conn.topic_prefix, str(conn.broker))), held
+    return ledger.create_run(taskfile, broker), held
 
 
 def finished(ledger: Ledger, run_id: str) -> bool:

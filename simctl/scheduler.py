@@ -24,7 +24,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from simctl.errors import LedgerWriteError
-from simctl.ledger import FINISHED, Ledger, LiveTask, TaskState
+from simctl.ledger import FINISHED, Ledger, LiveTask, RunInfo, TaskState
 from simctl.mqtt import payload_of
 from simproto.protocol import (
     Assignment,
@@ -253,14 +253,13 @@ class RunView:
 class Scheduler:
     """What the dispatcher knows and decides, for every active run of one ledger."""
 
-    def __init__(self, ledger: Ledger, topics: Topics, broker: tuple[str, str] | None = None
-                 ) -> None:
+    def __init__(self, ledger: Ledger, topics: Topics,
+                 broker: tuple[str, str, str] | None = None) -> None:
         self.ledger = ledger
         self.topics = topics
         self.broker = broker
-        """(broker id, topic prefix) of the broker connected to; runs submitted to another
-        are not served. None: serve every run (tests)."""
-        self.broker_address = ""
+        """(broker id, topic prefix, address) of the broker connected to; runs submitted to
+        another id or prefix are not served. None: serve every run (tests)."""
         self.workers: dict[str, WorkerView] = {}
         self.leases: dict[str, Lease] = {}
         self.runs: dict[str, RunView] = {}
@@ -290,7 +289,7 @@ class Scheduler:
     def decide(self, items: Iterable[Inbound], now: float) -> Decisions:
         """One pass: take the messages, expire leases, pick up runs, assign, finish runs;
         all in one ledger transaction. Returns what to publish once it is committed."""
-        self._decided = Decisions()
+        decided = self._decided = Decisions()
         with self.ledger.batch():
             for item in items:
                 self.handle_safely(item, now)
@@ -304,7 +303,6 @@ class Scheduler:
                 self.refresh_runs(now)
             self.assign(now)
             self.finish_runs()
-        decided, self._decided = self._decided, Decisions()
         return decided
 
     # ------------------------------------------------------------------ runs
@@ -327,17 +325,17 @@ class Scheduler:
         self.runs.clear()
         self.refresh_runs(now)
 
-    def _serves(self, run_id: str) -> bool:
+    def _serves(self, info: RunInfo) -> bool:
         """Whether a run belongs to this broker and prefix (runs from before the ledger
         recorded it adopt the current one)."""
-        info = self.ledger.run(run_id)
-        if self.broker is None:
+        mine = self.broker
+        if mine is None:
             return True
-        mine = (*self.broker, self.broker_address)
+        run_id = info.run_id
         if info.broker_id is None:
             self.ledger.set_run_broker(run_id, mine)
             return True
-        if (info.broker_id, info.topic_prefix) == self.broker:
+        if (info.broker_id, info.topic_prefix) == mine[:2]:
             return True
         self.refused_runs.add(run_id)
         log.warning(
@@ -350,9 +348,9 @@ class Scheduler:
         return False
 
     def load_run(self, run_id: str, now: float) -> None:
-        if not self._serves(run_id):
-            return
         info = self.ledger.run(run_id)
+        if not self._serves(info):
+            return
         view = RunView(
             run_id,
             info.name,
@@ -618,14 +616,13 @@ class Scheduler:
             return
         if task_state in FINISHED:
             outcome = Outcome.DUPLICATE
-        elif task_run not in self.runs:
-            if task_run in self.finished_runs or task_run in self.refused_runs:
-                return  # finished meanwhile, or served by another broker: not ours to store
-            self.load_run(task_run, now)  # became active after our last look at the ledger
-            if task_run not in self.runs:
-                return
-            outcome = Outcome.of(result)
         else:
+            if task_run not in self.runs:
+                if task_run in self.finished_runs or task_run in self.refused_runs:
+                    return  # finished meanwhile, or another broker's run: not ours to store
+                self.load_run(task_run, now)  # became active after our last look at the ledger
+                if task_run not in self.runs:
+                    return
             outcome = Outcome.of(result)
         self.end_attempt(result.task_id, result.attempt, outcome, result.error or "failed", now,
                          result)
