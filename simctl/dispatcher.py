@@ -115,16 +115,6 @@ class Dispatcher:
         """The connection number when the current inbox was started."""
         self._worker_topics: dict[tuple[str, Channel], str] = {}
 
-    @property
-    def finished_runs(self) -> dict[str, str]:
-        """Runs that finished (or were dropped) while this dispatcher served: id -> state."""
-        return self.scheduler.finished_runs
-
-    @property
-    def runs(self) -> dict[str, Any]:
-        """The runs being served."""
-        return self.scheduler.runs
-
     # --------------------------------------------------------------- lifecycle
 
     pump: Pump

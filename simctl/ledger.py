@@ -299,14 +299,12 @@ class Ledger:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self.db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
                     self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
         except sqlite3.OperationalError as e:
-            with contextlib.suppress(sqlite3.Error):
-                self.db.execute("ROLLBACK")
             raise LedgerWriteError(f"cannot write the ledger {self.path}: {e}") from e
 
     @contextmanager

@@ -154,7 +154,7 @@ def follow(
             if dispatcher is not None:
                 served = True
                 dispatcher.serve(
-                    until=lambda d: run_id in d.finished_runs or timed_out(),
+                    until=lambda d: run_id in d.scheduler.finished_runs or timed_out(),
                     tick=poll,
                 )
                 continue
@@ -183,7 +183,7 @@ def serve_all(settings: Settings) -> int:
         conn = settings.connection()
         dispatcher = Dispatcher(ledger, conn, broker_identity(conn))
         try:
-            dispatcher.serve(until=lambda d: not d.runs)
+            dispatcher.serve(until=lambda d: not d.scheduler.runs)
         finally:
             dispatcher.close()
     finally:

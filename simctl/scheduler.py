@@ -430,8 +430,7 @@ class Scheduler:
         if quiet:
             log.debug("rejected (%s): %s", reason.value, detail)
         elif self._rejection_logs.allow():
-            unlogged = self._rejection_logs.take_suppressed()
-            more = f" ({unlogged} more since the last; all in `simctl status`)" if unlogged else ""
+            more = self._rejection_logs.unreported()  # every one is counted in the ledger
             log.warning("rejected (%s): %.300s%s", reason.value, detail, more)
 
     def handle(self, item: Inbound, now: float) -> None:

@@ -32,7 +32,8 @@ class RateLimit:
         self.suppressed += 1
         return False
 
-    def take_suppressed(self) -> int:
-        """How many were refused since the last call (and start counting again)."""
+    def unreported(self) -> str:
+        """For the report an allowed event makes: `` (N more since the last report)`` if
+        events were refused since the last one, else ``""``; counting starts again."""
         count, self.suppressed = self.suppressed, 0
-        return count
+        return f" ({count} more since the last report)" if count else ""

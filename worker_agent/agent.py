@@ -57,6 +57,7 @@ from simproto.protocol import (
     WorkerState,
     WorkerStatus,
     decode_control,
+    decode_worker,
     package_version,
 )
 from simproto.ratelimit import RateLimit
@@ -447,8 +448,7 @@ class Agent:
         self.counters["invalid_messages"] += 1
         self._view_stale = True
         if self._error_reports.allow():
-            unreported = self._error_reports.take_suppressed()
-            more = f" ({unreported} more since the last report)" if unreported else ""
+            more = self._error_reports.unreported()
             log.warning("invalid message on %s: %s%s", topic, detail, more)
             self._error_event(topic, detail + more)
 
@@ -786,11 +786,10 @@ class Agent:
                                           getattr(props, "CorrelationData", None)))
             elif topic == self._replies_topic:
                 Pong.decode(payload)  # our own answer to an id check: nothing to do
-            elif topic == self._status_topic and payload:
-                status = WorkerStatus.decode(payload)
-                if status.worker_id != self.config.worker_id:
-                    raise DecodeError(f"status of {status.worker_id!r} on our topic")
-                self._enqueue(Received(status))
+            elif topic == self._status_topic:
+                status = decode_worker(self.topics, topic, payload).message
+                if isinstance(status, WorkerStatus):  # None: a retained status cleared
+                    self._enqueue(Received(status))
         except DecodeError as e:
             self._enqueue(Invalid(topic, str(e)))
         except Exception as e:
