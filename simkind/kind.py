@@ -1,0 +1,111 @@
+"""What a simulation kind declares (:class:`Kind`), what its run function is handed
+(:class:`Context`) and what it gives back (:class:`Output`).
+
+A kind is declared in a module that imports only pure Python (this package and the
+standard library): simctl imports it on the main PC to validate task files, without numpy
+or a compiled extension. Its run function is named by ``run`` (``"module:function"``) and
+imported only where tasks run, in the worker's task processes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from simkind import fields
+from simkind.errors import ParamError
+from simkind.fields import Spec
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+"""Kind names: lower-case letters, digits and ``_``, starting with a letter, at most 32."""
+
+RUN_TARGET_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One simulation kind: its name, parameters and how to run it.
+
+    ``version`` is the kind's own version (results computed with one version are reused
+    only for that version); left out, it is the version of the package that provides it.
+    ``check(params, given)`` applies the cross-field rules to validated ``params`` (it may
+    fill in derived values) and raises :class:`ParamError`; ``given`` holds what the task
+    file set. ``rules`` says those rules in words for the docs. ``cost(params)`` estimates
+    a task's relative cost (1.0 is a typical task; used for scheduling).
+    """
+
+    name: str
+    description: str
+    params: Spec
+    run: str
+    version: str | None = None
+    check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
+    rules: str = ""
+    cost: Callable[[dict[str, Any]], float] | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.name, str) or not NAME_RE.match(self.name):
+            problems.append(f"name {self.name!r} must match {NAME_RE.pattern}")
+        if not isinstance(self.description, str) or not self.description.strip():
+            problems.append("description must be a non-empty line")
+        if not isinstance(self.run, str) or not RUN_TARGET_RE.match(self.run):
+            problems.append(f"run {self.run!r} must be 'module:function'")
+        if self.version is not None and (not isinstance(self.version, str)
+                                         or not self.version.strip()):
+            problems.append(f"version {self.version!r} must be a non-empty string or None")
+        if not isinstance(self.params, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, fields.Field)
+                for k, v in self.params.items()):
+            problems.append("params must map parameter names to simkind.Field")
+        if problems:
+            raise ValueError("malformed kind: " + "; ".join(problems))
+
+    def validate(self, params: Any) -> dict[str, Any]:
+        """``params`` with defaults filled in and every rule checked, or ParamError."""
+        out = fields.validate(self.name, self.params, params)
+        if self.check is not None:
+            self.check(out, {k: v for k, v in params.items() if v is not None})
+        return out
+
+    def estimate_cost(self, params: dict[str, Any]) -> float:
+        """The relative cost of validated ``params`` (1.0 when the kind gives no estimate)."""
+        if self.cost is None:
+            return 1.0
+        cost = self.cost(params)
+        if isinstance(cost, bool) or not isinstance(cost, int | float) or not (
+                math.isfinite(cost) and cost >= 0.0):
+            raise ParamError(f"{self.name}: cost estimate {cost!r} is not a finite number >= 0")
+        return float(cost)
+
+
+@dataclass
+class Context:
+    """What a run function is handed besides its params and seed.
+
+    ``progress(fraction)`` reports how far the task is (0 to 1; calls are cheap and may be
+    made every step: the agent forwards at most a few per second). Room is left here for
+    the files a task writes and its checkpoints.
+    """
+
+    task_id: str = ""
+    report: Callable[[float], None] | None = None
+
+    def progress(self, fraction: float) -> None:
+        """Report that the task is ``fraction`` (0 to 1) done."""
+        if self.report is not None:
+            self.report(min(1.0, max(0.0, float(fraction))))
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a run function returns: ``observables`` (name -> series of floats; ``t`` by
+    convention the sample times), ``summary`` (name -> float) and ``metadata`` (name ->
+    JSON value: whatever says how the numbers were computed)."""
+
+    observables: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    summary: Mapping[str, float] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,199 @@
+"""The installed kinds: found through the entry-point group ``particle_sim.kinds``.
+
+Every kind, the built-in ones included, is an entry point ``name = "module:attribute"``
+naming a :class:`~simkind.kind.Kind`. A plugin that fails to import, is not a Kind, is
+named differently from its entry point, or declares a name another package also declares
+is left out with a :class:`~simkind.errors.KindLoadError` in :attr:`Registry.errors`; the
+other kinds are unaffected.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from simkind.errors import KindLoadError, ParamError, SimulationError, UnknownKind
+from simkind.kind import Context, Kind, Output
+
+GROUP = "particle_sim.kinds"
+"""The entry-point group kinds are registered in."""
+
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class LoadedKind:
+    """An installed kind with where it comes from."""
+
+    kind: Kind
+    version: str
+    package: str
+    package_version: str
+    entry_point: str
+    """``name = module:attribute``, as the package declares it."""
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+    def provenance(self) -> dict[str, str]:
+        """What a result records of the code that computed it."""
+        return {"kind": self.name, "kind_version": self.version, "package": self.package,
+                "package_version": self.package_version}
+
+
+class Registry:
+    """The kinds that loaded, by name, and the plugins that did not."""
+
+    def __init__(self, kinds: Iterable[LoadedKind], errors: Iterable[KindLoadError] = (),
+                 broken: dict[str, str] | None = None) -> None:
+        self.kinds = {k.name: k for k in kinds}
+        self.errors = list(errors)
+        self.broken = dict(broken or {})
+        """Kind name -> package, for entry points that did not load (hints for errors)."""
+
+    def names(self) -> list[str]:
+        return sorted(self.kinds)
+
+    def get(self, name: object) -> LoadedKind:
+        """The installed kind ``name``, or UnknownKind saying what is installed and, when a
+        package declares the name but failed to load, which one."""
+        if isinstance(name, str) and name in self.kinds:
+            return self.kinds[name]
+        hint = ""
+        if isinstance(name, str) and name in self.broken:
+            hint = f" (package {self.broken[name]} declares it but failed to load: " \
+                   f"run `simctl kinds` for the error)"
+        raise UnknownKind(name, self.names(), hint)
+
+    def validate(self, name: object, params: Any) -> dict[str, Any]:
+        """Validated params of kind ``name`` (defaults filled in), or ParamError."""
+        return self.get(name).kind.validate(params)
+
+    def versions(self) -> dict[str, str]:
+        """Kind name -> version, as a worker advertises them."""
+        return {name: k.version for name, k in sorted(self.kinds.items())}
+
+
+def discover(entry_points: Iterable[metadata.EntryPoint] | None = None) -> Registry:
+    """Load every kind registered in :data:`GROUP` (or the given entry points)."""
+    if entry_points is None:
+        entry_points = metadata.entry_points(group=GROUP)
+    found: dict[str, list[LoadedKind]] = {}
+    errors: list[KindLoadError] = []
+    broken: dict[str, str] = {}
+    seen: set[tuple[str, str, str]] = set()
+    for ep in entry_points:
+        package, package_version = _distribution(ep)
+        if (ep.name, ep.value, package) in seen:
+            continue  # one distribution seen twice on sys.path (an editable install)
+        seen.add((ep.name, ep.value, package))
+        declared = f"{ep.name} = {ep.value}"
+        try:
+            loaded = _load(ep, declared, package, package_version)
+        except KindLoadError as e:
+            errors.append(e)
+            broken[ep.name] = package
+            continue
+        found.setdefault(loaded.name, []).append(loaded)
+    kinds = []
+    for name, candidates in sorted(found.items()):
+        if len(candidates) == 1:
+            kinds.append(candidates[0])
+            continue
+        packages = ", ".join(sorted(c.package for c in candidates))
+        for c in candidates:
+            errors.append(KindLoadError(c.package, c.entry_point,
+                                        f"kind {name!r} is declared by several packages "
+                                        f"({packages}); none of them is used: uninstall all "
+                                        "but one"))
+        broken[name] = packages
+    return Registry(kinds, errors, broken)
+
+
+def _distribution(ep: metadata.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "unknown", "unknown"
+    return dist.metadata["Name"] or "unknown", dist.version or "unknown"
+
+
+def _load(ep: metadata.EntryPoint, declared: str, package: str,
+          package_version: str) -> LoadedKind:
+    try:
+        obj = ep.load()
+    except Exception as e:  # a plugin's import may raise anything; the others must still load
+        raise KindLoadError(package, declared, f"import failed: {type(e).__name__}: {e}") from e
+    if not isinstance(obj, Kind):
+        raise KindLoadError(package, declared,
+                            f"names a {type(obj).__name__}, not a simkind.Kind")
+    if obj.name != ep.name:
+        raise KindLoadError(package, declared,
+                            f"the entry point is named {ep.name!r} but the kind {obj.name!r}")
+    return LoadedKind(obj, obj.version or package_version, package, package_version, declared)
+
+
+@functools.cache
+def installed() -> Registry:
+    """The kinds installed in this environment (loaded once per process)."""
+    return discover()
+
+
+@functools.cache
+def run_function(target: str) -> Callable[[dict[str, Any], int, Context], Output]:
+    """Import a kind's ``module:function`` (where tasks run, never where they are validated)."""
+    module, _, attribute = target.partition(":")
+    function = getattr(importlib.import_module(module), attribute)
+    if not callable(function):
+        raise TypeError(f"{target} is not callable")
+    return function  # type: ignore[no-any-return]
+
+
+def execute(loaded: LoadedKind, params: dict[str, Any], seed: int,
+            context: Context | None = None) -> dict[str, Any]:
+    """Validate and run one task of ``loaded``; return its JSON-serialisable result.
+
+    Keys: kind, params (validated), seed, observables (name -> list of float), summary (name
+    -> float) and metadata (the kind's own, then its provenance, the Python version and the
+    elapsed time). Raises ParamError for bad input and SimulationError when the run fails or
+    returns something that is not an :class:`Output` of finite numbers.
+    """
+    kind = loaded.kind
+    params = kind.validate(params)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ParamError(f"seed = {seed!r}: must be an integer in [0, 2**63)")
+    function = run_function(kind.run)
+    started = time.perf_counter()
+    output = function(params, seed, context or Context())
+    elapsed = time.perf_counter() - started
+    if not isinstance(output, Output):
+        raise SimulationError(f"{kind.name}: {kind.run} returned a {type(output).__name__}, "
+                              "not a simkind.Output")
+    return {
+        "kind": kind.name,
+        "params": params,
+        "seed": seed,
+        "observables": {str(name): [_finite(kind.name, f"observable {name}", x) for x in values]
+                        for name, values in output.observables.items()},
+        "summary": {str(name): _finite(kind.name, f"summary {name}", value)
+                    for name, value in output.summary.items()},
+        "metadata": {**output.metadata, **loaded.provenance(),
+                     "python_version": platform.python_version(), "elapsed_s": elapsed},
+    }
+
+
+def _finite(kind: str, what: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SimulationError(f"{kind}: {what} = {value!r:.60} is not a number") from None
+    if not math.isfinite(number):
+        raise SimulationError(f"{kind}: {what} is {number} (not finite)")
+    return number
