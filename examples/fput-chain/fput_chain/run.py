@@ -110,7 +110,7 @@ def run(params: dict[str, Any], seed: int, context: Context) -> Output:
         series["kinetic_energy"].append(kinetic)
         series["potential_energy"].append(potential)
         series["total_energy"].append(kinetic + potential)
-        for q, energy in zip(modes, reference.mode_energies(u, v, k, mass, modes)):
+        for q, energy in zip(modes, reference.mode_energies(u, v, k, mass, modes), strict=True):
             series[f"mode_energy_{q}"].append(float(energy))
 
     sample(0)
@@ -143,7 +143,7 @@ def run(params: dict[str, Any], seed: int, context: Context) -> Output:
     if meter is not None:
         omegas = meter.omegas(dt)
         exact = reference.normal_mode_frequencies(n, k, mass, measured)
-        summary.update({f"omega_{q}": float(w) for q, w in zip(measured, omegas)})
+        summary.update({f"omega_{q}": float(w) for q, w in zip(measured, omegas, strict=True)})
         summary["omega_max_rel_error"] = float(np.max(np.abs(omegas - exact) / exact))
     return Output(
         observables=series,
