@@ -11,9 +11,9 @@ import argparse
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 from ckernel.params import KINDS, RULES, SAMPLES_RULE, SPECS
+from simkind.fields import parameter_rows
 
 BEGIN = ("<!-- generated from ckernel/params.py by `python -m ckernel.params_doc "
          "docs/kernels.md`: edit the specs, not this -->")
@@ -22,19 +22,11 @@ WIDTH = 92
 """Prose lines are wrapped like the rest of the file; table rows stay whole."""
 
 
-def _default(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def table(kind: str) -> str:
     """The Markdown table of one kind's parameters, in spec order."""
     rows = ["| parameter | default | allowed | unit | meaning |", "|---|---|---|---|---|"]
-    rows += [f"| `{name}` | {_default(f.default)} | {f.allowed()} | {f.unit} | {f.doc} |"
-             for name, f in SPECS[kind].items()]
+    rows += [f"| `{r['name']}` | {r['default']} | {r['allowed']} | {r['unit']} | {r['doc']} |"
+             for r in parameter_rows(SPECS[kind])]
     return "\n".join(rows)
 
 

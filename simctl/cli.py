@@ -23,6 +23,7 @@ from simctl.errors import SimctlError
 COMMANDS = {
     "run": "simctl.commands.run.run",
     "validate": "simctl.commands.validate.validate",
+    "kinds": "simctl.commands.kinds.kinds",
     "ping": "simctl.commands.ping.ping",
     "status": "simctl.commands.status.status",
     "monitor": "simctl.commands.monitor.monitor",

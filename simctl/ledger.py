@@ -523,6 +523,28 @@ class Ledger:
             )
         ]
 
+    def pending_tasks(self, run_id: str) -> list[tuple[str, str, dict[str, Any], int, str | None]]:
+        """(task id, kind, params, seed, kind version) of a run's pending tasks, in order."""
+        return [
+            (task_id, kind, json.loads(params), seed, version)
+            for task_id, kind, params, seed, version in self.db.execute(
+                "SELECT task_id, kind, params, seed, kind_version FROM tasks"
+                f" WHERE run_id = ? AND state = {PENDING} ORDER BY idx",
+                (run_id,),
+            )
+        ]
+
+    def revalidate(self, updates: list[tuple[str, dict[str, Any], str, str]]) -> None:
+        """Store (task id, params, kind version, reuse key) of pending tasks validated anew
+        against the installed kinds; tasks no longer pending are left alone."""
+        with self.batch():
+            self.db.executemany(
+                "UPDATE tasks SET params = ?, kind_version = ?, reuse_key = ?"
+                f" WHERE task_id = ? AND state = {PENDING}",
+                [(json.dumps(params), version, key, task_id)
+                 for task_id, params, version, key in updates],
+            )
+
     def pending_needs(self, run_id: str) -> dict[tuple[str, str | None], int]:
         """Pending tasks of a run counted by (kind, kind version)."""
         return {
@@ -663,12 +685,14 @@ class Ledger:
         }
 
     def task_rows(self, run_id: str) -> list[dict[str, Any]]:
-        """Every task of a run with its result (if any), in index order."""
+        """Every task of a run with its result (if any), in index order; with what computed
+        it (kind version, package and version, worker image) and, for a reused result, the
+        task that computed it."""
         self.run(run_id)
         cols = (
             "t.task_id, t.idx, t.kind, t.params, t.seed, t.state, t.attempt, t.tries, t.lost,"
             " t.worker_id, t.error, r.summary, r.started_at, r.finished_at, r.attempt,"
-            " a.assigned_at, t.kind_version, t.reused_from"
+            " a.assigned_at, t.kind_version, t.reused_from, r.metadata, r.worker_id"
         )
         rows = []
         for row in self.db.execute(
@@ -696,7 +720,10 @@ class Ledger:
                 assigned,
                 kind_version,
                 reused_from,
+                metadata,
+                result_worker,
             ) = row
+            meta = json.loads(metadata) if metadata else {}
             rows.append(
                 {
                     "task_id": task_id,
@@ -707,7 +734,7 @@ class Ledger:
                     "seed": seed,
                     "state": state,
                     "summary": json.loads(summary) if summary else {},
-                    "worker_id": worker,
+                    "worker_id": worker or result_worker,
                     "attempts": attempt,
                     "tries": tries,
                     "lost": lost,
@@ -718,6 +745,9 @@ class Ledger:
                     "started_at": started,
                     "finished_at": finished,
                     "reused_from": reused_from,
+                    "package": meta.get("package"),
+                    "package_version": meta.get("package_version"),
+                    "image": meta.get("image"),
                 }
             )
         return rows

@@ -12,7 +12,8 @@ from simctl.ledger import FINISHED, Ledger, RunInfo, TaskState
 FAILURES_SHOWN = 10
 """Failed tasks listed under a run's summary (all are in ``simctl status RUN``)."""
 
-CSV_FIXED = ("task_id", "kind", "state", "seed", "worker_id", "attempts", "elapsed_s")
+CSV_FIXED = ("task_id", "kind", "kind_version", "state", "seed", "worker_id", "attempts",
+             "elapsed_s", "reused_from")
 """The first CSV columns; ``param.<name>`` and ``summary.<name>`` follow."""
 
 SUMMARY_WIDTH = 80
@@ -21,6 +22,10 @@ SUMMARY_WIDTH = 80
 JSON_FIELDS = (
     "task_id",
     "kind",
+    "kind_version",
+    "package",
+    "package_version",
+    "image",
     "params",
     "seed",
     "state",
@@ -34,6 +39,7 @@ JSON_FIELDS = (
     "assigned_at",
     "started_at",
     "finished_at",
+    "reused_from",
 )
 """The fields of each task in ``--format json``."""
 
@@ -91,7 +97,7 @@ def render(ledger: Ledger, run_id: str, fmt: str, observables: bool = False) -> 
                 [
                     r["task_id"],
                     r["kind"],
-                    r["state"],
+                    r["state"] + (" (reused)" if r["reused_from"] else ""),
                     r["seed"],
                     r["worker_id"] or "-",
                     r["attempts"],

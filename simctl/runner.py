@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import simkind
 from simctl.background import spawn_detached
 from simctl.config import Settings
 from simctl.dispatcher import Dispatcher, DispatcherLock
-from simctl.errors import BrokerChanged, BrokerError, RunTimeout
+from simctl.errors import BrokerChanged, BrokerError, InputError, RunTimeout
 from simctl.ledger import Ledger, RunInfo, RunState
 from simctl.mqtt import Observer
+from simctl.taskfile import reuse_key
 from simproto.protocol import Cancel, Channel, RunProgress
 
 if TYPE_CHECKING:
@@ -82,6 +84,37 @@ def check_broker(
     ledger.set_run_broker(info.run_id, here)
 
 
+def version_changes(ledger: Ledger, run_id: str,
+                    kinds: simkind.Registry) -> dict[tuple[str, str | None, str], int]:
+    """Pending tasks of a run validated with another version of their kind than the one
+    installed here: (kind, their version, installed version) -> count. Tasks whose kind is
+    not installed here, or whose version was not recorded, are not counted."""
+    changes: dict[tuple[str, str | None, str], int] = {}
+    for _task_id, kind, _params, _seed, version in ledger.pending_tasks(run_id):
+        installed = kinds.kinds.get(kind)
+        if installed is not None and version is not None and version != installed.version:
+            key = (kind, version, installed.version)
+            changes[key] = changes.get(key, 0) + 1
+    return changes
+
+
+def revalidate(ledger: Ledger, run_id: str, kinds: simkind.Registry) -> int:
+    """Validate a run's pending tasks again with the kinds installed here and record those
+    versions (params get the new defaults; seeds stay). Nothing changes if one fails:
+    InputError names the task. Returns how many tasks were validated anew."""
+    updates = []
+    for task_id, kind, params, seed, _version in ledger.pending_tasks(run_id):
+        try:
+            installed = kinds.get(kind)
+            validated = installed.kind.validate(params)
+        except simkind.ParamError as e:
+            raise InputError(f"--revalidate: task {task_id}: {e}; nothing was changed") from e
+        updates.append((task_id, validated, installed.version,
+                        reuse_key(kind, installed.version, validated, seed)))
+    ledger.revalidate(updates)
+    return len(updates)
+
+
 def submit(
     settings: Settings,
     conn: ConnectionSettings,
@@ -89,12 +122,13 @@ def submit(
     taskfile: TaskFile,
     *,
     dispatch_here: bool,
+    reuse: bool = True,
 ) -> tuple[str, tuple[DispatcherLock, Dispatcher] | None]:
     """Store a run once the broker is known to answer; returns its id.
 
     With ``dispatch_here``, also takes the ledger's lock if it is free and connects this
     process's dispatcher (returned with the lock, for :func:`follow`). Nothing is stored when
-    the broker cannot be reached.
+    the broker cannot be reached. ``reuse``: tasks done before are not run again.
     """
     held = None
     broker = broker_identity(conn)
@@ -108,7 +142,7 @@ def submit(
                 lock.release()
                 raise
             held = (lock, dispatcher)
-    return ledger.create_run(taskfile, broker), held
+    return ledger.create_run(taskfile, broker, reuse=reuse), held
 
 
 def finished(ledger: Ledger, run_id: str) -> bool:

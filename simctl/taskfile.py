@@ -122,10 +122,13 @@ class TaskSpec:
 
     @property
     def reuse_key(self) -> str:
-        """What makes two tasks the same computation: kind, kind version, validated params
-        and seed (a done task with the same key is reused instead of run again)."""
-        return _digest({"kind": self.kind, "version": self.kind_version,
-                        "params": self.params, "seed": self.seed})
+        return reuse_key(self.kind, self.kind_version, self.params, self.seed)
+
+
+def reuse_key(kind: str, version: str | None, params: dict[str, Any], seed: int) -> str:
+    """What makes two tasks the same computation: kind, kind version, validated params and
+    seed (a done task with the same key is reused instead of run again)."""
+    return _digest({"kind": kind, "version": version, "params": params, "seed": seed})
 
 
 @dataclass(frozen=True)

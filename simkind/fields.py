@@ -138,3 +138,19 @@ def vectors(where: str, value: Any) -> list[list[float]]:
         raise ParamError(f"{where}: must be a non-empty list of [x, y, z] number triples, "
                          f"got {type(value).__name__}")
     return [triple(f"{where}[{i}]", row) for i, row in enumerate(value)]
+
+
+def show_default(value: Any) -> str:
+    """A default as a task file spells it (``true``, not ``True``; — for none)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parameter_rows(spec: Spec) -> list[dict[str, str]]:
+    """One row per parameter, in spec order: name, type, default, allowed, unit, doc (what
+    ``simctl kinds NAME`` and the docs' parameter tables show)."""
+    return [{"name": name, "type": f.type, "default": show_default(f.default),
+             "allowed": f.allowed(), "unit": f.unit, "doc": f.doc} for name, f in spec.items()]

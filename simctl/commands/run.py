@@ -34,6 +34,18 @@ if TYPE_CHECKING:
     is_flag=True,
     help="With --resume: the run's broker was replaced; continue it on this one.",
 )
+@click.option(
+    "--revalidate",
+    is_flag=True,
+    help="With --resume: validate the pending tasks again with the kinds installed here and "
+    "run them with those versions (after an upgrade).",
+)
+@click.option(
+    "--no-reuse",
+    is_flag=True,
+    help="Run every task, even one identical to a task done before (same kind, version, "
+    "params and seed).",
+)
 @seconds_option(
     "--timeout",
     above=True,
@@ -48,6 +60,8 @@ def run(
     detach: bool,
     resume: str | None,
     broker_changed: bool,
+    revalidate: bool,
+    no_reuse: bool,
     timeout: float | None,
     quiet: bool,
 ) -> None:
@@ -61,21 +75,28 @@ def run(
 
     if resume and taskfile:
         raise InputError("give either a task file or --resume RUN_ID, not both")
-    if broker_changed and not resume:
-        raise InputError("--broker-changed goes with --resume RUN_ID")
+    for flag, given in (("--broker-changed", broker_changed), ("--revalidate", revalidate)):
+        if given and not resume:
+            raise InputError(f"{flag} goes with --resume RUN_ID")
+    if no_reuse and resume:
+        raise InputError("--no-reuse goes with a task file: a resumed run's tasks are stored")
     conn = settings.connection()
     held = None
     if resume:
         ledger = open_ledger(settings)
         runner.check_broker(ledger, ledger.run(resume), conn, changed=broker_changed)
         run_id = resume
+        _check_versions(ledger, run_id, revalidate, quiet=as_json)
     else:
         tf = tf_mod.load(taskfile or DEFAULT_TASKFILE)  # checked before the ledger is touched
         ledger = open_ledger(settings)
-        run_id, held = runner.submit(settings, conn, ledger, tf, dispatch_here=not detach)
+        run_id, held = runner.submit(settings, conn, ledger, tf, dispatch_here=not detach,
+                                     reuse=not no_reuse)
         if not as_json:
+            reused = ledger.run(run_id).done
             click.echo(
-                f"run {run_id}: {len(tf.tasks)} tasks from {tf.path} (ledger {settings.store})",
+                f"run {run_id}: {len(tf.tasks)} tasks from {tf.path} (ledger {settings.store})"
+                + (f"; {reused} done before, reused (--no-reuse to run them)" if reused else ""),
                 err=True,
             )
     if detach:
@@ -109,6 +130,25 @@ def run(
     finally:
         bar.close()
     _report_run(settings, ledger, info, as_json)
+
+
+def _check_versions(ledger: Ledger, run_id: str, revalidate: bool, quiet: bool) -> None:
+    """Say which pending tasks were validated with another version of their kind than the
+    installed one; with ``revalidate``, move them to the installed version."""
+    import simkind
+    from simctl import runner
+
+    kinds = simkind.installed()
+    if revalidate:
+        n = runner.revalidate(ledger, run_id, kinds)
+        if not quiet:
+            click.echo(f"run {run_id}: {n} pending tasks validated again with the kinds "
+                       "installed here", err=True)
+        return
+    for (kind, old, new), n in sorted(runner.version_changes(ledger, run_id, kinds).items()):
+        click.echo(f"warning: run {run_id}: {n} pending tasks were validated with {kind} "
+                   f"{old}, installed here is {new}: they run only on workers with {kind} "
+                   f"{old} (--revalidate to run them with {new})", err=True)
 
 
 def _run_json(info: RunInfo, settings: Settings) -> dict[str, Any]:

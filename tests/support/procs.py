@@ -268,27 +268,31 @@ class Cluster:
         self.procs: list[Proc] = []
         self.agents: dict[str, Proc] = {}
         self.slots: dict[str, int] = {}
+        self.extra_env: dict[str, str] = {}
+        """Set for every process started from now on (a plugin on PYTHONPATH, say)."""
         self.watcher = Watcher(broker_address, prefix, watch_results)
 
     # ------------------------------------------------------------------ processes
 
     def env(self) -> dict[str, str]:
-        """See :func:`private_env`."""
-        return private_env(self.workdir)
+        """See :func:`private_env`; with :attr:`extra_env`."""
+        return {**private_env(self.workdir), **self.extra_env}
 
-    def _spawn(self, name: str, argv: list[str], separate_stdout: bool = False) -> Proc:
-        proc = Proc(name, argv, self.workdir, self.env(), separate_stdout)
+    def _spawn(self, name: str, argv: list[str], separate_stdout: bool = False,
+               env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, argv, self.workdir, {**self.env(), **(env or {})}, separate_stdout)
         self.procs.append(proc)
         return proc
 
     def start_agent(self, worker_id: str, slots: int = 1, *extra: str,
                     heartbeat: float = TEST_HEARTBEAT_S,
-                    keepalive: int = TEST_KEEPALIVE_S) -> Proc:
-        """Start ``worker-agent`` (does not wait; see :meth:`wait_online`)."""
+                    keepalive: int = TEST_KEEPALIVE_S, env: dict[str, str] | None = None) -> Proc:
+        """Start ``worker-agent`` (does not wait; see :meth:`wait_online`); ``env`` adds to
+        or overrides its environment."""
         argv = [*agent_command(), "--broker", self.broker_address, "--topic-prefix", self.prefix,
                 "--worker-id", worker_id, "--slots", str(slots), "--heartbeat", str(heartbeat),
                 "--keepalive", str(keepalive), "--http-port", "0", *extra]
-        proc = self._spawn(f"agent-{worker_id}-{len(self.procs)}", argv)
+        proc = self._spawn(f"agent-{worker_id}-{len(self.procs)}", argv, env=env)
         self.agents[worker_id] = proc
         self.slots[worker_id] = slots
         return proc
