@@ -39,3 +39,8 @@ extras="."
 echo "==> installing particle-sim into .venv (builds the Cython kernels)"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e "$extras"
+if (( want_test )); then
+    # The tests run sweeps of a plugin kind (pip fetches its build requirements).
+    echo "==> installing the example kind plugin (examples/fput-chain)"
+    .venv/bin/python -m pip install -q ./examples/fput-chain
+fi

@@ -151,6 +151,10 @@ class TaskFile:
             counts[t.kind] = counts.get(t.kind, 0) + 1
         return counts
 
+    def kind_versions(self) -> dict[str, str | None]:
+        """The version of each kind the tasks were validated with."""
+        return {t.kind: t.kind_version for t in self.tasks}
+
 
 def _digest(value: Any) -> str:
     canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -33,7 +33,8 @@ class Kind:
     only for that version); left out, it is the version of the package that provides it.
     ``check(params, given)`` applies the cross-field rules to validated ``params`` (it may
     fill in derived values) and raises :class:`ParamError`; ``given`` holds what the task
-    file set. ``rules`` says those rules in words for the docs. ``cost(params)`` estimates
+    file set. Validation must accept its own output: the worker validates the stored,
+    already validated params again, where every field with a value counts as given. ``rules`` says those rules in words for the docs. ``cost(params)`` estimates
     a task's relative cost (1.0 is a typical task; used for scheduling).
     """
 
@@ -87,7 +88,7 @@ class Context:
     """What a run function is handed besides its params and seed.
 
     ``progress(fraction)`` reports how far the task is (0 to 1; calls are cheap and may be
-    made every step: the agent forwards at most a few per second). Room is left here for
+    made every step: the task process forwards at most one every 50 ms). Room is left here for
     the files a task writes and its checkpoints.
     """
 

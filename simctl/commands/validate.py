@@ -26,12 +26,14 @@ def validate(taskfile: Path | None, as_json: bool) -> None:
                 "name": tf.name,
                 "tasks": len(tf.tasks),
                 "kinds": tf.kinds(),
+                "kind_versions": tf.kind_versions(),
                 "seed": tf.seed,
                 "max_attempts": tf.max_attempts,
             }
         )
         return
-    kinds = ", ".join(f"{k}: {n}" for k, n in tf.kinds().items())
+    versions = tf.kind_versions()
+    kinds = ", ".join(f"{k} {versions[k]}: {n}" for k, n in tf.kinds().items())
     seed = tf.seed if tf.seed_given else f"{tf.seed} (random: the file sets none)"
     click.echo(f"{tf.path}: valid, {len(tf.tasks)} tasks ({kinds})")
     click.echo(f"name {tf.name}, seed {seed}, max_attempts {tf.max_attempts}")

@@ -56,7 +56,8 @@ def test_nothing_acted_on_is_delivered_again_after_a_restart(cluster: Cluster,
     broker.stop(signal.SIGTERM)  # saves every session with what it still holds
     broker.start()
 
-    after = cluster.task_file("after-restart", sleep_tasks(4, 0.0))
+    # Another seed: the same tasks with the first file's seed would be reused, not run.
+    after = cluster.task_file("after-restart", sleep_tasks(4, 0.0), seed=7)
     second = cluster.simctl_json("run", str(after), "--json", "--quiet", timeout=60)
     assert (second["done"], second["duplicates"]) == (4, 0), second
     runs = {run["run_id"]: run for run in cluster.simctl_json("status", "--json")["runs"]}

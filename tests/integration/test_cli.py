@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -131,10 +132,12 @@ def test_validate_text_and_json(tmp_path: Path) -> None:
     good = write(tmp_path, "good.yaml",
                  "name: g\nseed: 3\ntasks:\n  - kind: sleep\n    sweep: {seconds: [0, 1]}\n"
                  "    replicas: 3\n")
-    assert "valid, 6 tasks (sleep: 6)" in sim("validate", str(good)).stdout
+    version = metadata.version("particle-sim")  # the built-in kinds' version
+    assert f"valid, 6 tasks (sleep {version}: 6)" in sim("validate", str(good)).stdout
     doc = sim.json("validate", str(good))
     assert doc == {"taskfile": str(good), "valid": True, "name": "g", "tasks": 6,
-                   "kinds": {"sleep": 6}, "seed": 3, "max_attempts": 3}
+                   "kinds": {"sleep": 6}, "kind_versions": {"sleep": version}, "seed": 3,
+                   "max_attempts": 3}
     assert not sim.store.exists()  # validate never touches the ledger
 
 
@@ -300,14 +303,14 @@ def test_run_status_results_and_ping_with_agents(simctl: Simctl, agents: list[st
 
     rows = list(csv.DictReader(io.StringIO(simctl("results", run_id, "--format", "csv").stdout)))
     assert len(rows) == 5
-    assert list(rows[0])[:7] == ["task_id", "kind", "state", "seed", "worker_id", "attempts",
-                                 "elapsed_s"]
+    assert list(rows[0])[:9] == ["task_id", "kind", "kind_version", "state", "seed",
+                                 "worker_id", "attempts", "elapsed_s", "reused_from"]
     assert rows[0]["param.seconds"] == "0.05" and "summary.seconds" in rows[0]
     assert rows[3]["state"] == "failed"
 
     out_file = tmp_path / "out.csv"
     simctl("results", run_id, "--format", "csv", "-o", str(out_file))
-    assert out_file.read_text().startswith("task_id,kind,state")
+    assert out_file.read_text().startswith("task_id,kind,kind_version,state")
     assert run_id in simctl("results", run_id).stdout
 
 

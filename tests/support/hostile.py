@@ -45,7 +45,8 @@ def valid_messages(run_id: str, task_ids: list[str], worker_id: str = "w1"
 
     return {
         "status": lambda rng: p.WorkerStatus(worker_id, "online", "s1", 1.0, slots=1,
-                                             free_slots=1, running=[task(rng)]),
+                                             free_slots=1, running=[task(rng)],
+                                             kinds={"sleep": "0.1.0"}, image="w:1"),
         "heartbeat": lambda rng: p.Heartbeat(worker_id, "s1", 1, 1.0, 1, {task(rng): 0.5}),
         "result": lambda rng: p.Result(worker_id, "s1", run_id, task(rng), rng.choice([1, 2]),
                                        "done", 1.0, 2.0, {"x": 1.0}, {"t": [0.0, 1.0]}),

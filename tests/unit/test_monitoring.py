@@ -3,6 +3,8 @@ stale-progress rule, the throughput between two screens, and the JSON of one scr
 
 from __future__ import annotations
 
+import io
+
 from simctl.ledger import RunInfo
 from simctl.monitoring import STALE_PROGRESS_S, Sample, screen
 from simproto.protocol import RunProgress, WorkerStatus
@@ -66,3 +68,18 @@ def test_worker_rows_of_the_screen() -> None:
         {"worker_id": "w2", "state": "online", "slots": 4, "busy_slots": 3, "running": 3,
          "last_seen": NOW - 1},
     ]
+
+
+def test_a_run_waiting_for_a_kind_says_so_in_the_progress_line_and_the_tables() -> None:
+    from simctl.display import ProgressBar, waiting_notes, waiting_text
+    from simctl.routing import unrunnable
+
+    needs = {("chain", "1.0"): 3, ("sleep", None): 2, ("lj", "0.1"): 0}
+    assert unrunnable(needs, [{"sleep": "9"}, {"chain": "1.1"}]) == {"chain 1.0": 3}
+    assert unrunnable(needs, [{"chain": "1.0", "sleep": "1"}]) == {}
+    assert waiting_text({"chain 1.0": 3}) == "3 tasks wait: no online worker has kind chain 1.0"
+    assert waiting_notes([{"run_id": "r1", "waiting": {"chain 1.0": 1}}, {"run_id": "r2"}]) == [
+        "run r1: 1 task wait: no online worker has kind chain 1.0"]
+    bar = ProgressBar(io.StringIO())
+    assert bar.line(run_info("r1", 2, pending=3), NOW, {"chain 1.0": 3}).endswith(
+        "; 3 tasks wait: no online worker has kind chain 1.0")

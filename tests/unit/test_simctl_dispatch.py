@@ -404,3 +404,27 @@ def test_a_handler_that_raises_is_rolled_back_counted_and_passed(tmp_path: Path,
     assert d.ledger.rejections()["could not be processed"]["count"] == 1
     assert states(d, run_id) == ["done", "assigned"]
     assert list(d.leases) == [f"{run_id}.1"]  # rebuilt from the ledger
+
+
+def test_tasks_go_only_to_workers_with_their_kind_at_their_version(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    text = ("name: k\nseed: 1\ntasks:\n  - kind: sleep\n    replicas: 2\n"
+            "  - kind: brownian\n    params: {n_particles: 2, steps: 10}\n    replicas: 2\n")
+    run_id = ledger.create_run(parse_text(text, Path("k.yaml")))
+    d = Scheduler(ledger, Topics("t"))
+    d.decide([Connected()], tick())
+    sleeper = WorkerStatus(worker_id="sl", state="online", session="s1", ts=time.time(),
+                           slots=4, free_slots=4, heartbeat_s=0.2, kinds={"sleep": KINDS["sleep"]})
+    old = WorkerStatus(worker_id="old", state="online", session="s1", ts=time.time(),
+                       slots=4, free_slots=4, heartbeat_s=0.2, kinds={"brownian": "0.0.1"})
+    decided = decide(d, sleeper, old)
+    assert sorted((w, a.kind) for w, a in decided.assignments) == [("sl", "sleep")] * 2
+    assert {a.kind_version for _, a in decided.assignments} == {KINDS["sleep"]}
+    # The brownian tasks wait: the only worker with brownian has another version.
+    assert d.waiting(run_id) == {f"brownian {KINDS['brownian']}": 2}
+    [progress] = d.due_progress(tick(), force=True)
+    assert progress.waiting == {f"brownian {KINDS['brownian']}": 2}
+    new = WorkerStatus(worker_id="new", state="online", session="s1", ts=time.time(),
+                       slots=4, free_slots=4, heartbeat_s=0.2, kinds=KINDS)
+    assert sorted(a.kind for a in pass_(d, new)) == ["brownian", "brownian"]
+    assert d.waiting(run_id) == {}
