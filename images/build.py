@@ -44,7 +44,7 @@ REQUIREMENTS = IMAGES / "requirements.txt"
 PROJECT_FILES = ("pyproject.toml", "setup.py", "README.md", "LICENSE")
 """Top-level files the project's wheel is built from, besides its packages."""
 
-PROJECT_PACKAGES = ("ckernel", "simproto", "worker_agent", "simctl")
+PROJECT_PACKAGES = ("ckernel", "simkind", "simproto", "worker_agent", "simctl")
 """The packages of pyproject.toml's [tool.setuptools] packages."""
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
