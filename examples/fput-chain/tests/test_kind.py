@@ -22,9 +22,13 @@ def test_the_entry_point_installs_the_kind(chain: simkind.LoadedKind) -> None:
     assert chain.entry_point == "chain = fput_chain.kind:CHAIN"
 
 
-def test_defaults_validate_and_validation_is_idempotent(chain: simkind.LoadedKind) -> None:
-    params = chain.kind.validate({})
-    assert params["n_particles"] == 32 and params["init"] == "random"
+@pytest.mark.parametrize("given", [{}, {"n_particles": 10, "init": "mode", "mode": 5},
+                                   {"mode": 3, "alpha": 0.25}])
+def test_validation_fills_defaults_and_is_idempotent(chain: simkind.LoadedKind,
+                                                     given: dict[str, object]) -> None:
+    # The worker validates the stored params again, with every field then given.
+    params = chain.kind.validate(given)
+    assert set(params) == set(chain.kind.params)
     assert chain.kind.validate(params) == params
     assert chain.kind.estimate_cost(params) > 0.0
 

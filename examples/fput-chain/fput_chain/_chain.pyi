@@ -1,0 +1,9 @@
+"""Types of the compiled ``fput_chain._chain`` (see ``_chain.pyx``; the numpy twins, with the
+same signatures, are in ``reference.py``)."""
+
+import numpy as np
+
+def forces(u: np.ndarray, k: float, alpha: float, beta: float, f: np.ndarray) -> None: ...
+def project(basis: np.ndarray, u: np.ndarray, out: np.ndarray) -> None: ...
+def verlet(u: np.ndarray, v: np.ndarray, f: np.ndarray, dt: float, k: float, alpha: float,
+           beta: float, mass: float, basis: np.ndarray, projections: np.ndarray) -> None: ...
