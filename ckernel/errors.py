@@ -1,15 +1,9 @@
-"""Errors raised by the kernels' public API."""
+"""Errors raised by the kernels' public API: the kind contract's own (``simkind``), so the
+runtime treats the built-in kinds' errors like any plugin's."""
 
 from __future__ import annotations
 
+from simkind.errors import KindError as CkernelError
+from simkind.errors import ParamError, SimulationError
 
-class CkernelError(Exception):
-    """Base of every error raised by ckernel."""
-
-
-class ParamError(CkernelError, ValueError):
-    """Invalid kind or parameters; the message names the field, the value and what is allowed."""
-
-
-class SimulationError(CkernelError, RuntimeError):
-    """A simulation became non-finite (blew up) or failed on purpose; the message says where."""
+__all__ = ["CkernelError", "ParamError", "SimulationError"]

@@ -1,10 +1,12 @@
-"""Parameter validation for every kind, in pure Python (no compiled extension, no numpy).
+"""The built-in kinds (lj, nbody, brownian, sleep) as :class:`simkind.Kind` s, in pure Python.
 
-simctl validates task files with this module before anything is sent, so it must import
-without the extension. Each kind is a table of :class:`Field` specs (type, default, range);
+simctl validates task files with this module before anything is sent, so it imports
+neither numpy nor the extension: the kinds' run functions (``ckernel.drivers``) are named,
+not imported. Each kind is a table of :class:`simkind.Field` specs (type, default, range);
 cross-field rules (lattice or explicit positions, cutoff against the box, stability limits,
 size bounds) follow in one function per kind, and :data:`RULES` says them in words. Every
-error names the field, the value and what is allowed.
+error names the field, the value and what is allowed. The kinds are registered in the
+entry-point group ``particle_sim.kinds`` (pyproject.toml), like any plugin's.
 
 The parameter tables of ``docs/kernels.md`` are generated from these specs:
 ``python -m ckernel.params --markdown docs/kernels.md`` rewrites them, and
@@ -14,10 +16,11 @@ The parameter tables of ``docs/kernels.md`` are generated from these specs:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
-from ckernel.errors import ParamError
+from simkind import Field, Kind
+from simkind.errors import ParamError
+from simkind.fields import number, triple
 
 KINDS: tuple[str, ...] = ("lj", "nbody", "brownian", "sleep")
 """The simulation kinds, in documentation order."""
@@ -41,37 +44,6 @@ MAX_DENSITY = 1.5
 
 POTENTIALS = ("truncated", "shifted", "force_shifted")
 ENSEMBLES = ("nve", "nvt")
-
-
-@dataclass(frozen=True)
-class Field:
-    """One parameter: its type, default, allowed range (``None`` bound = unbounded) and unit
-    (reduced units; "" for counts, switches and choices)."""
-
-    type: str  # "int", "float", "bool", "choice", "vectors" (list of [x, y, z]), "bodies"
-    default: Any
-    doc: str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # True: the value must be strictly above ``low``
-    choices: tuple[str, ...] = ()
-    unit: str = ""
-
-    def allowed(self) -> str:
-        """Human-readable range or type, used in error messages and docs."""
-        if self.type == "choice":
-            return "one of " + ", ".join(self.choices)
-        if self.type == "bool":
-            return "true or false"
-        if self.type == "vectors":
-            return "a list of [x, y, z] number triples"
-        if self.type == "bodies":
-            return (f'a list of 2 to {MAX_BODIES} {{"mass": m > 0, "position": [x, y, z], '
-                    '"velocity": [vx, vy, vz]}')
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
-        bracket = "(" if self.low_open else "["
-        return f"{'an integer' if self.type == 'int' else 'a number'} in {bracket}{low}, {high}]"
 
 
 def _steps_fields(dt_default: float, dt_high: float, steps_default: int,
@@ -120,7 +92,10 @@ SPECS: dict[str, dict[str, Field]] = {
     "nbody": {
         "n_bodies": Field("int", 256, "bodies in the Plummer sphere (with bodies: their "
                           "count)", 2, MAX_BODIES),
-        "bodies": Field("bodies", None, "explicit bodies instead of a Plummer sphere"),
+        "bodies": Field("custom", None, "explicit bodies instead of a Plummer sphere",
+                        parse=lambda where, value: _bodies(where, value),
+                        describe=f'a list of 2 to {MAX_BODIES} {{"mass": m > 0, '
+                                 '"position": [x, y, z], "velocity": [vx, vy, vz]}'),
         "softening": Field("float", 0.05, "Plummer softening length epsilon", 0.0, 100.0,
                            unit="length"),
         "G": Field("float", 1.0, "gravitational constant", 0.0, 1e6, low_open=True,
@@ -170,72 +145,11 @@ SAMPLES_RULE = (f"For every physical kind, `steps // sample_every + 1` must be a
 
 
 def validate(kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Return ``params`` with defaults filled in, or raise ParamError naming the field."""
-    if not isinstance(kind, str) or kind not in KINDS:
+    """Return ``params`` of built-in ``kind`` with defaults filled in, or raise ParamError
+    naming the field (the runtime validates any installed kind through ``simkind``)."""
+    if not isinstance(kind, str) or kind not in BUILT_IN:
         raise ParamError(f"unknown kind {kind!r}: allowed kinds are {', '.join(KINDS)}")
-    if not isinstance(params, dict):
-        raise ParamError(f"params for {kind!r} must be a mapping, got {type(params).__name__}")
-    spec = SPECS[kind]
-    unknown = sorted(str(name) for name in set(params) - set(spec))
-    if unknown:
-        raise ParamError(f"{kind}: unknown parameter {unknown[0]!r}: allowed are "
-                         f"{', '.join(sorted(spec))}")
-    # None means "not given", so validating an already validated dict is a no-op.
-    given = {name: value for name, value in params.items() if value is not None}
-    out = {name: _check(kind, name, field, given[name]) if name in given else field.default
-           for name, field in spec.items()}
-    _CROSS_CHECKS[kind](out, given)
-    return out
-
-
-def _check(kind: str, name: str, field: Field, value: Any) -> Any:
-    where = f"{kind}.{name}"
-    if field.type == "bool":
-        if not isinstance(value, bool):
-            raise ParamError(f"{where} = {value!r}: must be true or false")
-        return value
-    if field.type == "choice":
-        if value not in field.choices:
-            raise ParamError(f"{where} = {value!r}: must be {field.allowed()}")
-        return value
-    if field.type == "vectors":
-        return _vectors(where, value)
-    if field.type == "bodies":
-        return _bodies(where, value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ParamError(f"{where} = {value!r}: must be {field.allowed()}")
-    if field.type == "int":
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ParamError(f"{where} = {value!r}: must be {field.allowed()}")
-            value = int(value)
-    else:
-        value = float(value)
-    too_low = field.low is not None and (value <= field.low if field.low_open
-                                         else value < field.low)
-    too_high = field.high is not None and value > field.high
-    if not math.isfinite(value) or too_low or too_high:
-        raise ParamError(f"{where} = {value!r} out of range: must be {field.allowed()}")
-    return value
-
-
-def _number(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ParamError(f"{where} = {value!r}: must be a finite number")
-    return float(value)
-
-
-def _vectors(where: str, value: Any) -> list[list[float]]:
-    if not isinstance(value, list | tuple) or not value:
-        raise ParamError(f"{where}: must be a non-empty list of [x, y, z] number triples, "
-                         f"got {type(value).__name__}")
-    return [_triple(f"{where}[{i}]", row) for i, row in enumerate(value)]
-
-
-def _triple(where: str, value: Any) -> list[float]:
-    if not isinstance(value, list | tuple) or len(value) != 3:
-        raise ParamError(f"{where} = {value!r}: must be a list of 3 numbers")
-    return [_number(where, c) for c in value]
+    return BUILT_IN[kind].validate(params)
 
 
 def _bodies(where: str, value: Any) -> list[dict[str, Any]]:
@@ -248,11 +162,11 @@ def _bodies(where: str, value: Any) -> list[dict[str, Any]]:
         if not isinstance(body, dict) or set(body) != {"mass", "position", "velocity"}:
             raise ParamError(f"{here} = {body!r}: must be a mapping with exactly the keys "
                              "mass, position, velocity")
-        mass = _number(f"{here}.mass", body["mass"])
+        mass = number(f"{here}.mass", body["mass"])
         if mass <= 0.0:
             raise ParamError(f"{here}.mass = {mass!r} out of range: must be > 0")
-        out.append({"mass": mass, "position": _triple(f"{here}.position", body["position"]),
-                    "velocity": _triple(f"{here}.velocity", body["velocity"])})
+        out.append({"mass": mass, "position": triple(f"{here}.position", body["position"]),
+                    "velocity": triple(f"{here}.velocity", body["velocity"])})
     return out
 
 
@@ -335,9 +249,26 @@ def _brownian_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
     _check_samples("brownian", p)
 
 
-def _sleep_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
-    """Sleep has no cross-field rules."""
+def _lj_cost(p: dict[str, Any]) -> float:
+    atoms = 4 * p["n_cells"] ** 3 if p["positions"] is None else len(p["positions"])
+    return atoms * p["steps"] / 1e7  # about a second per 10^7 atom-steps
 
 
-_CROSS_CHECKS = {"lj": _lj_cross, "nbody": _nbody_cross, "brownian": _brownian_cross,
-                 "sleep": _sleep_cross}
+BUILT_IN: dict[str, Kind] = {
+    "lj": Kind("lj", "Lennard-Jones molecular dynamics in a periodic cubic box (NVE or "
+               "Langevin NVT)", SPECS["lj"], "ckernel.drivers:lj_kind", check=_lj_cross,
+               rules=RULES["lj"], cost=_lj_cost),
+    "nbody": Kind("nbody", "gravitational N-body: a softened Plummer sphere or given bodies, "
+                  "leapfrog", SPECS["nbody"], "ckernel.drivers:nbody_kind", check=_nbody_cross,
+                  rules=RULES["nbody"], cost=lambda p: p["n_bodies"] ** 2 * p["steps"] / 2e8),
+    "brownian": Kind("brownian", "Langevin (BAOAB) or overdamped Brownian particles, free or "
+                     "in a harmonic trap", SPECS["brownian"], "ckernel.drivers:brownian_kind",
+                     check=_brownian_cross, rules=RULES["brownian"],
+                     cost=lambda p: p["n_particles"] * p["steps"] / 5e7),
+    "sleep": Kind("sleep", "diagnostic: wait a given time, maybe fail (runtime tests and "
+                  "benchmarks)", SPECS["sleep"], "ckernel.drivers:sleep_kind",
+                  cost=lambda p: p["seconds"]),
+}
+"""The built-in kinds, by name; their entry points (pyproject.toml) name these objects."""
+
+LJ, NBODY, BROWNIAN, SLEEP = (BUILT_IN[name] for name in KINDS)

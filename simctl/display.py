@@ -80,9 +80,22 @@ def worker_rows(statuses: Mapping[str, WorkerStatus], heard: Mapping[str, float]
             "last_seen": heard.get(s.worker_id, s.ts),
             "status_at": s.ts,
             "http_port": s.http_port,
+            "kinds": dict(s.kinds),
+            "image": s.image,
         }
         for s in sorted(statuses.values(), key=lambda s: s.worker_id)
     ]
+
+
+def waiting_text(waiting: Mapping[str, int]) -> str:
+    """What a run waits for, in words: "3 tasks wait: no online worker has kind chain 1.0"."""
+    return "; ".join(f"{n} task{'s' if n != 1 else ''} wait: no online worker has kind {need}"
+                     for need, n in sorted(waiting.items()))
+
+
+def waiting_notes(runs: Sequence[Row]) -> list[str]:
+    """One line per run row that waits for a kind no online worker has."""
+    return [f"run {r['run_id']}: {waiting_text(r['waiting'])}" for r in runs if r.get("waiting")]
 
 
 def run_row(info: RunInfo) -> Row:
@@ -188,7 +201,8 @@ class ProgressBar:
         self._start_done: int | None = None
         self._start = time.monotonic()
 
-    def update(self, run: RunInfo, force: bool = False) -> None:
+    def update(self, run: RunInfo, waiting: Mapping[str, int] | None = None,
+               force: bool = False) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
@@ -198,7 +212,7 @@ class ProgressBar:
         self._last = now
         if self._start_done is None:
             self._start_done = run.done + run.failed + run.cancelled
-        line = self.line(run, now)
+        line = self.line(run, now, waiting or {})
         if self.tty:
             self.stream.write("\r\x1b[2K" + line)
         elif line != self._last_line:
@@ -206,7 +220,7 @@ class ProgressBar:
         self._last_line = line
         self.stream.flush()
 
-    def line(self, run: RunInfo, now: float) -> str:
+    def line(self, run: RunInfo, now: float, waiting: Mapping[str, int] | None = None) -> str:
         finished = run.done + run.failed + run.cancelled
         total = max(run.total, 1)
         eta = "-"
@@ -220,6 +234,8 @@ class ProgressBar:
             f"{run.run_id} {finished}/{run.total} finished, {run.done} done, "
             f"{run.running} running, {run.failed} failed, ETA {eta}"
         )
+        if waiting:
+            text += "; " + waiting_text(waiting)
         if self.tty:
             filled = int(BAR_WIDTH * finished / total)
             text = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] " + text

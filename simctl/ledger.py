@@ -31,7 +31,7 @@ from simproto.protocol import Result, encode_series
 if TYPE_CHECKING:
     from simctl.taskfile import TaskFile
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Stored in ``PRAGMA user_version``; bumped on every schema change, each of which
 :data:`_MIGRATIONS` applies in place to a ledger of the version before."""
 
@@ -63,7 +63,8 @@ class RunState(str, Enum):
 
 
 # Task and run states as SQL literals, from the enums (never spelled in a query).
-PENDING, ASSIGNED = (f"'{s.value}'" for s in (TaskState.PENDING, TaskState.ASSIGNED))
+PENDING, ASSIGNED, DONE = (f"'{s.value}'" for s in (TaskState.PENDING, TaskState.ASSIGNED,
+                                                     TaskState.DONE))
 FAILED, CANCELLED = (f"'{s.value}'" for s in (TaskState.FAILED, TaskState.CANCELLED))
 ACTIVE = f"'{RunState.ACTIVE.value}'"
 UNFINISHED = f"({PENDING}, {ASSIGNED})"
@@ -144,10 +145,19 @@ CREATE TABLE rejections (
     last_detail TEXT NOT NULL
 );
 """,
+    3: """
+ALTER TABLE tasks ADD COLUMN kind_version TEXT;
+ALTER TABLE tasks ADD COLUMN reuse_key TEXT;
+ALTER TABLE tasks ADD COLUMN reused_from TEXT;
+CREATE INDEX tasks_reuse ON tasks(reuse_key) WHERE reuse_key IS NOT NULL;
+""",
 }
 """Version -> the statements that turn a ledger of the version before into this one.
 Version 2: the ledger's id (the dispatcher's client id derives from it), the broker a run was
-submitted to, lost workers per task (``max_lost``), and rejected messages by reason."""
+submitted to, lost workers per task (``max_lost``), and rejected messages by reason.
+Version 3: the kind version a task was validated with (NULL for older tasks: not recorded,
+any version runs them), its reuse key (kind, version, params, seed; NULL: never reused from)
+and the task a reused result was computed by."""
 
 MAX_REJECTION_DETAIL = 500
 """Longest stored detail of a rejection (hostile input is never kept in full)."""
@@ -233,6 +243,7 @@ class LiveTask:
     lost: int
     worker_id: str | None
     session: str | None
+    kind_version: str | None = None
 
 
 def new_run_id() -> str:
@@ -323,16 +334,21 @@ class Ledger:
     # ------------------------------------------------------------------ runs
 
     def create_run(
-        self, taskfile: TaskFile, broker: tuple[str, str, str] | None = None
+        self, taskfile: TaskFile, broker: tuple[str, str, str] | None = None,
+        reuse: bool = True,
     ) -> str:
         """Store a run and all its tasks in one transaction; returns the run id.
 
         ``broker`` is (broker id, topic prefix, address) of the broker it is submitted to.
+        With ``reuse``, a task identical to one done in an earlier run (same reuse key) is
+        stored done at once, with a copy of that result and ``reused_from`` naming the task
+        that computed it.
         """
         run_id = new_run_id()
         spec = {"text": taskfile.text, "seed_given": taskfile.seed_given}
         rows = (
-            (f"{run_id}.{t.index}", run_id, t.index, t.kind, json.dumps(t.params), t.seed)
+            (f"{run_id}.{t.index}", run_id, t.index, t.kind, json.dumps(t.params), t.seed,
+             t.kind_version, t.reuse_key)
             for t in taskfile.tasks
         )
         with self.batch():
@@ -355,11 +371,35 @@ class Ledger:
                 ),
             )
             self.db.executemany(
-                "INSERT INTO tasks (task_id, run_id, idx, kind, params, seed, state)"
-                f" VALUES (?, ?, ?, ?, ?, ?, {PENDING})",
+                "INSERT INTO tasks (task_id, run_id, idx, kind, params, seed, kind_version,"
+                f" reuse_key, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {PENDING})",
                 rows,
             )
+            if reuse:
+                self._reuse(run_id)
         return run_id
+
+    def _reuse(self, run_id: str) -> None:
+        """Mark the run's tasks that were computed before done, copying those results."""
+        now = time.time()
+        self.db.execute(
+            "UPDATE tasks SET reused_from = (SELECT COALESCE(o.reused_from, o.task_id)"
+            " FROM tasks o JOIN results r ON r.task_id = o.task_id"
+            f" WHERE o.reuse_key = tasks.reuse_key AND o.state = {DONE} AND o.run_id != ?"
+            f" ORDER BY r.stored_at LIMIT 1), state = {DONE}, finished_at = ?"
+            " WHERE run_id = ? AND EXISTS (SELECT 1 FROM tasks o"
+            f" WHERE o.reuse_key = tasks.reuse_key AND o.state = {DONE} AND o.run_id != ?)",
+            (run_id, now, run_id, run_id),
+        )
+        self.db.execute(
+            "INSERT INTO results (task_id, run_id, attempt, worker_id, state, started_at,"
+            " finished_at, stored_at, summary, observables, metadata, error)"
+            " SELECT t.task_id, t.run_id, r.attempt, r.worker_id, r.state, r.started_at,"
+            " r.finished_at, ?, r.summary, r.observables, r.metadata, r.error"
+            " FROM tasks t JOIN results r ON r.task_id = t.reused_from"
+            " WHERE t.run_id = ? AND t.reused_from IS NOT NULL",
+            (now, run_id),
+        )
 
     def _counts(self, run_id: str | None = None) -> dict[str, dict[str, int]]:
         sql = "SELECT run_id, state, count(*) FROM tasks"
@@ -477,11 +517,22 @@ class Ledger:
             LiveTask(*row)
             for row in self.db.execute(
                 "SELECT task_id, run_id, kind, params, seed, attempt, tries, lost, worker_id,"
-                f" session FROM tasks WHERE run_id = ? AND state IN {UNFINISHED}"
+                f" session, kind_version FROM tasks WHERE run_id = ? AND state IN {UNFINISHED}"
                 " ORDER BY idx",
                 (run_id,),
             )
         ]
+
+    def pending_needs(self, run_id: str) -> dict[tuple[str, str | None], int]:
+        """Pending tasks of a run counted by (kind, kind version)."""
+        return {
+            (kind, version): n
+            for kind, version, n in self.db.execute(
+                "SELECT kind, kind_version, count(*) FROM tasks"
+                f" WHERE run_id = ? AND state = {PENDING} GROUP BY kind, kind_version",
+                (run_id,),
+            )
+        }
 
     def task_state(self, task_id: str) -> tuple[str, str] | None:
         """(run id, state) of a task, or None if the ledger has no such task."""
@@ -617,7 +668,7 @@ class Ledger:
         cols = (
             "t.task_id, t.idx, t.kind, t.params, t.seed, t.state, t.attempt, t.tries, t.lost,"
             " t.worker_id, t.error, r.summary, r.started_at, r.finished_at, r.attempt,"
-            " a.assigned_at"
+            " a.assigned_at, t.kind_version, t.reused_from"
         )
         rows = []
         for row in self.db.execute(
@@ -643,12 +694,15 @@ class Ledger:
                 finished,
                 result_attempt,
                 assigned,
+                kind_version,
+                reused_from,
             ) = row
             rows.append(
                 {
                     "task_id": task_id,
                     "index": idx,
                     "kind": kind,
+                    "kind_version": kind_version,
                     "params": json.loads(params),
                     "seed": seed,
                     "state": state,
@@ -663,6 +717,7 @@ class Ledger:
                     "assigned_at": assigned,
                     "started_at": started,
                     "finished_at": finished,
+                    "reused_from": reused_from,
                 }
             )
         return rows

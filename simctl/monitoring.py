@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from simctl.display import Row, progress_row, run_row, worker_rows
 from simctl.ledger import Ledger, RunInfo, RunState
 from simctl.mqtt import Observer
+from simctl.routing import unrunnable
 from simctl.scheduler import PROGRESS_KEEPALIVE_S
+from simproto.protocol import WorkerState
 
 if TYPE_CHECKING:
     from simctl.config import Settings
@@ -89,13 +91,25 @@ def is_live(progress: RunProgress, now: float) -> bool:
     return progress.state == RunState.ACTIVE.value and now - progress.updated_at < STALE_PROGRESS_S
 
 
+def waiting(ledger: Ledger, run_id: str, workers: Sequence[Row]) -> dict[str, int]:
+    """Pending tasks of a ledger's run that no online worker (rows of
+    :func:`simctl.display.worker_rows`) can run, by "kind version"."""
+    online = [w["kinds"] for w in workers if w["state"] == WorkerState.ONLINE.value]
+    return unrunnable(ledger.pending_needs(run_id), online)
+
+
 def active_runs(
-    ledger_runs: Sequence[RunInfo], progress: Mapping[str, RunProgress], now: float
+    ledger_runs: Sequence[RunInfo], progress: Mapping[str, RunProgress], now: float,
+    waits: Mapping[str, dict[str, int]] | None = None,
 ) -> list[Row]:
-    """This ledger's active runs, then the live runs of other ledgers on the broker."""
-    rows = [{**run_row(r), "elapsed_s": round(r.elapsed_s, 1)} for r in ledger_runs]
+    """This ledger's active runs (with what each waits for, from ``waits``), then the live
+    runs of other ledgers on the broker (with what their dispatchers say they wait for)."""
+    waits = waits or {}
+    rows = [{**run_row(r), "elapsed_s": round(r.elapsed_s, 1),
+             "waiting": waits.get(r.run_id, {})} for r in ledger_runs]
     ours = {r.run_id for r in ledger_runs}
-    rows += [progress_row(p) for p in progress.values() if p.run_id not in ours and is_live(p, now)]
+    rows += [{**progress_row(p), "waiting": dict(p.waiting)} for p in progress.values()
+             if p.run_id not in ours and is_live(p, now)]
     return rows
 
 
@@ -119,9 +133,10 @@ def screen(
     ledger_runs: Sequence[RunInfo],
     previous: Sample | None,
     now: float,
+    waits: Mapping[str, dict[str, int]] | None = None,
 ) -> Screen:
     """One screen of ``simctl monitor`` from what the broker and the ledger say at ``now``."""
-    runs = active_runs(ledger_runs, progress, now)
+    runs = active_runs(ledger_runs, progress, now, waits)
     rate, sample = throughput(runs, previous, now)
     return Screen(now, worker_rows(statuses, heard), runs, rate, sample)
 
@@ -138,7 +153,10 @@ def screens(
         while True:
             statuses, heard, progress = obs.snapshot()
             now = time.time()
-            shown = screen(statuses, heard, progress, ledger.runs(active_only=True), previous, now)
+            ours = ledger.runs(active_only=True)
+            rows = worker_rows(statuses, heard)
+            waits = {r.run_id: waiting(ledger, r.run_id, rows) for r in ours}
+            shown = screen(statuses, heard, progress, ours, previous, now, waits)
             yield shown
             previous = shown.sample
             n += 1

@@ -121,13 +121,15 @@ def follow(
     run_id: str,
     *,
     timeout: float | None,
-    on_update: Callable[[RunInfo], None],
+    on_update: Callable[[RunInfo, dict[str, int]], None],
     held: tuple[DispatcherLock, Dispatcher] | None = None,
 ) -> RunInfo:
     """Until ``run_id`` finishes: dispatch if we hold (or can take) the lock, else follow.
 
-    ``held`` is a lock this process holds with its connected dispatcher. Raises RunTimeout
-    after ``timeout`` seconds, leaving the run resumable.
+    ``held`` is a lock this process holds with its connected dispatcher. ``on_update`` gets
+    the run and what it waits for (pending tasks no online worker can run, by "kind
+    version", as this process's dispatcher sees it). Raises RunTimeout after ``timeout``
+    seconds, leaving the run resumable.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     lock, dispatcher = held if held else (DispatcherLock(settings.store), None)
@@ -139,7 +141,8 @@ def follow(
         now = time.monotonic()
         if now - last_poll >= FOLLOW_POLL_S:
             last_poll = now
-            on_update(ledger.run(run_id))
+            waiting = dispatcher.scheduler.waiting(run_id) if dispatcher is not None else {}
+            on_update(ledger.run(run_id), waiting)
 
     def timed_out() -> bool:
         return deadline is not None and time.monotonic() >= deadline
@@ -165,7 +168,7 @@ def follow(
             dispatcher.close()
             lock.release()
     info = ledger.run(run_id)
-    on_update(info)
+    on_update(info, {})
     if served and ledger.active_run_ids():
         log.info("handing the remaining active runs to a background dispatcher")
         spawn_background_dispatcher(settings)

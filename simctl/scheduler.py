@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 from simctl.errors import LedgerWriteError
 from simctl.ledger import FINISHED, Ledger, LiveTask, RunInfo, TaskState
 from simctl.mqtt import payload_of
+from simctl.routing import Need, can_run, need_of, unrunnable
 from simproto.protocol import (
     Assignment,
     DecodeError,
@@ -208,6 +209,9 @@ class WorkerView:
     leases: set[str] = field(default_factory=set)
     retired: set[str] = field(default_factory=set)
     """Sessions this worker id had before the current one (their messages are stale)."""
+    kinds: dict[str, str] = field(default_factory=dict)
+    """The kinds the worker advertises: name -> version."""
+
 
     @property
     def lease_timeout(self) -> float:
@@ -237,15 +241,53 @@ class RunView:
     max_lost: int
     total: int
     pending: dict[str, LiveTask]
-    queue: deque[str]
+    queues: dict[Need, deque[str]] = field(default_factory=dict)
+    """Pending task ids in order, by what they need (ids no longer pending are skipped)."""
+    needs: dict[Need, int] = field(default_factory=dict)
+    """Pending tasks counted by what they need."""
     assigned: int = 0
     finished: dict[str, int] = field(default_factory=dict)
     dirty: bool = True
     published_at: float = 0.0
+    waited: dict[str, int] = field(default_factory=dict)
+    """What the last progress said the run waits for (logged when it changes)."""
 
     @property
     def live(self) -> int:
         return len(self.pending) + self.assigned
+
+    def enqueue(self, task: LiveTask, first: bool = False) -> None:
+        self.pending[task.task_id] = task
+        need = need_of(task)
+        self.needs[need] = self.needs.get(need, 0) + 1
+        queue = self.queues.setdefault(need, deque())
+        if first:
+            queue.appendleft(task.task_id)
+        else:
+            queue.append(task.task_id)
+
+    def take(self, task_id: str) -> LiveTask | None:
+        """Remove a task from the pending ones (None if it is not pending)."""
+        task = self.pending.pop(task_id, None)
+        if task is not None:
+            self.needs[need_of(task)] -= 1
+        return task
+
+    def next_for(self, worker: WorkerView) -> LiveTask | None:
+        """Take the first pending task ``worker`` can run, if any."""
+        for need, queue in self.queues.items():
+            if not can_run(worker.kinds, need):
+                continue
+            while queue:
+                task = self.take(queue.popleft())
+                if task is not None:
+                    return task
+        return None
+
+    def waiting(self, workers: Iterable[WorkerView]) -> dict[str, int]:
+        """Pending tasks that no online worker can run, counted by what they need."""
+        return unrunnable(self.needs, (w.kinds for w in workers
+                                       if w.state == WorkerState.ONLINE.value))
 
 
 
@@ -358,13 +400,11 @@ class Scheduler:
             info.max_lost,
             info.total,
             {},
-            deque(),
             finished={s: info.counts.get(s, 0) for s in ("done", "failed", "cancelled")},
         )
         for task in self.ledger.live_tasks(run_id):
             if task.worker_id is None:
-                view.pending[task.task_id] = task
-                view.queue.append(task.task_id)
+                view.enqueue(task)
                 continue
             # Assigned by an earlier dispatcher: keep the lease until the worker says otherwise.
             worker = self.worker(task.worker_id)
@@ -513,6 +553,10 @@ class Scheduler:
             self.lose_all(
                 worker, f"worker {worker.worker_id} restarted", now, keep_session=status.session
             )
+        if status.kinds != worker.kinds or status.state != worker.state:
+            for view in self.runs.values():
+                view.dirty = True  # what waits for which kind may have changed
+        worker.kinds = dict(status.kinds)
         worker.state = status.state
         if status.free_slots > 0:
             worker.blocked_until = 0.0
@@ -666,7 +710,7 @@ class Scheduler:
             self.worker(lease.worker_id).leases.discard(result.task_id)
             run.assigned -= 1
         else:
-            run.pending.pop(result.task_id, None)
+            run.take(result.task_id)
         run.finished[state.value] = run.finished.get(state.value, 0) + 1
         run.dirty = True
         self.ack(result)
@@ -700,21 +744,10 @@ class Scheduler:
         if fail:
             run.finished[TaskState.FAILED.value] = run.finished.get(TaskState.FAILED.value, 0) + 1
             return
-        run.pending[task.task_id] = LiveTask(
-            task.task_id,
-            task.run_id,
-            task.kind,
-            task.params,
-            task.seed,
-            lease.attempt,
-            tries,
-            lost_count,
-            None,
-            None,
-        )
         # First in line again: it has waited longest, and a late result of the lost attempt
         # then meets the new attempt early rather than at the end of the run.
-        run.queue.appendleft(task.task_id)
+        run.enqueue(replace(task, attempt=lease.attempt, tries=tries, lost=lost_count,
+                            worker_id=None, session=None), first=True)
 
     def ack(self, result: Result) -> None:
         """Acknowledge a result (sent after the pass that stored it is committed)."""
@@ -770,14 +803,17 @@ class Scheduler:
         turn = 0
         while runs and workers:
             for worker in list(workers):
-                run = runs[turn % len(runs)]
-                turn += 1
-                task = self._next_pending(run)
-                if task is None:
-                    runs.remove(run)
-                    if not runs:
-                        return
+                # Round-robin over the runs, from the next run in turn that has a task this
+                # worker can run (its kind, at the version the task was validated with).
+                for offset in range(len(runs)):
+                    run = runs[(turn + offset) % len(runs)]
+                    task = run.next_for(worker)
+                    if task is not None:
+                        break
+                else:
+                    workers.remove(worker)  # nothing pending that it can run
                     continue
+                turn += offset + 1
                 self._assign_one(run, task, worker, now, wall)
                 if worker.free(now) <= 0:
                     workers.remove(worker)
@@ -785,14 +821,6 @@ class Scheduler:
                     runs.remove(run)
                     if not runs:
                         return
-
-    @staticmethod
-    def _next_pending(run: RunView) -> LiveTask | None:
-        while run.queue:
-            task = run.pending.pop(run.queue.popleft(), None)
-            if task is not None:
-                return task
-        return None
 
     def _assign_one(
         self, run: RunView, task: LiveTask, worker: WorkerView, now: float, wall: float
@@ -814,6 +842,7 @@ class Scheduler:
             params=json.loads(task.params),
             seed=task.seed,
             assigned_at=wall,
+            kind_version=task.kind_version,
         )
         self._decided.assignments.append((worker.worker_id, message))
 
@@ -829,10 +858,20 @@ class Scheduler:
                 due.append(self._progress(view, now))
         return due
 
-    @staticmethod
-    def _progress(view: RunView, now: float, state: str = "active") -> RunProgress:
+    def waiting(self, run_id: str) -> dict[str, int]:
+        """Pending tasks of an active run that no online worker can run, by "kind version"."""
+        view = self.runs.get(run_id)
+        return view.waiting(self.workers.values()) if view is not None else {}
+
+    def _progress(self, view: RunView, now: float, state: str = "active") -> RunProgress:
         view.dirty = False
         view.published_at = now
+        waiting = view.waiting(self.workers.values()) if state == "active" else {}
+        if waiting != view.waited:
+            view.waited = waiting
+            for need, count in waiting.items():
+                log.warning("run %s: %d tasks wait: no online worker has kind %s",
+                            view.run_id, count, need)
         return RunProgress(
             run_id=view.run_id,
             name=view.name,
@@ -843,4 +882,5 @@ class Scheduler:
             running=view.assigned,
             pending=len(view.pending),
             updated_at=time.time(),
+            waiting=waiting,
         )

@@ -2,13 +2,17 @@
 
 Rules (docs/tasks.md): parameter precedence ``defaults`` < ``params`` < ``sweep``; tasks
 expand in file order, sweep keys in the order written (the first key varies slowest), and
-replicas innermost. Every task's seed is derived from the run seed with
-``numpy.random.SeedSequence(run_seed).spawn(n)``; the stored seed is the exact integer
-passed to ``ckernel.simulate``. Every error names the file, the line and the field.
+replicas innermost. Kinds are the installed ones (``simkind``: built-in and plugins), and
+each task records the version of its kind it was validated with. Every task's seed is
+derived from the run seed and the task's content (:func:`task_seed`), not its position, so
+adding sweep points leaves the other tasks' seeds (and their reuse) alone; the stored seed
+is the exact integer the kind's run function gets. Every error names the file, the line and
+the field.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -20,6 +24,7 @@ from typing import Any
 
 import yaml
 
+import simkind
 from simctl.errors import TaskFileError
 from simproto.protocol import MAX_CONTROL_BYTES
 
@@ -113,6 +118,14 @@ class TaskSpec:
     kind: str
     params: dict[str, Any]
     seed: int
+    kind_version: str | None = None
+
+    @property
+    def reuse_key(self) -> str:
+        """What makes two tasks the same computation: kind, kind version, validated params
+        and seed (a done task with the same key is reused instead of run again)."""
+        return _digest({"kind": self.kind, "version": self.kind_version,
+                        "params": self.params, "seed": self.seed})
 
 
 @dataclass(frozen=True)
@@ -136,13 +149,21 @@ class TaskFile:
         return counts
 
 
-def task_seeds(run_seed: int, n: int) -> list[int]:
-    """The per-task seeds of a run: ``SeedSequence(run_seed).spawn(n)``, one uint64 each,
-    masked to 63 bits (the protocol's seed range)."""
+def _digest(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def task_seed(run_seed: int, kind: str, params: dict[str, Any], occurrence: int) -> int:
+    """A task's seed: ``SeedSequence(run_seed, spawn_key=(content..., occurrence))``, one
+    uint64 masked to 63 bits (the protocol's seed range). The content is a SHA-256 of the
+    kind and validated params; ``occurrence`` counts earlier tasks of the file with the same
+    content (the replicas of a point are its occurrences 0, 1, ...)."""
     import numpy as np
 
-    children = np.random.SeedSequence(run_seed).spawn(n)
-    return [int(c.generate_state(1, dtype=np.uint64)[0]) & _SEED_MASK for c in children]
+    words = [int(_digest({"kind": kind, "params": params})[i:i + 8], 16) for i in (0, 8, 16, 24)]
+    state = np.random.SeedSequence(run_seed, spawn_key=(*words, occurrence))
+    return int(state.generate_state(1, dtype=np.uint64)[0]) & _SEED_MASK
 
 
 class _Checker:
@@ -153,6 +174,14 @@ class _Checker:
 
     def fail(self, line: int | None, field: str | None, message: str) -> TaskFileError:
         return TaskFileError(self.path, line, field, message)
+
+    def kind(self, kinds: simkind.Registry, container: Any, key: Any, field: str,
+             name: Any) -> simkind.LoadedKind:
+        """The installed kind ``name``, or the error naming it (and what is installed)."""
+        try:
+            return kinds.get(name)
+        except simkind.UnknownKind as e:
+            raise self.fail(self.line_of(container, key), field, str(e)) from e
 
     @staticmethod
     def line_of(container: Any, key: Any) -> int | None:
@@ -210,8 +239,7 @@ def _kind_of(value: Any) -> str:
 
 def parse_text(text: str, path: Path) -> TaskFile:
     """Check and expand a task file's text; raises TaskFileError."""
-    from ckernel import KINDS
-
+    kinds = simkind.installed()
     check = _Checker(path)
     try:
         doc = yaml.load(text, Loader=_LineLoader)
@@ -255,12 +283,7 @@ def parse_text(text: str, path: Path) -> TaskFile:
     if "defaults" in doc and doc["defaults"] is not None:
         defaults = check.mapping(doc, "defaults", "defaults")
         for kind in defaults:
-            if kind not in KINDS:
-                raise check.fail(
-                    check.line_of(defaults, kind),
-                    f"defaults.{kind}",
-                    f"unknown kind {kind!r}; allowed kinds: {', '.join(KINDS)}",
-                )
+            check.kind(kinds, defaults, kind, f"defaults.{kind}", kind)
             check.mapping(defaults, kind, f"defaults.{kind}")
 
     if "tasks" not in doc:
@@ -269,28 +292,29 @@ def parse_text(text: str, path: Path) -> TaskFile:
     if not isinstance(entries, list) or not entries:
         raise check.fail(check.line_of(doc, "tasks"), "tasks", "must be a non-empty list")
 
-    specs: list[tuple[str, dict[str, Any]]] = []
+    specs: list[tuple[simkind.LoadedKind, dict[str, Any]]] = []
     for i, entry in enumerate(entries):
-        specs.extend(_expand_entry(check, entries, i, entry, defaults, len(specs)))
-    seeds = task_seeds(seed, len(specs))
-    tasks = [
-        TaskSpec(i, kind, params, s)
-        for i, ((kind, params), s) in enumerate(zip(specs, seeds, strict=False))
-    ]
+        specs.extend(_expand_entry(check, kinds, entries, i, entry, defaults, len(specs)))
+    occurrences: dict[str, int] = {}
+    tasks = []
+    for i, (loaded, params) in enumerate(specs):
+        content = _digest({"kind": loaded.name, "params": params})
+        occurrence = occurrences[content] = occurrences.get(content, -1) + 1
+        tasks.append(TaskSpec(i, loaded.name, params, task_seed(seed, loaded.name, params,
+                                                                occurrence), loaded.version))
     return TaskFile(path, name.strip(), seed, seed_given, max_attempts, tasks, text, max_lost)
 
 
 def _expand_entry(
     check: _Checker,
+    kinds: simkind.Registry,
     entries: list[Any],
     i: int,
     entry: Any,
     defaults: dict[Any, Any],
     already: int,
-) -> Iterator[tuple[str, dict[str, Any]]]:
+) -> Iterator[tuple[simkind.LoadedKind, dict[str, Any]]]:
     """Expand one ``tasks`` entry: sweep combinations (keys as written), replicas innermost."""
-    from ckernel import KINDS, ParamError, validate
-
     field = f"tasks[{i}]"
     if not isinstance(entry, dict):
         raise check.fail(
@@ -300,12 +324,7 @@ def _expand_entry(
     if "kind" not in entry:
         raise check.fail(_line(entry), f"{field}.kind", "missing: say which kind of simulation")
     kind = entry["kind"]
-    if kind not in KINDS:
-        raise check.fail(
-            check.line_of(entry, "kind"),
-            f"{field}.kind",
-            f"unknown kind {kind!r}; allowed kinds: {', '.join(KINDS)}",
-        )
+    loaded = check.kind(kinds, entry, "kind", f"{field}.kind", kind)
     params: dict[Any, Any] = (
         check.mapping(entry, "params", f"{field}.params") if "params" in entry else _Mapping()
     )
@@ -338,8 +357,8 @@ def _expand_entry(
     for combo in itertools.product(*(list(enumerate(sweep[k])) for k in keys)):
         merged = {**base, **{k: v for k, (_, v) in zip(keys, combo, strict=False)}}
         try:
-            validated = validate(kind, _plain(merged))
-        except ParamError as e:
+            validated = loaded.kind.validate(_plain(merged))
+        except simkind.ParamError as e:
             name = _param_named(str(e), kind, merged)
             if name in sweep:
                 j = dict(zip(keys, combo, strict=False))[name][0]
@@ -359,7 +378,7 @@ def _expand_entry(
                 f"parameters take {size} bytes as JSON; an assignment allows {MAX_PARAMS_BYTES}",
             )
         for _ in range(replicas):
-            yield kind, validated
+            yield loaded, validated
 
 
 def _param_named(message: str, kind: str, params: dict[str, Any]) -> str | None:

@@ -146,47 +146,94 @@ def installed() -> Registry:
     return discover()
 
 
+RunFunction = Callable[[dict[str, Any], int, Context], Output]
+"""What a kind's ``run`` target is: validated params, seed, context -> output."""
+
+
 @functools.cache
-def run_function(target: str) -> Callable[[dict[str, Any], int, Context], Output]:
+def run_function(target: str) -> RunFunction:
     """Import a kind's ``module:function`` (where tasks run, never where they are validated)."""
     module, _, attribute = target.partition(":")
     function = getattr(importlib.import_module(module), attribute)
     if not callable(function):
         raise TypeError(f"{target} is not callable")
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 def execute(loaded: LoadedKind, params: dict[str, Any], seed: int,
-            context: Context | None = None) -> dict[str, Any]:
+            context: Context | None = None, function: RunFunction | None = None
+            ) -> dict[str, Any]:
     """Validate and run one task of ``loaded``; return its JSON-serialisable result.
 
     Keys: kind, params (validated), seed, observables (name -> list of float), summary (name
     -> float) and metadata (the kind's own, then its provenance, the Python version and the
     elapsed time). Raises ParamError for bad input and SimulationError when the run fails or
-    returns something that is not an :class:`Output` of finite numbers.
+    returns something that is not an :class:`Output` of finite numbers. ``function``
+    stands in for the kind's run target (a caller choosing options of its own kind).
     """
     kind = loaded.kind
     params = kind.validate(params)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ParamError(f"seed = {seed!r}: must be an integer in [0, 2**63)")
-    function = run_function(kind.run)
+    function = function or run_function(kind.run)
     started = time.perf_counter()
     output = function(params, seed, context or Context())
     elapsed = time.perf_counter() - started
     if not isinstance(output, Output):
         raise SimulationError(f"{kind.name}: {kind.run} returned a {type(output).__name__}, "
                               "not a simkind.Output")
+    observables: dict[str, list[float]] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, values in output.observables.items():
+        flat, shape = _series(kind.name, str(name), values)
+        observables[str(name)] = flat
+        if len(shape) != 1:
+            shapes[str(name)] = shape
+    metadata = {**plain(dict(output.metadata)), **loaded.provenance(),
+                "python_version": platform.python_version(), "elapsed_s": elapsed}
+    if shapes:
+        metadata["observable_shapes"] = shapes
     return {
         "kind": kind.name,
         "params": params,
         "seed": seed,
-        "observables": {str(name): [_finite(kind.name, f"observable {name}", x) for x in values]
-                        for name, values in output.observables.items()},
+        "observables": observables,
         "summary": {str(name): _finite(kind.name, f"summary {name}", value)
                     for name, value in output.summary.items()},
-        "metadata": {**output.metadata, **loaded.provenance(),
-                     "python_version": platform.python_version(), "elapsed_s": elapsed},
+        "metadata": metadata,
     }
+
+
+def _series(kind: str, name: str, values: Any) -> tuple[list[float], list[int]]:
+    """An observable as a flat list of finite floats (C order) and its shape: the wire
+    carries flat series, and the shape of an array of more than one dimension is kept in
+    the metadata (``observable_shapes``)."""
+    if hasattr(values, "tolist"):  # a numpy array, without importing numpy here
+        values = values.tolist()
+    shape: list[int] = []
+    level = values
+    while isinstance(level, list | tuple):
+        shape.append(len(level))
+        level = level[0] if level else None
+    flat: list[Any] = [values]
+    for _ in shape:
+        if any(not isinstance(v, list | tuple) or len(v) != len(flat[0]) for v in flat):
+            raise SimulationError(f"{kind}: observable {name} is not a rectangular array")
+        flat = [x for row in flat for x in row]
+    return [_finite(kind, f"observable {name}", x) for x in flat], shape
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays turned into JSON-ready Python objects."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy array or scalar
+        return plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN; keep the information as text
+    return value
 
 
 def _finite(kind: str, what: str, value: Any) -> float:

@@ -46,8 +46,10 @@ from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
-PROTOCOL_VERSION = 1
-"""Bumped on any incompatible change of a topic or payload."""
+PROTOCOL_VERSION = 2
+"""Bumped on any incompatible change of a topic or payload. 2: workers advertise their
+kinds and versions, assignments name the kind version, progress says what waits for which
+kind."""
 
 DEFAULT_TOPIC_PREFIX = "sim"
 """Topic prefix used when none is configured; lets several clusters share one broker."""
@@ -394,12 +396,18 @@ class WorkerStatus(Message):
     started_at: float = 0.0
     http_port: int | None = None
     heartbeat_s: float = 2.0
+    kinds: dict[str, str] = field(default_factory=dict)
+    """The kinds this worker can run: name -> version."""
+    image: str = ""
+    """The worker image's tag ("" outside a container)."""
 
     def __post_init__(self) -> None:
         check_id(self.worker_id, "worker id")
         WorkerState(self.state)
         if not all(isinstance(t, str) for t in self.running):
             raise ValueError("running must be a list of task ids")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.kinds.items()):
+            raise ValueError("kinds must map kind names to versions")
 
 
 @dataclass(frozen=True)
@@ -437,6 +445,8 @@ class Assignment(Message):
     params: dict[str, Any]
     seed: int
     assigned_at: float
+    kind_version: str | None = None
+    """The version of the kind the task was validated with (None: not recorded, any)."""
 
     def __post_init__(self) -> None:
         check_id(self.run_id, "run id")
@@ -651,9 +661,13 @@ class RunProgress(Message):
     running: int
     pending: int
     updated_at: float
+    waiting: dict[str, int] = field(default_factory=dict)
+    """Pending tasks no online worker can run, by what they need ("kind version")."""
 
     def __post_init__(self) -> None:
         check_id(self.run_id, "run id")
+        if not all(isinstance(k, str) and _is_int(v) for k, v in self.waiting.items()):
+            raise ValueError("waiting must map kind versions to task counts")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import ckernel
+import simkind
 from simproto.connection import (
     Redial,
     connect,
@@ -84,6 +84,10 @@ from worker_agent.pool import ChildPool, Job
 from worker_agent.startup import check_worker_id, discard_old_session
 
 log = logging.getLogger("worker_agent")
+
+IMAGE_ENV = "PARTICLE_WORKER_IMAGE"
+"""Environment variable naming the worker image (set by the workers role); advertised in
+the status and recorded with every result."""
 
 SESSION_EXPIRY_S = 3600
 """The broker keeps the agent's session (and QoS 1 messages for it) this long while it is away."""
@@ -158,6 +162,9 @@ class Agent:
         self.topics = config.topics
         self.session = uuid.uuid4().hex
         self.version = package_version()
+        self.kinds = simkind.installed()
+        for error in self.kinds.errors:
+            log.warning("%s", error)
         self.host = socket.gethostname()
         self.started_at = time.time()
         self.state = WorkerState.ONLINE
@@ -499,10 +506,16 @@ class Agent:
             log.debug("ignoring duplicate assignment %s attempt %d", *key)
             return
         refusal = None
+        installed = self.kinds.kinds.get(a.kind)
         if self.state is not WorkerState.ONLINE:
             refusal = f"worker {self.config.worker_id} is {self.state.value}"
         elif self.pool.free == 0:
             refusal = f"no free slot: all {self.config.slots} slots are busy"
+        elif installed is None:
+            refusal = f"kind {a.kind!r} is not installed on {self.config.worker_id}"
+        elif a.kind_version not in (None, installed.version):
+            refusal = (f"kind {a.kind} {a.kind_version} is wanted, {self.config.worker_id} has "
+                       f"{installed.version}")
         if refusal is not None:
             self.counters["tasks_rejected"] += 1
             self._view_stale = True
@@ -511,9 +524,10 @@ class Agent:
                                                refusal, time.time(), task_id=a.task_id,
                                                attempt=a.attempt))
             return
+        assert installed is not None
         try:
-            ckernel.validate(a.kind, a.params)
-        except (ckernel.ParamError, TypeError, ValueError) as e:
+            installed.kind.validate(a.params)
+        except (simkind.ParamError, TypeError, ValueError) as e:
             now = time.time()
             self._finish(Job(a), ResultState.FAILED, now, now, error=str(e),
                          retryable=False)
@@ -564,6 +578,8 @@ class Agent:
         """The one way every task ends: build the result, keep it until acked, send it."""
         a = job.assignment
         payload = payload or {}
+        if image := os.environ.get(IMAGE_ENV):
+            payload = {**payload, "metadata": {**payload.get("metadata", {}), "image": image}}
 
         def result(state: ResultState, error: str | None, retryable: bool,
                    body: dict[str, Any]) -> Result:
@@ -621,6 +637,8 @@ class Agent:
             started_at=self.started_at,
             http_port=self.http.port if self.http is not None else None,
             heartbeat_s=self.config.heartbeat_s,
+            kinds=self.kinds.versions(),
+            image=os.environ.get(IMAGE_ENV, ""),
         )
 
     def _set_state(self, state: WorkerState) -> None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import math
 import os
 import signal
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
+
+import simkind
+from simkind.registry import run_function
 
 PROGRESS_INTERVAL_S = 0.05
 """Least time between two progress messages of one task (kernels may report per step)."""
@@ -94,8 +96,7 @@ def child_main(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
-    import ckernel  # loaded before "ready", so the first task pays no import
-
+    kinds = _load_kinds()  # before "ready", so the first task pays no import
     conn.send(Ready(os.getpid()))
     while True:
         try:
@@ -104,12 +105,23 @@ def child_main(conn: Connection) -> None:
             return  # the agent is gone
         match request:
             case Run():
-                conn.send(_run(conn, ckernel, request))
+                conn.send(_run(conn, kinds, request))
             case _:
                 return  # Stop
 
 
-def _run(conn: Connection, ckernel: Any, request: Run) -> Done | Failed:
+def _load_kinds() -> simkind.Registry:
+    """The installed kinds, with every run function imported. A kind whose run module
+    fails to import is left for its tasks to fail with that error (retryable: another
+    worker may have it working); the other kinds are unaffected."""
+    kinds = simkind.installed()
+    for loaded in kinds.kinds.values():
+        with contextlib.suppress(Exception):
+            run_function(loaded.kind.run)
+    return kinds
+
+
+def _run(conn: Connection, kinds: simkind.Registry, request: Run) -> Done | Failed:
     task_id = request.task_id
     # The first report waits one interval, and the end is not reported: "done" says it. A
     # short task then costs one message each way, which matters at hundreds per second.
@@ -124,56 +136,12 @@ def _run(conn: Connection, ckernel: Any, request: Run) -> Done | Failed:
 
     started_at = time.time()
     try:
-        output = ckernel.simulate(request.kind, request.params, request.seed, progress=progress)
-    except (ckernel.ParamError, ckernel.SimulationError) as e:
+        output = simkind.execute(kinds.get(request.kind), request.params, request.seed,
+                                 simkind.Context(task_id, progress))
+    except (simkind.ParamError, simkind.SimulationError) as e:
         # Deterministic for these parameters and this seed: another attempt fails the same way.
         return Failed(task_id, started_at, time.time(), str(e), False)
     except Exception as e:
         return Failed(task_id, started_at, time.time(), f"{type(e).__name__}: {e}", True)
-    finished_at = time.time()
-    try:
-        payload = result_payload(output)
-    except (TypeError, ValueError) as e:
-        return Failed(task_id, started_at, finished_at, f"result not encodable: {e}", False)
-    return Done(task_id, started_at, finished_at, payload)
-
-
-def result_payload(output: dict[str, Any]) -> dict[str, Any]:
-    """Turn ``ckernel.simulate``'s output into plain ``summary``/``observables``/``metadata``.
-
-    Observables become flat lists of floats (the wire's float series); an array of more
-    than one dimension is flattened in C order and its shape recorded under
-    ``metadata["observable_shapes"]``.
-    """
-    import numpy as np
-
-    observables: dict[str, list[float]] = {}
-    shapes: dict[str, list[int]] = {}
-    for name, values in (output.get("observables") or {}).items():
-        array = np.asarray(values, dtype=np.float64)
-        if array.ndim != 1:
-            shapes[str(name)] = list(array.shape)
-        observables[str(name)] = array.ravel().tolist()
-    summary: dict[str, float] = {}
-    for name, value in (output.get("summary") or {}).items():
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError(f"summary value {name!r} is not finite: {number}")
-        summary[str(name)] = number
-    metadata = plain(output.get("metadata") or {})
-    if shapes:
-        metadata["observable_shapes"] = shapes
-    return {"summary": summary, "observables": observables, "metadata": metadata}
-
-
-def plain(value: Any) -> Any:
-    """``value`` with numpy scalars and arrays turned into JSON-ready Python objects."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy array or scalar
-        return plain(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN; keep the information as text
-    return value
+    payload = {name: output[name] for name in ("summary", "observables", "metadata")}
+    return Done(task_id, started_at, time.time(), payload)

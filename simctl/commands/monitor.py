@@ -44,7 +44,7 @@ def monitor(settings: Settings, interval: float, count: int | None, as_json: boo
 
 
 def _print(settings: Settings, screen: Screen, tty: bool) -> None:
-    from simctl.display import runs_table, workers_table
+    from simctl.display import runs_table, waiting_notes, workers_table
 
     if tty:
         click.echo("\x1b[2J\x1b[H", nl=False)
@@ -56,6 +56,8 @@ def _print(settings: Settings, screen: Screen, tty: bool) -> None:
     click.echo(workers_table(workers, WORKER_COLUMNS) if workers else "no workers known")
     click.echo()
     click.echo(runs_table(runs, RUN_COLUMNS) if runs else "no active runs")
+    for note in waiting_notes(runs):
+        click.echo(note)
     click.echo(f"\nthroughput: {'-' if rate is None else f'{rate:.1f} tasks/s'}")
     if not tty:
         click.echo("")

@@ -18,6 +18,5 @@ def serve(settings: Settings, run_id: str | None) -> None:
 
     if run_id is None:
         exit_with(runner.serve_all(settings))
-    runner.follow(
-        settings, open_ledger(settings), run_id, timeout=None, on_update=lambda _info: None
-    )
+    runner.follow(settings, open_ledger(settings), run_id, timeout=None,
+                  on_update=lambda _info, _waiting: None)

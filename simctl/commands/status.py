@@ -17,7 +17,14 @@ from simctl.errors import SimctlError
 def status(settings: Settings, run_id: str | None, as_json: bool) -> None:
     """Workers and runs at a glance; with RUN_ID, one row per task of that run."""
     from simctl import monitoring
-    from simctl.display import emit_json, run_row, runs_table, table, workers_table
+    from simctl.display import (
+        emit_json,
+        run_row,
+        runs_table,
+        table,
+        waiting_notes,
+        workers_table,
+    )
 
     ledger = open_ledger(settings)
     if run_id is not None:
@@ -51,14 +58,18 @@ def status(settings: Settings, run_id: str | None, as_json: bool) -> None:
     except SimctlError as e:
         workers, broker_error = [], e
     rejected = ledger.rejections()
+    waits = {r.run_id: monitoring.waiting(ledger, r.run_id, workers) for r in runs
+             if r.state == "active" and broker_error is None}
     if as_json:
-        emit_json({"workers": workers, "runs": [r.to_json() for r in runs], "rejected": rejected})
+        emit_json({"workers": workers, "rejected": rejected,
+                   "runs": [{**r.to_json(), "waiting": waits.get(r.run_id, {})} for r in runs]})
     else:
         click.echo(workers_table(workers) if workers else "no workers known")
         click.echo()
-        click.echo(
-            runs_table([run_row(r) for r in runs]) if runs else f"no runs in {settings.store}"
-        )
+        rows = [{**run_row(r), "waiting": waits.get(r.run_id, {})} for r in runs]
+        click.echo(runs_table(rows) if runs else f"no runs in {settings.store}")
+        for note in waiting_notes(rows):
+            click.echo(note)
         if rejected:
             counts = ", ".join(f"{reason} {r['count']}" for reason, r in rejected.items())
             click.echo(f"\nmessages refused by the dispatcher: {counts} (details: --json)")

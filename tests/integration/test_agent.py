@@ -24,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import simctl.local_broker
+import simkind
 import simproto as p
 from simctl.local_broker import LocalBroker, free_port
 from simproto.connection import BrokerAddress, ConnectionSettings, connect, make_client
@@ -372,7 +373,7 @@ def test_duplicate_worker_id_refused_but_stale_status_does_not_block(
     # A retained "online" status left by an agent that died without a Last Will reaching
     # anyone (say, the broker lost it): only a live answer to the ping may block a start.
     stale = p.WorkerStatus("w2", "online", "dead-session", time.time() - 60, host="gone",
-                           slots=1, free_slots=1)
+                           slots=1, free_slots=1, kinds=simkind.installed().versions())
     dispatcher.client.publish(dispatcher.topics.worker("w2", p.Channel.STATUS), stale.encode(),
                               qos=1, retain=True).wait_for_publish(5)
     start(cluster, dispatcher, "w2", 1)  # waits for a status of a new session
@@ -514,25 +515,9 @@ def test_settings_precedence_flag_env_config_default(tmp_path: Path,
     assert typo.exit_code == 2 and "unknown setting 'slot'" in typo.output
 
 
-def test_kernel_output_becomes_plain_result_fields() -> None:
-    import numpy as np
-
-    from worker_agent.child import result_payload
+def test_child_exits_are_described() -> None:
     from worker_agent.pool import describe_exit
 
-    payload = result_payload({
-        "observables": {"energy": np.array([1.0, 2.0]), "positions": np.arange(6.0).reshape(3, 2)},
-        "summary": {"steps": np.int64(10), "ok": True},
-        "metadata": {"backend": "numpy", "box": np.array([1.5, 1.5]), "drift": float("nan")},
-    })
-    assert payload["observables"] == {"energy": [1.0, 2.0],
-                                      "positions": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}
-    assert payload["metadata"]["observable_shapes"] == {"positions": [3, 2]}
-    assert payload["summary"] == {"steps": 10.0, "ok": 1.0}
-    assert payload["metadata"]["box"] == [1.5, 1.5] and payload["metadata"]["drift"] == "nan"
-    json.dumps(payload, allow_nan=False)  # what the wire needs
-    with pytest.raises(ValueError, match="not finite"):
-        result_payload({"summary": {"energy": float("inf")}})
     assert describe_exit(-signal.SIGKILL) == "killed by signal 9 (SIGKILL)"
     assert describe_exit(3) == "exit code 3"
 

@@ -109,8 +109,12 @@ def test_without_the_extension_ckernel_runs_on_numpy_with_a_warning() -> None:
     assert "ParamError: backend = 'cython'" in done.stderr
 
 
-def test_required_extension_missing_is_an_import_error() -> None:
-    done = run_python(BLOCK_EXTENSION + "import ckernel\n", CKERNEL_REQUIRE_EXT="1")
+def test_required_extension_missing_is_an_import_error_where_simulations_run() -> None:
+    done = run_python(BLOCK_EXTENSION + "import ckernel\n"
+                      "print(ckernel.validate('lj', {'n_cells': 3})['n_cells'])\n"
+                      "ckernel.simulate('lj', {'n_cells': 3, 'steps': 5}, 1)\n",
+                      CKERNEL_REQUIRE_EXT="1")
+    assert done.stdout.strip() == "3", "validation needs no extension"
     assert done.returncode != 0
     assert "ImportError: ckernel: the compiled extension" in done.stderr
 

@@ -82,7 +82,8 @@ def mutate(message: p.Message, rng: random.Random) -> bytes:
     elif how < 0.78:
         fields["type"] = json.dumps(rng.choice(["status", "result", "ack", "x", ""]))
     elif how < 0.82:
-        fields["v"] = rng.choice(["0", "2", '"1"', "1.0", "null"])
+        v = p.PROTOCOL_VERSION  # any version but this one, or this one misspelt
+        fields["v"] = rng.choice([str(v - 1), str(v + 1), f'"{v}"', f"{v}.0", "null"])
     elif how < 0.92:
         raw = _raw_object(fields)
         cut = rng.randrange(len(raw) + 1)

@@ -16,6 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+import simkind
 from simctl.ledger import Ledger
 from simctl.scheduler import Connected, Scheduler
 from simctl.taskfile import parse_text
@@ -67,7 +68,7 @@ def test_every_decode_entry_point_is_guarded() -> None:
 def test_the_integer_digits_limit_is_a_decode_error() -> None:
     """The case that stopped `simctl run` for good: JSON the json module refuses with a
     ValueError that is not a JSONDecodeError."""
-    payload = b'{"v":1,"type":"heartbeat","worker_id":"w1","session":"s","seq":' + b"4" * 5000
+    payload = b'{"v":2,"type":"heartbeat","worker_id":"w1","session":"s","seq":' + b"4" * 5000
     with pytest.raises(p.DecodeError, match="not JSON"):
         p.Heartbeat.decode(payload + b',"ts":1,"free_slots":0}')
 
@@ -103,7 +104,8 @@ def test_dispatcher_handlers_survive_hostile_messages(tmp_path: Path) -> None:
 
     # Whatever the fuzz did to the tasks, the honest worker finishes what is left.
     honest = p.WorkerStatus("w2", "online", "honest", time.time(), slots=4, free_slots=4,
-                            heartbeat_s=0.2, started_at=time.time())
+                            heartbeat_s=0.2, started_at=time.time(),
+                            kinds=simkind.installed().versions())
     for _ in range(20):
         with d.ledger.batch():  # what the fuzzed worker holds, whatever its session, is lost
             for lease in [x for x in d.leases.values() if x.worker_id == "w1"]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from simctl.errors import LedgerError, UnknownRun
-from simctl.ledger import Ledger
+from simctl.ledger import SCHEMA_VERSION, Ledger
 from simctl.taskfile import parse_text
 from simproto.protocol import Result
 
@@ -119,7 +119,7 @@ def test_unknown_run_and_foreign_file(tmp_path: Path) -> None:
     db = sqlite3.connect(other)
     db.execute("PRAGMA user_version=99")
     db.close()
-    with pytest.raises(LedgerError, match="schema 99, newer than this simctl's 2: upgrade"):
+    with pytest.raises(LedgerError, match="schema 99, newer than this simctl's 3: upgrade"):
         Ledger(other)
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not a database at all" * 100)
@@ -148,7 +148,7 @@ def test_a_schema_1_ledger_migrates_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     path.write_bytes(LEDGER_V1.read_bytes())
     ledger = Ledger(path)
-    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     [info] = ledger.runs()
     assert (info.name, info.state, info.done, info.running, info.pending) == (
         "before-upgrade", "active", 1, 1, 2)
@@ -168,6 +168,53 @@ def test_a_schema_1_ledger_migrates_in_place(tmp_path: Path) -> None:
     moved = tmp_path / "elsewhere.sqlite"
     path.rename(moved)
     assert Ledger(moved).ledger_id == ledger_id
+
+
+LEDGER_V2 = Path(__file__).resolve().parents[1] / "data/ledgers/schema-v2.sqlite"
+"""A ledger written by simctl at schema 2, before kinds were versioned (one task done, one
+assigned, two pending)."""
+
+
+def test_a_schema_2_ledger_migrates_in_place_and_its_tasks_run_on_any_version(
+        tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    path.write_bytes(LEDGER_V2.read_bytes())
+    ledger = Ledger(path)
+    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    [info] = ledger.runs()
+    assert (info.name, info.done, info.running, info.pending) == ("before-kinds", 1, 1, 2)
+    rows = ledger.task_rows(info.run_id)
+    assert [(r["kind_version"], r["reused_from"]) for r in rows] == [(None, None)] * 4
+    assert ledger.pending_needs(info.run_id) == {("sleep", None): 2}  # not recorded: any
+    # An old done task has no reuse key: the same task submitted now is run, not reused.
+    again = ledger.create_run(parse_text(
+        "name: now\nseed: 11\ntasks:\n  - kind: sleep\n    params: {seconds: 0.01}\n",
+        Path("now.yaml")))
+    assert ledger.run(again).pending == 1
+
+
+def test_a_task_done_before_is_reused_unless_told_not_to(tmp_path: Path) -> None:
+    ledger, first = make(tmp_path)
+    tasks = ledger.task_rows(first)
+    with ledger.batch():
+        ledger.assign(tasks[0]["task_id"], 1, "w1", "s1", time.time())
+        assert ledger.store_result(result(first, tasks[0]["task_id"]), "done")
+    wider = SWEEP.replace("replicas: 3", "replicas: 4")
+    second = ledger.create_run(parse_text(wider, Path("t.yaml")))
+    rows = ledger.task_rows(second)
+    reused = [r for r in rows if r["reused_from"]]
+    assert [r["reused_from"] for r in reused] == [tasks[0]["task_id"]]
+    assert reused[0]["state"] == "done" and reused[0]["summary"] == {"seconds": 0.5}
+    assert ledger.observables(second)[reused[0]["task_id"]] == {"t": [0.0, 0.5]}
+    assert ledger.run(second).pending == 3
+    # Reused again, it still names the task that computed it.
+    third = ledger.create_run(parse_text(wider, Path("t.yaml")))
+    assert [r["reused_from"] for r in ledger.task_rows(third) if r["reused_from"]] == [
+        tasks[0]["task_id"]]
+    fresh = ledger.create_run(parse_text(wider, Path("t.yaml")), reuse=False)
+    assert ledger.run(fresh).pending == 4
+    other_seed = ledger.create_run(parse_text(wider.replace("seed: 7", "seed: 8"), Path("t")))
+    assert ledger.run(other_seed).pending == 4
 
 
 def test_rejections_are_counted_by_reason_with_the_latest_detail(tmp_path: Path) -> None:

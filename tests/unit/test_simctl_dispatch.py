@@ -14,6 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+import simkind
 from simctl.ledger import Ledger
 from simctl.scheduler import LEASE_CHECK_S, Connected, Decisions, Scheduler
 from simctl.taskfile import parse_text
@@ -30,6 +31,9 @@ from simproto.protocol import (
     WorkerStatus,
 )
 from tests.support import hostile
+
+KINDS = simkind.installed().versions()
+"""What the test workers advertise: every kind installed here, at its version."""
 
 
 def make(tmp_path: Path, n: int = 3, max_attempts: int = 2,
@@ -55,7 +59,7 @@ def tick() -> float:
 def status(worker: str, session: str = "s1", state: str = "online", slots: int = 1,
            hb: float = 0.2) -> WorkerStatus:
     return WorkerStatus(worker_id=worker, state=state, session=session, ts=time.time(),
-                        slots=slots, free_slots=slots, heartbeat_s=hb)
+                        slots=slots, free_slots=slots, heartbeat_s=hb, kinds=KINDS)
 
 
 def result(d: Scheduler, task_id: str, worker: str, state: str = "done",
@@ -205,7 +209,7 @@ def test_retained_status_counts_as_heard_when_it_was_published(tmp_path: Path) -
     d, _ = make(tmp_path, n=1)
     now = time.monotonic()
     old = WorkerStatus(worker_id="w1", state="online", session="s1", ts=time.time() - 60,
-                       slots=1, free_slots=1, heartbeat_s=0.2)
+                       slots=1, free_slots=1, heartbeat_s=0.2, kinds=KINDS)
     with d.ledger.batch():
         d.on_status(old, now, live=False)
     assert d.workers["w1"].free(now) == 0  # a minute-old copy: not heard from
@@ -219,9 +223,9 @@ def test_status_of_a_replaced_session_is_stale(tmp_path: Path) -> None:
     session than its replacement's: it takes nothing from the replacement."""
     d, run_id = make(tmp_path, n=1)
     old = WorkerStatus(worker_id="w1", state="online", session="old", ts=time.time(),
-                       slots=1, free_slots=1, heartbeat_s=0.2, started_at=100.0)
+                       slots=1, free_slots=1, heartbeat_s=0.2, started_at=100.0, kinds=KINDS)
     new = WorkerStatus(worker_id="w1", state="online", session="new", ts=time.time(),
-                       slots=1, free_slots=1, heartbeat_s=0.2, started_at=200.0)
+                       slots=1, free_slots=1, heartbeat_s=0.2, started_at=200.0, kinds=KINDS)
     pass_(d, old)
     [a] = pass_(d, new)  # replaced: w1's task now runs under the new session
     will = WorkerStatus(worker_id="w1", state="offline", session="old", ts=time.time(),

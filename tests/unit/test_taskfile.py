@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from simctl.errors import TaskFileError
-from simctl.taskfile import DEFAULT_MAX_ATTEMPTS, load, parse_text, task_seeds
+from simctl.taskfile import DEFAULT_MAX_ATTEMPTS, load, parse_text, task_seed
 
 ISSUE_EXAMPLE = """\
 name: example-sweep
@@ -71,15 +74,33 @@ def test_sweep_keys_vary_in_written_order_first_slowest() -> None:
     assert pairs == [(0.5, 1.0), (0.5, 2.0), (0.5, 3.0), (2.0, 1.0), (2.0, 2.0), (2.0, 3.0)]
 
 
-def test_seeds_come_from_seedsequence_spawn_and_are_reproducible() -> None:
+def test_seeds_come_from_the_run_seed_and_the_task_content_and_are_reproducible() -> None:
     tf = parse_text(ISSUE_EXAMPLE, Path("sweep.yaml"))
-    children = np.random.SeedSequence(20261127).spawn(16)
-    expected = [int(c.generate_state(1, dtype=np.uint64)[0]) & (2**63 - 1) for c in children]
-    assert [t.seed for t in tf.tasks] == expected == task_seeds(20261127, 16)
-    assert len(set(expected)) == 16
-    assert all(0 <= s < 2**63 for s in expected)
-    again = parse_text(ISSUE_EXAMPLE, Path("other.yaml"))
-    assert [t.seed for t in again.tasks] == expected
+    seeds = [t.seed for t in tf.tasks]
+    assert seeds == [t.seed for t in parse_text(ISSUE_EXAMPLE, Path("again.yaml")).tasks]
+    assert len(set(seeds)) == 16
+    assert all(0 <= s < 2**63 for s in seeds)
+    first = tf.tasks[0]
+    assert first.seed == task_seed(20261127, first.kind, first.params, 0)
+    digest = hashlib.sha256(json.dumps({"kind": first.kind, "params": first.params},
+                                       sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    state = np.random.SeedSequence(20261127, spawn_key=(
+        *(int(digest[i:i + 8], 16) for i in (0, 8, 16, 24)), 0))
+    assert first.seed == int(state.generate_state(1, dtype=np.uint64)[0]) & (2**63 - 1)
+
+
+def test_added_sweep_points_leave_the_other_tasks_seeds_alone() -> None:
+    base = ("seed: 5\ntasks:\n  - kind: sleep\n    sweep: {seconds: [0.1, 0.2]}\n"
+            "    replicas: 2\n")
+    more = base.replace("[0.1, 0.2]", "[0.05, 0.1, 0.15, 0.2]")
+    seeds = {(t.params["seconds"], t.seed) for t in parse_text(base, Path("a.yaml")).tasks}
+    more_seeds = {(t.params["seconds"], t.seed) for t in parse_text(more, Path("b.yaml")).tasks}
+    assert len(seeds) == 4 and seeds < more_seeds
+    replicas = [t.seed for t in parse_text(base, Path("a.yaml")).tasks
+                if t.params["seconds"] == 0.1]
+    assert len(set(replicas)) == 2, "the replicas of a point have seeds of their own"
+    assert {t.kind_version for t in parse_text(base, Path("a.yaml")).tasks} == {
+        metadata.version("particle-sim")}
 
 
 def test_defaults_without_seed_and_max_attempts() -> None:

@@ -1,0 +1,91 @@
+"""The built-in kinds' run functions (the ``run`` targets of the kinds in
+:mod:`ckernel.params`), and :func:`run` / :func:`simulate` for calling them directly.
+
+Each run function takes the validated params, the seed, the task's
+:class:`simkind.Context` and the backend ("auto": the compiled kernels when built), and
+returns a :class:`simkind.Output`. The worker reaches them only through the kind registry.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import simkind
+from ckernel import _backend, brownian, lj, nbody
+from ckernel._run import PROGRESS_CALLS, Run
+from ckernel.errors import ParamError, SimulationError
+from ckernel.params import BUILT_IN, validate
+
+_DRIVERS = {"lj": lj.run, "nbody": nbody.run, "brownian": brownian.run}
+
+
+def _sleep(params: dict[str, Any], progress: Callable[[float], None] | None) -> Run:
+    """The diagnostic kind: wait ``seconds`` in slices (reporting progress), maybe fail."""
+    seconds = params["seconds"]
+    slices = PROGRESS_CALLS if seconds > 0.0 else 1
+    started = time.monotonic()
+    for i in range(1, slices + 1):
+        # time.sleep(0) still yields the CPU (over a millisecond on a busy machine).
+        if (delay := started + seconds * i / slices - time.monotonic()) > 0.0:
+            time.sleep(delay)
+        if progress is not None:
+            progress(i / slices)
+    if params["fail"]:
+        raise SimulationError("sleep: failed on purpose (fail: true)")
+    return Run({"t": [0.0, seconds]}, {"seconds": seconds}, {}, atom_steps=0)
+
+
+def run(kind: str, params: dict[str, Any], seed: int,
+        progress: Callable[[float], None] | None = None,
+        backend: str = "auto") -> tuple[Run, str, dict[str, Any]]:
+    """Validate and run one built-in simulation; return the raw run record (with the final
+    state arrays), the backend used and the validated params."""
+    params = validate(kind, params)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ParamError(f"seed = {seed!r}: must be a non-negative int")
+    name, kernels = _backend.select(backend)
+    if kind == "sleep":
+        return _sleep(params, progress), "python", params
+    return _DRIVERS[kind](params, seed, progress, kernels), name, params
+
+
+def _output(kind: str, params: dict[str, Any], seed: int, context: simkind.Context,
+            backend: str = "auto") -> simkind.Output:
+    started = time.perf_counter()
+    record, backend_used, _ = run(kind, params, seed, context.progress, backend)
+    elapsed = time.perf_counter() - started
+    return simkind.Output(record.observables, record.summary, {
+        "numpy_version": np.__version__,
+        "backend": backend_used,
+        "threads": _backend.THREADS,
+        "simd_variant": _backend.simd_variant(kind, backend_used),
+        "atom_steps": record.atom_steps,
+        "atom_steps_per_s": record.atom_steps / elapsed if elapsed > 0.0 else 0.0,
+        **record.metadata,
+    })
+
+
+lj_kind = functools.partial(_output, "lj")
+nbody_kind = functools.partial(_output, "nbody")
+brownian_kind = functools.partial(_output, "brownian")
+sleep_kind = functools.partial(_output, "sleep")
+
+
+def simulate(kind: str, params: dict[str, Any], seed: int,
+             progress: Callable[[float], None] | None = None,
+             backend: str = "auto") -> dict[str, Any]:
+    """Run one built-in simulation through the kind registry and return its
+    JSON-serialisable result, as a worker does (see :func:`simkind.execute`); ``backend``
+    picks the kernels. Raises ParamError for bad input, SimulationError when the
+    simulation blows up."""
+    if kind not in BUILT_IN:
+        validate(kind, params)  # the error naming the built-in kinds
+    _backend.select(backend)  # an unknown backend name is refused before anything runs
+    loaded = simkind.installed().get(kind)
+    return simkind.execute(loaded, params, seed, simkind.Context(report=progress),
+                           function=functools.partial(_output, kind, backend=backend))
