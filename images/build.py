@@ -13,9 +13,19 @@ Steps, each skipped when its result already exists:
 4. TAR: ``docker save | gzip -n`` into ``images/dist/<name>-<tag>.tar.gz``; an unchanged
    image keeps its TAR, so nothing is shipped again.
 
+Extra packages for the worker (``--extra-package``, repeatable; Ansible's
+``particle_worker_extra_packages``), e.g. a lab's own kind: a source folder (the files git
+tracks or would track there, else every file but build outputs) is built into a wheel in the
+builder stage with the wheelhouse's build tools (``--no-build-isolation``, no index); a
+``.whl`` file is copied as it is; a requirement (``name==version``) is downloaded on the main
+PC like the wheelhouse. Their own dependencies (other than particle-sim) are downloaded too.
+All of it is part of the context, so a changed plugin changes the worker's tag (and only
+the worker's).
+
 Stdlib only (it runs on the main PC, maybe before the project is installed). Usage::
 
     python3 images/build.py --json
+    python3 images/build.py --json --only worker --extra-package examples/fput-chain
     python3 images/build.py --base-image particle-sim-base:slim-... \\
         --builder-image particle-sim-base:builder-... \\
         --broker-base-image particle-sim-base:broker-...
@@ -28,11 +38,13 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGES = Path(__file__).resolve().parent
@@ -40,11 +52,23 @@ REPO = IMAGES.parent
 WHEELHOUSE_ROOT = IMAGES / "wheelhouse"
 DIST = IMAGES / "dist"
 REQUIREMENTS = IMAGES / "requirements.txt"
+EXTRAS_CACHE = WHEELHOUSE_ROOT / "extras"
+"""Downloaded extra requirements and the extras' dependencies, one folder per set."""
+
+BUILD_OUTPUTS = frozenset({"build", "dist", "__pycache__", ".git", ".venv", ".eggs",
+                           ".pytest_cache", ".mypy_cache", ".ruff_cache", ".tox"})
+"""Folders never copied from an extra source folder outside git."""
+
+BUILD_OUTPUT_SUFFIXES = (".so", ".pyd", ".pyc", ".o", ".egg-info")
+"""Files (and egg-info folders) never copied from an extra source folder outside git."""
+
+PROJECT_NAME = "particle-sim"
+"""Our own distribution: an extra's dependency on it is met by the image's own wheel."""
 
 PROJECT_FILES = ("pyproject.toml", "setup.py", "README.md", "LICENSE")
 """Top-level files the project's wheel is built from, besides its packages."""
 
-PROJECT_PACKAGES = ("ckernel", "simproto", "worker_agent", "simctl")
+PROJECT_PACKAGES = ("ckernel", "simkind", "simproto", "worker_agent", "simctl")
 """The packages of pyproject.toml's [tool.setuptools] packages."""
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
@@ -67,6 +91,111 @@ class ImageSpec:
     folder: Path
     build_args: dict[str, str]
     with_wheelhouse: bool
+    extras: list[Extra] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Extra:
+    """One extra package: a source folder, a wheel file or a requirement (``name==1.0``)."""
+
+    spec: str
+    """As the user wrote it."""
+    kind: str
+    """``folder``, ``wheel`` or ``requirement``."""
+    path: Path | None = None
+    """The folder or wheel (absolute), None for a requirement."""
+
+    @classmethod
+    def parse(cls, spec: str) -> Extra:
+        """Folders and wheels are absolute or relative to the repository (then the current
+        folder); anything else must be a requirement ``name==version``."""
+        candidates = [Path(spec)] if Path(spec).is_absolute() else [REPO / spec, Path(spec)]
+        for path in candidates:
+            if path.is_dir():
+                return cls(spec, "folder", path.resolve())
+            if path.is_file() and path.name.endswith(".whl"):
+                return cls(spec, "wheel", path.resolve())
+        if spec.endswith(".whl") or "/" in spec or spec.startswith("."):
+            raise BuildError(f"extra package {spec!r}: no such folder or wheel (relative paths "
+                             f"are taken from {REPO})")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._, -]+\])?"
+                            r"\s*==\s*[A-Za-z0-9.+!_-]+", spec):
+            raise BuildError(f"extra package {spec!r}: not a folder, a .whl file, or a pinned "
+                             "requirement name==version (pin it: the tag is a hash of the "
+                             "inputs)")
+        return cls(spec, "requirement")
+
+    def files(self) -> list[Path]:
+        """A folder's files (relative): what git tracks or would track there, else every file
+        but build outputs. A wheel: the file itself."""
+        if self.kind == "wheel":
+            assert self.path is not None
+            return [Path(self.path.name)]
+        assert self.kind == "folder" and self.path is not None
+        return folder_files(self.path)
+
+    def fingerprint(self) -> str:
+        """A hash of the package's content (folder files, wheel bytes, requirement text)."""
+        h = hashlib.sha256(f"{self.kind}\0{self.spec}\0".encode())
+        if self.kind == "requirement":
+            return h.hexdigest()
+        assert self.path is not None
+        root = self.path if self.kind == "folder" else self.path.parent
+        for rel in self.files():
+            h.update(str(rel).encode() + b"\0")
+            h.update(hashlib.sha256((root / rel).read_bytes()).digest())
+        return h.hexdigest()
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """Files of a source folder, relative to it (see :meth:`Extra.files`)."""
+    listed = subprocess.run(["git", "-C", str(folder), "ls-files", "--cached", "--others",
+                             "--exclude-standard", "--", "."], capture_output=True, text=True)
+    files = {Path(line) for line in listed.stdout.splitlines() if line}
+    if listed.returncode == 0 and files:  # else: not in git, or all of it ignored
+        return sorted(f for f in files if (folder / f).is_file())
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames
+                             if d not in BUILD_OUTPUTS and not d.endswith(BUILD_OUTPUT_SUFFIXES))
+        for name in filenames:
+            if not name.endswith(BUILD_OUTPUT_SUFFIXES):
+                found.append((Path(dirpath) / name).relative_to(folder))
+    return sorted(found)
+
+
+def canonical(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared_dependencies(extra: Extra) -> list[str]:
+    """The requirement strings an extra declares (folder: pyproject.toml's
+    [project.dependencies]; wheel: its METADATA), without our own project."""
+    assert extra.path is not None
+    lines: list[str] = []
+    if extra.kind == "wheel":
+        with zipfile.ZipFile(extra.path) as wheel:
+            meta = next((n for n in wheel.namelist()
+                         if n.endswith(".dist-info/METADATA") and n.count("/") == 1), None)
+            text = wheel.read(meta).decode() if meta else ""
+        lines = [line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.startswith("Requires-Dist:")]
+    elif (extra.path / "pyproject.toml").is_file():
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: declare the extras' dependencies as requirements
+            return []
+        project = tomllib.loads((extra.path / "pyproject.toml").read_text()).get("project", {})
+        lines = list(project.get("dependencies", []))
+    wanted = []
+    for line in lines:
+        if re.search(r"\bextra\s*==", line):
+            continue  # optional extras are not installed
+        name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+        if name and canonical(name[1]) != PROJECT_NAME:
+            wanted.append(line)
+    return wanted
 
 
 def run(cmd: list[str], what: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -87,22 +216,66 @@ def docker_platform() -> str:
     return machine[arch]
 
 
+def target_args(python_version: str, machine: str) -> list[str]:
+    """``pip download`` options for binary wheels of the image's Python and platform."""
+    abi = f"cp{python_version.replace('.', '')}"
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in (36, 28, 27, 17)]
+    platforms.append(f"manylinux2014_{machine}")
+    return ["--only-binary=:all:", "--python-version", python_version, "--implementation",
+            "cp", "--abi", abi, "--abi", "none",
+            *[arg for p in platforms for arg in ("--platform", p)], "--platform", "any"]
+
+
+def download(folder: Path, requirements: list[str], target: list[str], what: str,
+             constraints: Path | None = None) -> None:
+    """``pip download`` into ``folder``; nothing is fetched when the folder satisfies it."""
+    base = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(folder), *target]
+    if constraints is not None:
+        base += ["--constraint", str(constraints)]
+    base += requirements
+    offline = subprocess.run([*base, "--no-index", "--find-links", str(folder)],
+                             capture_output=True, text=True)
+    if offline.returncode != 0:
+        run(base, what)
+
+
 def ensure_wheelhouse(python_version: str, machine: str) -> Path:
     """Download every pinned wheel for ``python_version`` on ``machine`` (once)."""
     folder = WHEELHOUSE_ROOT / f"cp{python_version.replace('.', '')}-{machine}"
     folder.mkdir(parents=True, exist_ok=True)
-    abi = f"cp{python_version.replace('.', '')}"
-    platforms = [f"manylinux_2_{minor}_{machine}" for minor in (36, 28, 27, 17)]
-    platforms.append(f"manylinux2014_{machine}")
-    target = ["--only-binary=:all:", "--python-version", python_version, "--implementation",
-              "cp", "--abi", abi, "--abi", "none",
-              *[arg for p in platforms for arg in ("--platform", p)], "--platform", "any"]
-    base = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(folder),
-            "--requirement", str(REQUIREMENTS), *target]
-    offline = subprocess.run([*base, "--no-index", "--find-links", str(folder)],
-                             capture_output=True, text=True)
-    if offline.returncode != 0:
-        run(base, "downloading the wheelhouse (pip download)")
+    download(folder, ["--requirement", str(REQUIREMENTS)], target_args(python_version, machine),
+             "downloading the wheelhouse (pip download)")
+    return folder
+
+
+def ensure_extra_wheels(extras: list[Extra], python_version: str, machine: str,
+                        wheelhouse: Path) -> Path | None:
+    """Wheels of the extra requirements and of every extra's own dependencies that the
+    wheelhouse lacks, in a folder keyed by what is asked (None: nothing to download).
+
+    Our own project is never downloaded (an extra's dependency on it is met by the image's
+    wheel); requirements.txt constrains the versions, so an extra cannot move numpy."""
+    wanted = [e.spec for e in extras if e.kind == "requirement"]
+    deps = sorted({d for e in extras if e.kind != "requirement" for d in declared_dependencies(e)})
+    if not wanted and not deps:
+        return None
+    key = hashlib.sha256(json.dumps([python_version, machine, wanted, deps]).encode())
+    folder = EXTRAS_CACHE / f"cp{python_version.replace('.', '')}-{machine}-{key.hexdigest()[:12]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = target_args(python_version, machine)
+    if wanted:
+        # --no-deps: a plugin names particle-sim, which no index has (or an unrelated one).
+        download(folder, ["--no-deps", *wanted], target,
+                 f"downloading the extra packages {', '.join(wanted)} (pip download)")
+        for wheel in sorted(folder.glob("*.whl")):
+            name = canonical(wheel.name.split("-")[0])
+            if any(canonical(re.split(r"[\[=\s]", w)[0]) == name for w in wanted):
+                deps += declared_dependencies(Extra(wheel.name, "wheel", wheel))
+    deps = sorted(set(deps))
+    if deps:
+        download(folder, ["--find-links", str(wheelhouse), *deps], target,
+                 f"downloading the extras' dependencies {', '.join(deps)} (pip download)",
+                 constraints=REQUIREMENTS)
     return folder
 
 
@@ -125,14 +298,19 @@ def project_sources() -> list[Path]:
 
 
 def assemble_context(spec: ImageSpec, wheelhouse: Path | None, into: Path,
-                     source_ref: str | None) -> None:
-    """Copy the Dockerfile folder, and the wheelhouse and sources if needed, into ``into``.
+                     source_ref: str | None, extra_wheels: Path | None = None) -> None:
+    """Copy the Dockerfile folder, and the wheelhouse, sources and extras if needed, into
+    ``into``.
 
-    Sources come from the working tree, or from git ``source_ref`` when given."""
+    Sources come from the working tree, or from git ``source_ref`` when given (extra source
+    folders always from the working tree). Extras go to ``extras/``: ``src/NN-name/`` per
+    source folder (built in the builder stage), ``wheels/`` (given and downloaded wheels), and
+    ``requirements.txt`` (what the runtime stage installs besides the built wheels)."""
     shutil.copytree(spec.folder, into, dirs_exist_ok=True)
     if spec.with_wheelhouse:
         assert wheelhouse is not None
         shutil.copytree(wheelhouse, into / "wheelhouse")
+        add_extras(spec.extras, extra_wheels, wheelhouse, into / "extras")
         if source_ref:
             export_sources(source_ref, into / "src")
             return
@@ -140,6 +318,32 @@ def assemble_context(spec: ImageSpec, wheelhouse: Path | None, into: Path,
             dest = into / "src" / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dest)
+
+
+def add_extras(extras: list[Extra], extra_wheels: Path | None, wheelhouse: Path,
+               into: Path) -> None:
+    """The extras' part of the context (always present, empty without extras)."""
+    (into / "src").mkdir(parents=True)
+    (into / "wheels").mkdir()
+    install = []
+    if extra_wheels is not None:
+        for wheel in sorted(extra_wheels.glob("*.whl")):
+            if not (wheelhouse / wheel.name).exists():  # e.g. numpy: in the image already
+                shutil.copy2(wheel, into / "wheels" / wheel.name)
+    for number, extra in enumerate(extras, 1):
+        if extra.kind == "requirement":
+            install.append(extra.spec)
+            continue
+        assert extra.path is not None
+        if extra.kind == "wheel":
+            shutil.copy2(extra.path, into / "wheels" / extra.path.name)
+            install.append(f"/extras/wheels/{extra.path.name}")
+            continue
+        dest = into / "src" / f"{number:02d}-{extra.path.name}"
+        for rel in extra.files():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(extra.path / rel, dest / rel)
+    (into / "requirements.txt").write_text("".join(f"{line}\n" for line in install))
 
 
 def image_id(ref: str) -> str | None:
@@ -175,25 +379,57 @@ def export_tar(ref: str, target: Path) -> None:
     partial.rename(target)
 
 
+def export_extra_wheels(context_tag: str, context_args: list[str],
+                        context: Path, target: Path) -> bool:
+    """The extras' wheels (built from source folders in the builder stage, given, downloaded,
+    and their dependencies) into ``target``, for the offline bundle; False if it exists."""
+    if target.exists():
+        return False
+    # The builder stage again: every step is in the engine's cache from the build just done.
+    built = run(["docker", "build", "--quiet", "--force-rm", "--target", "builder",
+                 *context_args, str(context)], f"building the builder stage of {context_tag}",
+                env=DOCKER_ENV)
+    container = run(["docker", "create", built.stdout.strip().splitlines()[-1], "true"],
+                    "creating a container of the builder stage").stdout.strip()
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        for folder in ("/extras/wheels/.", "/dist/extras/."):
+            probe = subprocess.run(["docker", "cp", f"{container}:{folder}", str(partial)],
+                                   capture_output=True, text=True)
+            if probe.returncode != 0 and "Could not find" not in probe.stderr \
+                    and "No such" not in probe.stderr:
+                raise BuildError(f"copying {folder} out of the builder stage: {probe.stderr}")
+    finally:
+        subprocess.run(["docker", "rm", "--force", container], capture_output=True)
+    partial.rename(target)
+    return True
+
+
 def build_image(spec: ImageSpec, wheelhouse: Path | None, labels: dict[str, str],
-                export: bool, source_ref: str | None) -> dict[str, object]:
+                export: bool, source_ref: str | None,
+                extra_wheels: Path | None = None) -> dict[str, object]:
     """Build (unless the tag exists) and export (unless the TAR exists) one image."""
     with tempfile.TemporaryDirectory(prefix=f"{spec.name}-context-") as tmp:
         context = Path(tmp)
-        assemble_context(spec, wheelhouse, context, source_ref)
+        assemble_context(spec, wheelhouse, context, source_ref, extra_wheels)
         tag = inputs_hash(context, spec)
         ref = f"{spec.name}:{tag}"
         built = False
+        args = ["--label", f"org.particle-sim.inputs={tag}"]
+        for key, value in [*spec.build_args.items()]:
+            args += ["--build-arg", f"{key}={value}"]
+        for key, value in labels.items():
+            args += ["--label", f"{key}={value}"]
         if image_id(ref) is None:
             # --force-rm: no container is left behind by a failed step.
-            cmd = ["docker", "build", "--quiet", "--force-rm", "--tag", ref,
-                   "--label", f"org.particle-sim.inputs={tag}"]
-            for key, value in [*spec.build_args.items()]:
-                cmd += ["--build-arg", f"{key}={value}"]
-            for key, value in labels.items():
-                cmd += ["--label", f"{key}={value}"]
-            run([*cmd, str(context)], f"building {ref}", env=DOCKER_ENV)
+            run(["docker", "build", "--quiet", "--force-rm", "--tag", ref, *args, str(context)],
+                f"building {ref}", env=DOCKER_ENV)
             built = True
+        wheels = DIST / f"{spec.name}-{tag}-wheels" if export and spec.extras else None
+        wheels_exported = (wheels is not None
+                           and export_extra_wheels(ref, args, context, wheels))
     tar = DIST / f"{spec.name}-{tag}.tar.gz"
     exported = False
     if export and not tar.exists():
@@ -207,7 +443,9 @@ def build_image(spec: ImageSpec, wheelhouse: Path | None, labels: dict[str, str]
         "tar": str(tar) if export else None,
         "exported": exported,
         "tar_mb": round(tar.stat().st_size / 1e6, 1) if export else None,
-        "changed": built or exported,
+        "changed": built or exported or wheels_exported,
+        "extras": [e.spec for e in spec.extras],
+        "extra_wheels": str(wheels) if wheels else None,
     }
 
 
@@ -231,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra image label (repeatable)")
     parser.add_argument("--labels-json", default="{}", metavar="JSON",
                         help='extra image labels as a JSON object, e.g. \'{"team": "a"}\'')
+    parser.add_argument("--extra-package", action="append", default=[], metavar="PACKAGE",
+                        help="extra Python package for the worker image (repeatable): a source "
+                             "folder or .whl file (absolute or relative to the repository) or "
+                             "a requirement name==version")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     try:
@@ -239,18 +481,27 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as e:
         parser.error(f"invalid labels: {e}")
     wanted = args.only or ["worker", "broker"]
+    try:
+        extras = [Extra.parse(spec) for spec in args.extra_package]
+    except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     specs = {
         "worker": ImageSpec("particle-worker", IMAGES / "worker",
                             {"BASE_IMAGE": args.base_image,
-                             "BUILDER_IMAGE": args.builder_image or args.base_image}, True),
+                             "BUILDER_IMAGE": args.builder_image or args.base_image}, True,
+                            extras),
         "broker": ImageSpec("particle-broker", IMAGES / "broker",
                             {"BASE_IMAGE": args.broker_base_image}, False),
     }
     try:
-        wheelhouse = (ensure_wheelhouse(args.python_version, docker_platform())
-                      if "worker" in wanted else None)
+        wheelhouse = extra_wheels = None
+        if "worker" in wanted:
+            machine = docker_platform()
+            wheelhouse = ensure_wheelhouse(args.python_version, machine)
+            extra_wheels = ensure_extra_wheels(extras, args.python_version, machine, wheelhouse)
         results = {name: build_image(specs[name], wheelhouse, labels, not args.no_export,
-                                         args.source_ref)
+                                     args.source_ref, extra_wheels)
                    for name in wanted}
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)

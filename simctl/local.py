@@ -11,12 +11,18 @@ The broker is never anonymous: ``credentials/`` holds a generated password per i
 ``simctl.broker_security`` exactly as for the deployed broker (minus the health probe, plus
 ``local-admin``, which adds the identities of new workers while the broker runs).
 simctl (``simctl.config``) and the local agents use these credentials; nobody types any.
+
+Plugins (a lab's own kind, ``local up --with PATH``; ``local install``, which the playbook
+runs on the main PC) are installed into the environment simctl runs from, which is also the
+one the local agents run from (:func:`install_plugins`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -27,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from simctl.background import spawn_detached
-from simctl.errors import LocalClusterError
+from simctl.errors import InputError, LocalClusterError
 from simctl.local_broker import LocalBroker, dynsec_control, free_port, port_open
 
 WORKER_READY_TIMEOUT_S = 30.0
@@ -38,6 +44,191 @@ STOP_POLL_S = 0.05
 
 PASSWORD_BYTES = 24
 """Random bytes of each generated password (32 URL-safe characters)."""
+
+PLUGIN_RECORD = Path(sys.prefix) / "share" / "particle-sim" / "installed-plugins.json"
+"""What :func:`install_plugins` installed into this environment: source -> content hash."""
+
+BUILD_OUTPUTS = frozenset({"build", "dist", "__pycache__", ".git", ".venv", ".eggs",
+                           ".pytest_cache", ".mypy_cache", ".ruff_cache", ".tox"})
+"""Folders of a plugin's source folder (outside git) that are not part of its content."""
+
+BUILD_OUTPUT_SUFFIXES = (".so", ".pyd", ".pyc", ".o", ".egg-info")
+"""Files (and egg-info folders) of a plugin's source folder that are not part of it."""
+
+PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([A-Za-z0-9.+!_-]+)")
+"""A pinned requirement ``name==version`` (what ``local install`` accepts besides paths)."""
+
+
+@dataclass(frozen=True)
+class PluginInstall:
+    """What :func:`install_plugins` did with one source."""
+
+    source: str
+    name: str | None
+    version: str | None
+    installed: bool
+    """False: that version, with the same content, was installed already."""
+
+    def describe(self) -> str:
+        what = " ".join(x for x in (self.name, self.version) if x) or "the package"
+        if self.installed:
+            return f"installed plugin {what} from {self.source} into {sys.prefix}"
+        return f"plugin {what} from {self.source} is already installed in {sys.prefix}"
+
+
+def install_plugins(sources: list[str], *, paths_only: bool = False) -> list[PluginInstall]:
+    """Install plugin packages into this environment (``python -m pip install
+    --no-build-isolation SOURCE``), skipping those installed already with the same version and
+    content.
+
+    A source is a source folder, a ``.whl`` file or (unless ``paths_only``) a pinned
+    requirement ``name==version``. A folder's missing build requirements (its pyproject's
+    [build-system] requires, e.g. Cython) are installed first, since the build is not
+    isolated. Raises InputError for a source that is none of these, LocalClusterError
+    naming the source when pip fails."""
+    record = _read_record()
+    done = []
+    for source in sources:
+        done.append(_install_one(source, record, paths_only))
+        if done[-1].installed:
+            _write_record(record)
+    return done
+
+
+def _install_one(source: str, record: dict[str, str], paths_only: bool) -> PluginInstall:
+    path = Path(source).expanduser()
+    if path.is_dir() or (path.is_file() and path.name.endswith(".whl")):
+        path = path.resolve()
+        name, version = _path_identity(path)
+        fingerprint = _fingerprint(path)
+        if (name and version and _installed_version(name) == version
+                and record.get(str(path)) == fingerprint):
+            return PluginInstall(source, name, version, installed=False)
+        if path.is_dir():
+            _install_build_requirements(path, source)
+            _pip(source, "install", "--no-build-isolation", str(path))
+        else:
+            # Same version, new content: pip would keep the installed files without --force.
+            _pip(source, "install", "--force-reinstall", "--no-deps", str(path))
+            _pip(source, "install", str(path))
+        record[str(path)] = fingerprint
+        return PluginInstall(source, name, version, installed=True)
+    pin = PIN.fullmatch(source.strip())
+    if paths_only or pin is None:
+        raise InputError(f"plugin {source!r}: no such folder or .whl file"
+                         + ("" if paths_only else " (nor a pinned requirement name==version)"))
+    name, version = pin[1], pin[3]
+    if _installed_version(name) == version:
+        return PluginInstall(source, name, version, installed=False)
+    _pip(source, "install", "--no-build-isolation", source.strip())
+    return PluginInstall(source, name, version, installed=True)
+
+
+def _pip(source: str, *args: str) -> None:
+    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-25:])
+        raise LocalClusterError(
+            f"installing the plugin {source} failed (python -m pip {' '.join(args)}):\n{tail}")
+
+
+def _install_build_requirements(folder: Path, source: str) -> None:
+    """Install what the folder's build needs and this environment lacks (the build is not
+    isolated, so it uses this environment's numpy, Cython and setuptools)."""
+    requires = _pyproject(folder).get("build-system", {}).get("requires", [])
+    missing = [r for r in requires if not _satisfied(r)]
+    if missing:
+        _pip(source, "install", *missing)
+
+
+def _satisfied(requirement: str) -> bool:
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pip vendors it
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]
+    req = Requirement(requirement)
+    if req.marker is not None and not req.marker.evaluate():
+        return True
+    installed = _installed_version(req.name)
+    return installed is not None and req.specifier.contains(installed, prereleases=True)
+
+
+def _installed_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _pyproject(folder: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: no build requirements or identity known
+        return {}
+    try:
+        return tomllib.loads((folder / "pyproject.toml").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _path_identity(path: Path) -> tuple[str | None, str | None]:
+    """Distribution name and version of a wheel (its file name) or a source folder (its
+    pyproject's static [project] name and version)."""
+    if path.is_file():
+        parts = path.name.split("-")
+        return (parts[0], parts[1]) if len(parts) >= 5 else (None, None)
+    project = _pyproject(path).get("project", {})
+    version = project.get("version") if "version" not in project.get("dynamic", []) else None
+    return project.get("name"), version
+
+
+def _fingerprint(path: Path) -> str:
+    """A hash of a wheel's bytes or of a source folder's files: what git tracks or would
+    track there, else every file but build outputs."""
+    h = hashlib.sha256()
+    if path.is_file():
+        h.update(path.read_bytes())
+        return h.hexdigest()
+    for rel in _folder_files(path):
+        h.update(str(rel).encode() + b"\0")
+        h.update(hashlib.sha256((path / rel).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    listed = subprocess.run(["git", "-C", str(folder), "ls-files", "--cached", "--others",
+                             "--exclude-standard", "--", "."], capture_output=True, text=True)
+    files = {Path(line) for line in listed.stdout.splitlines() if line}
+    if listed.returncode == 0 and files:  # else: not in git, or all of it ignored
+        return sorted(f for f in files if (folder / f).is_file())
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames
+                             if d not in BUILD_OUTPUTS and not d.endswith(BUILD_OUTPUT_SUFFIXES))
+        found += [(Path(dirpath) / n).relative_to(folder) for n in filenames
+                  if not n.endswith(BUILD_OUTPUT_SUFFIXES)]
+    return sorted(found)
+
+
+def _read_record() -> dict[str, str]:
+    try:
+        data = json.loads(PLUGIN_RECORD.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _write_record(record: dict[str, str]) -> None:
+    try:
+        PLUGIN_RECORD.parent.mkdir(parents=True, exist_ok=True)
+        tmp = PLUGIN_RECORD.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        tmp.replace(PLUGIN_RECORD)
+    except OSError:
+        pass  # a read-only prefix: the next install just does not skip
 
 
 def default_slots(workers: int) -> int:

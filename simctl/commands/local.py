@@ -43,6 +43,14 @@ def local() -> None:
 @seconds_option(
     "--grace", default=10.0, help="How long running tasks may finish when the agents stop."
 )
+@click.option(
+    "--with",
+    "plugins",
+    multiple=True,
+    metavar="PATH",
+    help="Install this plugin (a source folder or .whl file) first, into the environment "
+    "simctl and the agents run from (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @pass_settings
 def local_up(
@@ -52,16 +60,54 @@ def local_up(
     port: int | None,
     heartbeat: float,
     grace: float,
+    plugins: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Start the local broker and N worker agents in the background."""
-    from simctl.local import LocalCluster
+    """Start the local broker and N worker agents in the background.
+
+    With --with PATH, the plugin is installed first (python -m pip install
+    --no-build-isolation PATH, plus any build requirement the environment lacks), unless that
+    version with the same files is installed already. Agents that are running already keep
+    the kinds they started with: `simctl local down` first to have them load it.
+    """
+    from simctl.local import LocalCluster, install_plugins
 
     cluster = LocalCluster(settings.local_dir)
+    if plugins:
+        for done in install_plugins(list(plugins), paths_only=True):
+            click.echo(done.describe(), err=True)
+        running = [p.name for p in cluster.processes() if p.name != "broker" and p.running]
+        if running:
+            click.echo(f"note: {', '.join(running)} already running and keep the kinds they "
+                       "started with; `simctl local down` first to have them load the plugins",
+                       err=True)
     cluster.up(workers, slots, settings.topic_prefix or "sim", port, heartbeat, grace)
     _local_status(settings, as_json)
     if not as_json:
         click.echo("\nstop with: simctl local down", err=True)
+
+
+@local.command("install")
+@click.argument("packages", nargs=-1, required=True, metavar="PACKAGE...")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def local_install(packages: tuple[str, ...], as_json: bool) -> None:
+    """Install plugin packages into the environment simctl runs from.
+
+    PACKAGE: a source folder, a .whl file or a pinned requirement name==version. One that is
+    installed already (same version, same files) is skipped, so a re-run changes nothing
+    (the deploy playbook runs this on the main PC for particle_worker_extra_packages).
+    """
+    from simctl.display import emit_json
+    from simctl.local import install_plugins
+
+    done = install_plugins(list(packages))
+    if as_json:
+        emit_json({"changed": any(d.installed for d in done),
+                   "packages": [{"source": d.source, "name": d.name, "version": d.version,
+                                 "installed": d.installed} for d in done]})
+    else:
+        for d in done:
+            click.echo(d.describe())
 
 
 @local.command("down")

@@ -12,7 +12,10 @@ network's gateway address only. Then:
    anonymous and wrong-password connections are refused, and so is a worker's credential
    under another client id; a worker's password cannot publish an assignment or another
    worker's status;
-4. ``simctl run`` of a small sweep completes with every result;
+4. ``simctl run`` of a small sweep completes with every result; so does a sweep of kind
+   ``chain``, the example plugin (``examples/fput-chain``) that the inventory lists in
+   ``particle_worker_extra_packages``: it is built into the worker image and installed where
+   simctl runs (this test's Python);
 5. a second ``deploy.yml`` reports ``changed=0``;
 6. a fourth VM added to the inventory joins after a re-run; ``simctl ping`` lists four.
 
@@ -44,6 +47,8 @@ from tests.support import mqtt_probe, vms
 pytestmark = pytest.mark.deploy
 
 REPO = vms.REPO
+PLUGIN = "examples/fput-chain"
+"""The example plugin (kind ``chain``) the workers get as an extra package."""
 SLOTS = 2
 """Slots per worker (the VMs share this machine's 2 cores)."""
 
@@ -155,6 +160,9 @@ class Lab:
             # Developers sharing a working tree may pin the build to a commit
             # (DEPLOY_TEST_SOURCE_REF=$(git rev-parse HEAD)); CI builds its clean checkout.
             "images_source_ref": os.environ.get("DEPLOY_TEST_SOURCE_REF", ""),
+            # Relative to the repository; also installed into this Python (simctl's).
+            "particle_worker_extra_packages": [PLUGIN],
+            "particle_simctl_python": sys.executable,
         }))
         return inventory
 
@@ -240,6 +248,10 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
                 shutil.rmtree(workdir, ignore_errors=True)
         total = sum(phases.durations.values())
         phases.say(f"[deploy] total: {total:.1f} s")
+
+
+KINDS_SCRIPT = "import json, simkind; print(json.dumps(simkind.discover().names()))"
+"""Prints the kinds installed in the Python that runs it, as a JSON list."""
 
 
 # ------------------------------------------------------------------ MQTT checks
@@ -368,6 +380,13 @@ def test_deploy_to_containerised_vms(lab: Lab) -> None:
             assert doc["worker_id"] == f"worker{n}" and doc["status"] == "online", doc
         assert lab.pinged_workers(3) == {"worker1", "worker2", "worker3"}
         check_refused_and_confined(lab)
+        # The plugin's kind loads inside a deployed worker, and where simctl runs.
+        in_worker = vms.docker("exec", lab.vm_name(1), "docker", "exec", "particle-worker-1",
+                               "python3", "-c", KINDS_SCRIPT)
+        assert "chain" in json.loads(in_worker.strip().splitlines()[-1]), in_worker
+        here = subprocess.run([sys.executable, "-c", KINDS_SCRIPT], capture_output=True,
+                              text=True, check=True)
+        assert "chain" in json.loads(here.stdout), here.stdout
 
     with phases.run("4. sweep"):
         taskfile = lab.workdir / "sweep.yaml"
@@ -385,6 +404,21 @@ def test_deploy_to_containerised_vms(lab: Lab) -> None:
         rows = results["tasks"]
         assert len(rows) == 8 and all(r["state"] == "done" for r in rows), rows
         assert {r["worker_id"] for r in rows} <= {"worker1", "worker2", "worker3"}, rows
+
+    with phases.run("4b. sweep of the plugin's kind chain"):
+        taskfile = lab.workdir / "chain.yaml"
+        taskfile.write_text(yaml.safe_dump({
+            "name": "deploy-chain", "seed": 11, "tasks": [
+                {"kind": "chain", "params": {"n_particles": 16, "steps": 400, "sample_every": 20,
+                                             "modes_recorded": 4},
+                 "sweep": {"beta": [0.0, 1.0], "dt": [0.05, 0.1]}},
+            ]}, sort_keys=False))
+        summary = lab.simctl_json("run", str(taskfile), "--json", "--quiet", "--timeout", "120",
+                                  timeout=180)
+        assert (summary["tasks"], summary["done"], summary["failed"]) == (4, 4, 0), summary
+        rows = lab.simctl_json("results", summary["run_id"], "--format", "json")["tasks"]
+        assert len(rows) == 4 and all(r["state"] == "done" and r["kind"] == "chain"
+                                      and r["summary"] for r in rows), rows
 
     with phases.run("5. second deploy changes nothing"):
         recap = lab.playbook("deploy.yml")
