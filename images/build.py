@@ -49,18 +49,17 @@ from pathlib import Path
 
 IMAGES = Path(__file__).resolve().parent
 REPO = IMAGES.parent
+
+# What a plugin's source folder holds is decided in one place, shared with `simctl local
+# install`; that module needs only the standard library, so nothing must be installed yet.
+sys.path.insert(0, str(REPO))
+from simctl.sources import content_hash, folder_files  # noqa: E402
+
 WHEELHOUSE_ROOT = IMAGES / "wheelhouse"
 DIST = IMAGES / "dist"
 REQUIREMENTS = IMAGES / "requirements.txt"
 EXTRAS_CACHE = WHEELHOUSE_ROOT / "extras"
 """Downloaded extra requirements and the extras' dependencies, one folder per set."""
-
-BUILD_OUTPUTS = frozenset({"build", "dist", "__pycache__", ".git", ".venv", ".eggs",
-                           ".pytest_cache", ".mypy_cache", ".ruff_cache", ".tox"})
-"""Folders never copied from an extra source folder outside git."""
-
-BUILD_OUTPUT_SUFFIXES = (".so", ".pyd", ".pyc", ".o", ".egg-info")
-"""Files (and egg-info folders) never copied from an extra source folder outside git."""
 
 PROJECT_NAME = "particle-sim"
 """Our own distribution: an extra's dependency on it is met by the image's own wheel."""
@@ -136,32 +135,12 @@ class Extra:
 
     def fingerprint(self) -> str:
         """A hash of the package's content (folder files, wheel bytes, requirement text)."""
-        h = hashlib.sha256(f"{self.kind}\0{self.spec}\0".encode())
+        salt = f"{self.kind}\0{self.spec}\0"
         if self.kind == "requirement":
-            return h.hexdigest()
+            return content_hash(REPO, [], salt)
         assert self.path is not None
         root = self.path if self.kind == "folder" else self.path.parent
-        for rel in self.files():
-            h.update(str(rel).encode() + b"\0")
-            h.update(hashlib.sha256((root / rel).read_bytes()).digest())
-        return h.hexdigest()
-
-
-def folder_files(folder: Path) -> list[Path]:
-    """Files of a source folder, relative to it (see :meth:`Extra.files`)."""
-    listed = subprocess.run(["git", "-C", str(folder), "ls-files", "--cached", "--others",
-                             "--exclude-standard", "--", "."], capture_output=True, text=True)
-    files = {Path(line) for line in listed.stdout.splitlines() if line}
-    if listed.returncode == 0 and files:  # else: not in git, or all of it ignored
-        return sorted(f for f in files if (folder / f).is_file())
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames
-                             if d not in BUILD_OUTPUTS and not d.endswith(BUILD_OUTPUT_SUFFIXES))
-        for name in filenames:
-            if not name.endswith(BUILD_OUTPUT_SUFFIXES):
-                found.append((Path(dirpath) / name).relative_to(folder))
-    return sorted(found)
+        return content_hash(root, self.files(), salt)
 
 
 def canonical(name: str) -> str:

@@ -19,7 +19,6 @@ one the local agents run from (:func:`install_plugins`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from typing import Any
 from simctl.background import spawn_detached
 from simctl.errors import InputError, LocalClusterError
 from simctl.local_broker import LocalBroker, dynsec_control, free_port, port_open
+from simctl.sources import content_hash, folder_files
 
 WORKER_READY_TIMEOUT_S = 30.0
 """How long ``local up`` waits for the started agents to report online."""
@@ -47,13 +47,6 @@ PASSWORD_BYTES = 24
 
 PLUGIN_RECORD = Path(sys.prefix) / "share" / "particle-sim" / "installed-plugins.json"
 """What :func:`install_plugins` installed into this environment: source -> content hash."""
-
-BUILD_OUTPUTS = frozenset({"build", "dist", "__pycache__", ".git", ".venv", ".eggs",
-                           ".pytest_cache", ".mypy_cache", ".ruff_cache", ".tox"})
-"""Folders of a plugin's source folder (outside git) that are not part of its content."""
-
-BUILD_OUTPUT_SUFFIXES = (".so", ".pyd", ".pyc", ".o", ".egg-info")
-"""Files (and egg-info folders) of a plugin's source folder that are not part of it."""
 
 PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([A-Za-z0-9.+!_-]+)")
 """A pinned requirement ``name==version`` (what ``local install`` accepts besides paths)."""
@@ -186,31 +179,11 @@ def _path_identity(path: Path) -> tuple[str | None, str | None]:
 
 
 def _fingerprint(path: Path) -> str:
-    """A hash of a wheel's bytes or of a source folder's files: what git tracks or would
-    track there, else every file but build outputs."""
-    h = hashlib.sha256()
+    """A hash of a wheel (its bytes) or of a source folder (its files, see
+    :func:`simctl.sources.folder_files`)."""
     if path.is_file():
-        h.update(path.read_bytes())
-        return h.hexdigest()
-    for rel in _folder_files(path):
-        h.update(str(rel).encode() + b"\0")
-        h.update(hashlib.sha256((path / rel).read_bytes()).digest())
-    return h.hexdigest()
-
-
-def _folder_files(folder: Path) -> list[Path]:
-    listed = subprocess.run(["git", "-C", str(folder), "ls-files", "--cached", "--others",
-                             "--exclude-standard", "--", "."], capture_output=True, text=True)
-    files = {Path(line) for line in listed.stdout.splitlines() if line}
-    if listed.returncode == 0 and files:  # else: not in git, or all of it ignored
-        return sorted(f for f in files if (folder / f).is_file())
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames
-                             if d not in BUILD_OUTPUTS and not d.endswith(BUILD_OUTPUT_SUFFIXES))
-        found += [(Path(dirpath) / n).relative_to(folder) for n in filenames
-                  if not n.endswith(BUILD_OUTPUT_SUFFIXES)]
-    return sorted(found)
+        return content_hash(path.parent, [Path(path.name)])
+    return content_hash(path, folder_files(path))
 
 
 def _read_record() -> dict[str, str]:

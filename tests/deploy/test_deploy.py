@@ -419,6 +419,12 @@ def test_deploy_to_containerised_vms(lab: Lab) -> None:
         rows = lab.simctl_json("results", summary["run_id"], "--format", "json")["tasks"]
         assert len(rows) == 4 and all(r["state"] == "done" and r["kind"] == "chain"
                                       and r["summary"] for r in rows), rows
+        # Each result records what computed it: the kind's package and version, the image.
+        assert {(r["kind_version"], r["package"]) for r in rows} == {
+            ("1.0.0", "particle-sim-fput-chain")}, rows
+        image = vms.docker("exec", lab.vm_name(1), "docker", "inspect", "--format",
+                           "{{.Config.Image}}", "particle-worker-1").strip()
+        assert image.startswith("particle-worker:") and {r["image"] for r in rows} == {image}
 
     with phases.run("5. second deploy changes nothing"):
         recap = lab.playbook("deploy.yml")
