@@ -166,9 +166,13 @@ def task_seed(run_seed: int, kind: str, params: dict[str, Any], occurrence: int)
     uint64 masked to 63 bits (the protocol's seed range). The content is a SHA-256 of the
     kind and validated params; ``occurrence`` counts earlier tasks of the file with the same
     content (the replicas of a point are its occurrences 0, 1, ...)."""
+    return _seed(run_seed, _digest({"kind": kind, "params": params}), occurrence)
+
+
+def _seed(run_seed: int, content: str, occurrence: int) -> int:
     import numpy as np
 
-    words = [int(_digest({"kind": kind, "params": params})[i:i + 8], 16) for i in (0, 8, 16, 24)]
+    words = [int(content[i:i + 8], 16) for i in (0, 8, 16, 24)]
     state = np.random.SeedSequence(run_seed, spawn_key=(*words, occurrence))
     return int(state.generate_state(1, dtype=np.uint64)[0]) & _SEED_MASK
 
@@ -307,8 +311,8 @@ def parse_text(text: str, path: Path) -> TaskFile:
     for i, (loaded, params) in enumerate(specs):
         content = _digest({"kind": loaded.name, "params": params})
         occurrence = occurrences[content] = occurrences.get(content, -1) + 1
-        tasks.append(TaskSpec(i, loaded.name, params, task_seed(seed, loaded.name, params,
-                                                                occurrence), loaded.version))
+        tasks.append(TaskSpec(i, loaded.name, params, _seed(seed, content, occurrence),
+                              loaded.version))
     return TaskFile(path, name.strip(), seed, seed_given, max_attempts, tasks, text, max_lost)
 
 
