@@ -34,8 +34,9 @@ class Kind:
     ``check(params, given)`` applies the cross-field rules to validated ``params`` (it may
     fill in derived values) and raises :class:`ParamError`; ``given`` holds what the task
     file set. Validation must accept its own output: the worker validates the stored,
-    already validated params again, where every field with a value counts as given. ``rules`` says those rules in words for the docs. ``cost(params)`` estimates
-    a task's relative cost (1.0 is a typical task; used for scheduling).
+    already validated params again, where every field with a value counts as given.
+    ``rules`` says those rules in words for the docs. ``cost(params)`` estimates a task's
+    relative cost (1.0 is a typical task; used for scheduling).
     """
 
     name: str
