@@ -115,7 +115,9 @@ def status(settings: Settings, run_id: str | None, states: tuple[str, ...], limi
     waits = {r.run_id: monitoring.waiting(ledger, r.run_id, workers) for r in runs
              if r.state == "active" and broker_error is None}
     if as_json:
-        emit_json({"workers": shown, "hidden_workers": hidden, "rejected": rejected,
+        # hidden_workers only when some are: the document's shape is older than the hiding.
+        emit_json({"workers": shown, **({"hidden_workers": hidden} if hidden else {}),
+                   "rejected": rejected,
                    "runs": [{**r.to_json(), "waiting": waits.get(r.run_id, {})} for r in runs]})
     else:
         click.echo(workers_table(shown) if shown else "no workers known")

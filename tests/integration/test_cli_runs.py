@@ -275,3 +275,4 @@ def test_workers_last_seen_forget_and_stale_ones_hidden(cluster: Cluster) -> Non
     doc = workers_json(cluster, "--all")
     assert [w["worker_id"] for w in doc["workers"]] == ["w1"] and doc["hidden"] == 0
     assert "w2" not in cluster.simctl("status").stdout
+    assert "hidden_workers" not in cluster.simctl_json("status", "--json")
