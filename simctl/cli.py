@@ -29,6 +29,8 @@ COMMANDS = {
     "monitor": "simctl.commands.monitor.monitor",
     "results": "simctl.commands.results.results",
     "cancel": "simctl.commands.cancel.cancel",
+    "retry": "simctl.commands.retry.retry",
+    "workers": "simctl.commands.workers.workers",
     "local": "simctl.commands.local.local",
     "_serve": "simctl.commands.serve.serve",
 }

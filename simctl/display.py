@@ -65,8 +65,14 @@ def ago(epoch: float | None) -> str:
 
 
 def worker_rows(statuses: Mapping[str, WorkerStatus], heard: Mapping[str, float]) -> list[Row]:
-    """One row per worker, by id, from their statuses and when each was last heard from
-    (the workers of ``simctl status --json``)."""
+    """One row per worker, by id, from their statuses and when each was last heard live
+    (the workers of ``simctl status --json``).
+
+    ``last_seen`` is the later of the status's own ``ts`` (when the worker published it) and
+    ``heard``, which must hold only the arrival of live messages (heartbeats, statuses
+    published while listening): a retained copy arrives whenever one subscribes, long after
+    its worker may have gone.
+    """
     return [
         {
             "worker_id": s.worker_id,
@@ -77,7 +83,7 @@ def worker_rows(statuses: Mapping[str, WorkerStatus], heard: Mapping[str, float]
             "busy_slots": max(0, s.slots - s.free_slots),
             "free_slots": s.free_slots,
             "running": list(s.running),
-            "last_seen": heard.get(s.worker_id, s.ts),
+            "last_seen": max(s.ts, heard.get(s.worker_id, s.ts)),
             "status_at": s.ts,
             "http_port": s.http_port,
             "kinds": dict(s.kinds),

@@ -18,14 +18,14 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simctl.errors import LedgerError, LedgerWriteError, UnknownRun
+from simctl.errors import InputError, LedgerError, LedgerWriteError, UnknownRun
 from simproto.protocol import Result, encode_series
 
 if TYPE_CHECKING:
@@ -159,6 +159,12 @@ Version 3: the kind version a task was validated with (NULL for older tasks: not
 any version runs them), its reuse key (kind, version, params, seed; NULL: never reused from)
 and the task a reused result was computed by."""
 
+LAST_RUN = "last"
+"""What names the newest run wherever a run id is asked for."""
+
+AMBIGUOUS_SHOWN = 10
+"""Candidates listed when a run id prefix matches several runs."""
+
 MAX_REJECTION_DETAIL = 500
 """Longest stored detail of a rejection (hostile input is never kept in full)."""
 
@@ -249,6 +255,29 @@ class LiveTask:
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus 6 random hex digits."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def complete_run_ids(path: Path, incomplete: str) -> list[tuple[str, str]]:
+    """(run id, "name state") of the runs whose id starts with ``incomplete``, newest first,
+    for shell completion: opened read-only (never created, never migrated, no lock waited
+    for); [] for a missing or unreadable ledger, never an error."""
+    if not path.is_file():
+        return []
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.5)
+        try:
+            return [
+                (str(run_id), f"{name} {state}")
+                for run_id, name, state in db.execute(
+                    "SELECT run_id, name, state FROM runs WHERE substr(run_id, 1, ?) = ?"
+                    " ORDER BY created_at DESC, run_id DESC",
+                    (len(incomplete), incomplete),
+                )
+            ]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
 
 
 class Ledger:
@@ -440,6 +469,62 @@ class Ledger:
             return [self.run(r[0]) for r in rows]
         counts = self._counts()
         return [self._run_info(r, counts.get(r[0], {})) for r in rows]
+
+    def resolve_run(self, spec: str) -> str:
+        """The full id of the run ``spec`` names: a full id, a unique prefix of one, or
+        ``last`` (the newest run). Raises UnknownRun when none matches and InputError,
+        listing the candidates, when a prefix matches several (as git and docker do)."""
+        if spec == LAST_RUN:
+            row = self.db.execute(
+                "SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1"
+            ).fetchone()
+            if row is None:
+                raise UnknownRun(f"no runs in the ledger {self.path}, so no {LAST_RUN!r} run")
+            return str(row[0])
+        if spec and self.db.execute("SELECT 1 FROM runs WHERE run_id = ?", (spec,)).fetchone():
+            return spec
+        candidates = [r[0] for r in self.db.execute(
+            "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY created_at, run_id"
+            " LIMIT ?", (len(spec), spec, AMBIGUOUS_SHOWN + 1))] if spec else []
+        if not candidates:
+            raise UnknownRun(f"no run {spec!r} in the ledger {self.path}")
+        if len(candidates) == 1:
+            return str(candidates[0])
+        shown = ", ".join(candidates[:AMBIGUOUS_SHOWN])
+        more = " and more" if len(candidates) > AMBIGUOUS_SHOWN else ""
+        raise InputError(f"run id prefix {spec!r} is ambiguous: it matches {shown}{more};"
+                         " give more of the id")
+
+    def retry_run(self, run_id: str, *, cancelled: bool = False) -> int:
+        """Put the failed (with ``cancelled``, also the cancelled) tasks of a finished run
+        back to pending, with their seeds, and make the run active again; returns how many.
+
+        Each task gets fresh tries and lost-worker counts (``max_attempts``, ``max_lost``
+        apply anew) while its attempt numbers go on counting, so the attempts table keeps
+        every earlier attempt. The results of those tasks are removed (the attempts keep how
+        each ended); reused results are never retried. Raises InputError for an active run:
+        its dispatcher holds its tasks in memory.
+        """
+        states = f"({FAILED}, {CANCELLED})" if cancelled else f"({FAILED})"
+        with self.batch():
+            state = self.run_state(run_id)
+            if state == RunState.ACTIVE.value:
+                raise InputError(f"run {run_id} is still active: retry it once it has finished"
+                                 f" (or after `simctl cancel {run_id}`)")
+            picked = (f"SELECT task_id FROM tasks WHERE run_id = ? AND state IN {states}"
+                      " AND reused_from IS NULL")
+            self.db.execute(f"DELETE FROM results WHERE task_id IN ({picked})", (run_id,))
+            n = self.db.execute(
+                f"UPDATE tasks SET state = {PENDING}, tries = 0, lost = 0, worker_id = NULL,"
+                " session = NULL, assigned_at = NULL, finished_at = NULL, error = NULL"
+                f" WHERE task_id IN ({picked})", (run_id,),
+            ).rowcount
+            if n:
+                self.db.execute(
+                    f"UPDATE runs SET state = {ACTIVE}, finished_at = NULL WHERE run_id = ?",
+                    (run_id,),
+                )
+        return n
 
     def active_run_ids(self) -> list[str]:
         """Ids of runs that still have work, oldest first (cheap; polled by the dispatcher)."""
@@ -752,18 +837,28 @@ class Ledger:
             )
         return rows
 
-    def task_states(self, run_id: str) -> list[dict[str, Any]]:
-        """Every task of a run, state only (what ``simctl status RUN`` shows), in index order."""
+    def task_states(
+        self,
+        run_id: str,
+        states: Collection[str] | None = None,
+        limit: int | None = None,
+        failed_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        """The tasks of a run, state only (what ``simctl status RUN`` shows), in index
+        order: those in ``states`` (None: all), the failed ones first with ``failed_first``,
+        at most ``limit`` (None: all)."""
         self.run(run_id)
         cols = ("task_id", "kind", "state", "worker_id", "attempts", "error")
-        return [
-            dict(zip(cols, row, strict=True))
-            for row in self.db.execute(
-                "SELECT task_id, kind, state, worker_id, attempt, error FROM tasks"
-                " WHERE run_id = ? ORDER BY idx",
-                (run_id,),
-            )
-        ]
+        sql = "SELECT task_id, kind, state, worker_id, attempt, error FROM tasks WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if states is not None:
+            sql += f" AND state IN ({', '.join('?' for _ in states)})"
+            args += list(states)
+        sql += f" ORDER BY {f'state = {FAILED} DESC, ' if failed_first else ''}idx"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [dict(zip(cols, row, strict=True)) for row in self.db.execute(sql, args)]
 
     def observables(self, run_id: str) -> dict[str, dict[str, list[float]]]:
         """task_id -> observables of every stored result of a run."""

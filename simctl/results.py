@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Collection
 from typing import Any
 
+from simctl.errors import InputError
 from simctl.ledger import FINISHED, Ledger, RunInfo, TaskState
 
 FAILURES_SHOWN = 10
@@ -17,7 +19,8 @@ CSV_FIXED = ("task_id", "kind", "kind_version", "state", "seed", "worker_id", "a
 """The first CSV columns; ``param.<name>`` and ``summary.<name>`` follow."""
 
 SUMMARY_WIDTH = 80
-"""Widest summary cell of the table format (CSV and JSON carry every value)."""
+"""Widest summary cell of the table format unless ``--wide`` (CSV and JSON carry every
+value)."""
 
 JSON_FIELDS = (
     "task_id",
@@ -59,9 +62,24 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def render(ledger: Ledger, run_id: str, fmt: str, observables: bool = False) -> str:
-    """The results of ``run_id`` in ``fmt`` (table, csv or json)."""
+def render(
+    ledger: Ledger,
+    run_id: str,
+    fmt: str,
+    observables: bool = False,
+    kinds: Collection[str] | None = None,
+    wide: bool = False,
+) -> str:
+    """The results of ``run_id`` in ``fmt`` (table, csv or json): the tasks of ``kinds``
+    (None: all; the CSV's columns are those of the tasks shown). ``observables`` (every
+    series) goes with json only: InputError otherwise. ``wide``: whole summaries in the
+    table."""
+    if observables and fmt != "json":
+        raise InputError(f"--observables goes with --format json (a {fmt} has no room for "
+                         "series); use --format json --observables")
     rows = ledger.task_rows(run_id)
+    if kinds is not None:
+        rows = [r for r in rows if r["kind"] in kinds]
     if fmt == "json":
         tasks = [{k: r[k] for k in JSON_FIELDS} for r in rows]
         if observables:
@@ -89,7 +107,9 @@ def render(ledger: Ledger, run_id: str, fmt: str, observables: bool = False) -> 
 
     def summary_text(s: dict[str, float]) -> str:
         text = " ".join(f"{k}={v:.6g}" for k, v in s.items())
-        return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 3] + "..."
+        if wide or len(text) <= SUMMARY_WIDTH:
+            return text
+        return text[: SUMMARY_WIDTH - 3] + "..."
 
     return (
         table(
@@ -150,6 +170,9 @@ def run_summary(ledger: Ledger, info: RunInfo) -> str:
     failed = [r for r in rows if r["state"] in (TaskState.FAILED.value, TaskState.CANCELLED.value)]
     lines += [f"  {r['task_id']} {r['state']}: {r['error']}" for r in failed[:FAILURES_SHOWN]]
     if len(failed) > FAILURES_SHOWN:
-        lines.append(f"  ... and {len(failed) - FAILURES_SHOWN} more (simctl status {info.run_id})")
+        lines.append(f"  ... and {len(failed) - FAILURES_SHOWN} more "
+                     f"(simctl status {info.run_id} --state failed,cancelled --limit 0)")
+    if info.failed:
+        lines.append(f"retry the failed tasks: simctl retry {info.run_id}")
     lines.append(f"results: simctl results {info.run_id}")
     return "\n".join(lines)

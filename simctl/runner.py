@@ -145,6 +145,16 @@ def submit(
     return ledger.create_run(taskfile, broker, reuse=reuse), held
 
 
+def retry(ledger: Ledger, run_id: str, conn: ConnectionSettings, *, cancelled: bool) -> int:
+    """Put a finished run's failed tasks (and with ``cancelled`` its cancelled ones) back to
+    pending, same seeds, fresh attempts; returns how many. The run must be on the broker
+    behind ``conn`` (BrokerChanged otherwise: nothing is changed). Once it is active again a
+    dispatcher picks it up (the one holding the ledger looks for active runs every
+    ``RUNS_REFRESH_S``); :func:`follow` it or start one in the background."""
+    check_broker(ledger, ledger.run(run_id), conn, changed=False)
+    return ledger.retry_run(run_id, cancelled=cancelled)
+
+
 def finished(ledger: Ledger, run_id: str) -> bool:
     return ledger.run_state(run_id) != RunState.ACTIVE.value
 

@@ -6,19 +6,25 @@ import click
 
 from simctl.cli import pass_settings
 from simctl.commands import open_ledger
+from simctl.commands.status import run_argument
 from simctl.config import Settings
 
 
 @click.command()
-@click.argument("run_id")
+@run_argument()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @pass_settings
 def cancel(settings: Settings, run_id: str, as_json: bool) -> None:
-    """Cancel a run: pending tasks are dropped, running ones are stopped on their workers."""
+    """Cancel a run: pending tasks are dropped, running ones are stopped on their workers.
+
+    RUN is a run id, a unique prefix of one, or `last` (the newest run).
+    """
     from simctl import runner
     from simctl.display import emit_json
 
-    outcome = runner.cancel(settings, open_ledger(settings), run_id)
+    ledger = open_ledger(settings)
+    run_id = ledger.resolve_run(run_id)
+    outcome = runner.cancel(settings, ledger, run_id)
     before = outcome.before
     if as_json:
         emit_json(

@@ -8,11 +8,12 @@ import click
 
 from simctl.cli import pass_settings
 from simctl.commands import open_ledger
+from simctl.commands.status import run_argument
 from simctl.config import Settings
 
 
 @click.command()
-@click.argument("run_id")
+@run_argument()
 @click.option(
     "--format",
     "fmt",
@@ -22,7 +23,11 @@ from simctl.config import Settings
     help="Output format.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
-@click.option("--observables", is_flag=True, help="With JSON: include every observable series.")
+@click.option("--observables", is_flag=True,
+              help="Include every observable series (with --format json only).")
+@click.option("--kind", "kinds", multiple=True, metavar="KIND",
+              help="Only the tasks of this kind (repeatable); a CSV gets only their columns.")
+@click.option("--wide", is_flag=True, help="Table: whole summaries, not cut at 80 characters.")
 @click.option(
     "-o",
     "--output",
@@ -31,12 +36,24 @@ from simctl.config import Settings
 )
 @pass_settings
 def results(
-    settings: Settings, run_id: str, fmt: str, as_json: bool, observables: bool, output: Path | None
+    settings: Settings,
+    run_id: str,
+    fmt: str,
+    as_json: bool,
+    observables: bool,
+    kinds: tuple[str, ...],
+    wide: bool,
+    output: Path | None,
 ) -> None:
-    """Results of a run (also while it is in progress)."""
+    """Results of a run (also while it is in progress).
+
+    RUN is a run id, a unique prefix of one, or `last` (the newest run).
+    """
     from simctl.results import render
 
-    text = render(open_ledger(settings), run_id, "json" if as_json else fmt, observables)
+    ledger = open_ledger(settings)
+    text = render(ledger, ledger.resolve_run(run_id), "json" if as_json else fmt, observables,
+                  kinds=kinds or None, wide=wide)
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
     else:

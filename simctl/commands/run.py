@@ -15,6 +15,7 @@ from simctl.commands import (
     open_ledger,
     seconds_option,
 )
+from simctl.commands.status import complete_run
 from simctl.config import Settings
 from simctl.errors import InputError, TasksFailed
 
@@ -28,7 +29,9 @@ if TYPE_CHECKING:
 @click.option(
     "--detach", is_flag=True, help="Return once the run is stored; dispatch in the background."
 )
-@click.option("--resume", metavar="RUN_ID", help="Continue a run whose dispatcher died.")
+@click.option("--resume", metavar="RUN", shell_complete=complete_run,
+              help="Continue a run whose dispatcher died (a run id, a unique prefix of one, "
+              "or `last`).")
 @click.option(
     "--broker-changed",
     is_flag=True,
@@ -84,8 +87,8 @@ def run(
     held = None
     if resume:
         ledger = open_ledger(settings)
-        runner.check_broker(ledger, ledger.run(resume), conn, changed=broker_changed)
-        run_id = resume
+        run_id = ledger.resolve_run(resume)
+        runner.check_broker(ledger, ledger.run(run_id), conn, changed=broker_changed)
         _check_versions(ledger, run_id, revalidate, quiet=as_json)
     else:
         tf = tf_mod.load(taskfile or DEFAULT_TASKFILE)  # checked before the ledger is touched

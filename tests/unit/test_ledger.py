@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from simctl.errors import LedgerError, UnknownRun
-from simctl.ledger import SCHEMA_VERSION, Ledger
+from simctl.errors import InputError, LedgerError, UnknownRun
+from simctl.ledger import SCHEMA_VERSION, Ledger, complete_run_ids
 from simctl.taskfile import parse_text
 from simproto.protocol import Result
 
@@ -240,3 +240,121 @@ def test_a_failed_write_names_the_ledger_and_rolls_back(tmp_path: Path) -> None:
                                      Path("big.yaml")))
     assert [r.run_id for r in ledger.runs()] == [run_id]
     assert LedgerWriteError.exit_code == 5
+
+
+def unique_prefix(run_id: str, others: list[str]) -> str:
+    """The shortest prefix of ``run_id`` that no other id starts with."""
+    return next(run_id[:n] for n in range(1, len(run_id) + 1)
+                if not any(o.startswith(run_id[:n]) for o in others))
+
+
+def test_a_run_is_named_by_its_id_a_unique_prefix_or_last(tmp_path: Path) -> None:
+    ledger, first = make(tmp_path)
+    second = ledger.create_run(parse_text(SWEEP, Path("t.yaml")), reuse=False)
+    assert ledger.resolve_run(first) == first
+    assert ledger.resolve_run(unique_prefix(first, [second])) == first
+    assert ledger.resolve_run(unique_prefix(second, [first])) == second
+    assert ledger.resolve_run("last") == second
+    with pytest.raises(InputError, match="ambiguous") as ambiguous:
+        ledger.resolve_run(first[:4])  # the year: both runs
+    assert first in str(ambiguous.value) and second in str(ambiguous.value)
+    assert ambiguous.value.exit_code == 2
+    for spec in ("nope", "", first + "x"):
+        with pytest.raises(UnknownRun):
+            ledger.resolve_run(spec)
+    with pytest.raises(UnknownRun, match="no runs"):
+        Ledger(tmp_path / "empty.sqlite").resolve_run("last")
+
+
+def test_completion_reads_run_ids_without_creating_or_migrating(tmp_path: Path) -> None:
+    ledger, run_id = make(tmp_path)
+    assert complete_run_ids(ledger.path, run_id[:8]) == [(run_id, "t active")]
+    assert complete_run_ids(ledger.path, "x") == []
+    missing = tmp_path / "none.sqlite"
+    assert complete_run_ids(missing, "") == [] and not missing.exists()
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not a database" * 100)
+    assert complete_run_ids(garbage, "") == []
+
+
+def fail_task(ledger: Ledger, run_id: str, index: int, attempts: int) -> str:
+    """Fail a task after ``attempts`` failed tries, each with a failed result."""
+    task = f"{run_id}.{index}"
+    for attempt in range(1, attempts + 1):
+        with ledger.batch():
+            ledger.assign(task, attempt, "w1", "s1", time.time())
+            if attempt < attempts:
+                ledger.release(task, attempt, "failed", "boom", refund=False, fail=False,
+                               now=time.time())
+            else:
+                ledger.store_result(result(run_id, task, attempt, state="failed",
+                                           error="boom"), "failed")
+    return task
+
+
+def test_retry_puts_failed_tasks_back_with_fresh_tries_and_history_kept(tmp_path: Path) -> None:
+    ledger, run_id = make(tmp_path)
+    failed = fail_task(ledger, run_id, 0, attempts=2)
+    with ledger.batch():
+        ledger.store_result(result(run_id, f"{run_id}.1"), "done")
+        ledger.store_result(result(run_id, f"{run_id}.2"), "done")
+        assert ledger.finish_run(run_id) == "failed"
+    seeds = [r["seed"] for r in ledger.task_rows(run_id)]
+
+    assert ledger.retry_run(run_id) == 1
+    info = ledger.run(run_id)
+    assert (info.state, info.finished_at, info.pending, info.done) == ("active", None, 1, 2)
+    assert ledger.active_run_ids() == [run_id]
+    row = ledger.task_rows(run_id)[0]
+    assert (row["state"], row["tries"], row["lost"], row["attempts"], row["error"],
+            row["worker_id"], row["summary"]) == ("pending", 0, 0, 2, None, None, {})
+    assert [r["seed"] for r in ledger.task_rows(run_id)] == seeds
+    assert [a["outcome"] for a in ledger.attempts(failed)] == ["failed", "failed"]
+    assert [t.attempt for t in ledger.live_tasks(run_id)] == [2]  # the next one is 3
+
+    with pytest.raises(InputError, match="still active"):
+        ledger.retry_run(run_id)
+    with ledger.batch():
+        ledger.assign(failed, 3, "w2", "s2", time.time())
+        ledger.store_result(result(run_id, failed, 3, worker="w2"), "done")
+        assert ledger.finish_run(run_id) == "done"
+    assert [a["attempt"] for a in ledger.attempts(failed)] == [1, 2, 3]
+    assert ledger.retry_run(run_id) == 0
+    assert ledger.run(run_id).state == "done"
+
+
+def test_retry_of_cancelled_tasks_only_when_asked_and_never_of_reused(tmp_path: Path) -> None:
+    ledger, first = make(tmp_path)
+    with ledger.batch():
+        for i in range(3):
+            ledger.store_result(result(first, f"{first}.{i}"), "done")
+        ledger.finish_run(first)
+    reused = ledger.create_run(parse_text(SWEEP, Path("t.yaml")))
+    assert ledger.run(reused).done == 3
+    with ledger.batch():
+        ledger.finish_run(reused)
+    assert ledger.retry_run(reused, cancelled=True) == 0
+
+    ledger2, run_id = make(tmp_path / "two")
+    with ledger2.batch():
+        ledger2.store_result(result(run_id, f"{run_id}.0"), "done")
+    ledger2.cancel_run(run_id)
+    assert ledger2.retry_run(run_id) == 0
+    assert ledger2.run(run_id).state == "cancelled"
+    assert ledger2.retry_run(run_id, cancelled=True) == 2
+    assert ledger2.run(run_id).pending == 2 and ledger2.run(run_id).state == "active"
+
+
+def test_task_states_filtered_limited_and_failed_first(tmp_path: Path) -> None:
+    ledger, run_id = make(tmp_path)
+    fail_task(ledger, run_id, 2, attempts=1)
+    with ledger.batch():
+        ledger.store_result(result(run_id, f"{run_id}.0"), "done")
+    everything = ledger.task_states(run_id)
+    assert [t["state"] for t in everything] == ["done", "pending", "failed"]
+    assert [t["state"] for t in ledger.task_states(run_id, failed_first=True)] == [
+        "failed", "done", "pending"]
+    assert [t["task_id"] for t in ledger.task_states(run_id, ["done", "pending"])] == [
+        f"{run_id}.0", f"{run_id}.1"]
+    assert len(ledger.task_states(run_id, limit=2)) == 2
+    assert ledger.task_states(run_id, ["cancelled"]) == []
