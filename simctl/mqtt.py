@@ -258,7 +258,9 @@ class Observer:
                         self.statuses.pop(worker_id, None)  # retained status cleared
                     case WorkerStatus() as status:
                         self.statuses[worker_id] = status
-                        self.heard[worker_id] = max(self.heard.get(worker_id, 0.0), now)
+                        # A retained copy speaks for when it was published, not for now.
+                        seen = min(now, status.ts) if msg.retain else now
+                        self.heard[worker_id] = max(self.heard.get(worker_id, 0.0), seen)
                     case Heartbeat():
                         self.heard[worker_id] = now
                 self._cond.notify_all()

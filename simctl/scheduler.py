@@ -393,6 +393,7 @@ class Scheduler:
         info = self.ledger.run(run_id)
         if not self._serves(info):
             return
+        self.finished_runs.pop(run_id, None)  # active again (simctl retry)
         view = RunView(
             run_id,
             info.name,
