@@ -655,15 +655,18 @@ def _expand_entry(
             validated = loaded.kind.validate(_plain(merged))
         except simkind.ParamError as e:
             message = str(e)
-            line, where = _where(check, message, kind, field, swept, params, kind_defaults,
-                                 entry)
-            if swept and not _field_error(loaded, merged):
-                # A rule across fields: blame the combination unless the base alone breaks it.
-                if not base_error:
-                    base_error.append(_error_of(loaded, base))
-                if base_error[0] != message:
-                    line, where = _combination(check, message, kind, field, swept)
-            check.report(line, where, message)
+            field_errors = _field_errors(loaded, merged)
+            for msg in field_errors or [message]:
+                line, where = _where(check, msg, kind, field, swept, params, kind_defaults,
+                                     entry)
+                if swept and not field_errors:
+                    # A rule across fields: blame the combination unless the base params alone
+                    # break it.
+                    if not base_error:
+                        base_error.append(_error_of(loaded, base))
+                    if base_error[0] != msg:
+                        line, where = _combination(check, msg, kind, field, swept)
+                check.report(line, where, msg)
             continue
         size = len(json.dumps(validated, separators=(",", ":")))
         if size > MAX_PARAMS_BYTES:
@@ -703,13 +706,16 @@ def _combination(check: _Checker, message: str, kind: str, field: str,
     return axis.lines[j], f"{field} combination {values}"
 
 
-def _field_error(loaded: simkind.LoadedKind, params: dict[str, Any]) -> bool:
-    """Whether ``params`` break a rule of one field (not only a rule across fields)."""
-    try:
-        simkind.fields.validate(loaded.name, loaded.kind.params, _plain(params))
-    except simkind.ParamError:
-        return True
-    return False
+def _field_errors(loaded: simkind.LoadedKind, params: dict[str, Any]) -> list[str]:
+    """The messages of every parameter that breaks a rule of its own field (unknown, wrong
+    type, out of range), each checked alone; empty when only rules across fields break."""
+    problems = []
+    for name, value in params.items():
+        try:
+            simkind.fields.validate(loaded.name, loaded.kind.params, {name: _plain(value)})
+        except simkind.ParamError as e:
+            problems.append(str(e))
+    return problems
 
 
 def _error_of(loaded: simkind.LoadedKind, params: dict[str, Any]) -> str | None:

@@ -81,6 +81,8 @@ def run(
             raise InputError(f"{flag} goes with --resume RUN_ID")
     if no_reuse and resume:
         raise InputError("--no-reuse goes with a task file: a resumed run's tasks are stored")
+    if not resume:  # which file, before anything else is looked at
+        taskfile = tf_mod.taskfile_argument(taskfile, DEFAULT_TASKFILE, "run")
     conn = settings.connection()
     held = None
     if resume:
@@ -90,7 +92,8 @@ def run(
         _check_versions(ledger, run_id, revalidate, quiet=as_json)
     else:
         # checked before the ledger is touched
-        tf = tf_mod.load(tf_mod.taskfile_argument(taskfile, DEFAULT_TASKFILE, "run"))
+        assert taskfile is not None
+        tf = tf_mod.load(taskfile)
         ledger = open_ledger(settings)
         run_id, held = runner.submit(settings, conn, ledger, tf, dispatch_here=not detach,
                                      reuse=not no_reuse)
