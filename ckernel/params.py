@@ -20,7 +20,7 @@ from typing import Any
 
 from simkind import Field, Kind
 from simkind.errors import ParamError
-from simkind.fields import number, triple
+from simkind.fields import number, triple, yaml_repr
 
 KINDS: tuple[str, ...] = ("lj", "nbody", "brownian", "sleep")
 """The simulation kinds, in documentation order."""
@@ -148,7 +148,7 @@ def validate(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     """Return ``params`` of built-in ``kind`` with defaults filled in, or raise ParamError
     naming the field (the runtime validates any installed kind through ``simkind``)."""
     if not isinstance(kind, str) or kind not in BUILT_IN:
-        raise ParamError(f"unknown kind {kind!r}: allowed kinds are {', '.join(KINDS)}")
+        raise ParamError(f"unknown kind {yaml_repr(kind)}: allowed kinds are {', '.join(KINDS)}")
     return BUILT_IN[kind].validate(params)
 
 
@@ -160,11 +160,11 @@ def _bodies(where: str, value: Any) -> list[dict[str, Any]]:
     for i, body in enumerate(value):
         here = f"{where}[{i}]"
         if not isinstance(body, dict) or set(body) != {"mass", "position", "velocity"}:
-            raise ParamError(f"{here} = {body!r}: must be a mapping with exactly the keys "
+            raise ParamError(f"{here} = {yaml_repr(body)}: must be a mapping with exactly the keys "
                              "mass, position, velocity")
         mass = number(f"{here}.mass", body["mass"])
         if mass <= 0.0:
-            raise ParamError(f"{here}.mass = {mass!r} out of range: must be > 0")
+            raise ParamError(f"{here}.mass = {yaml_repr(mass)} out of range: must be > 0")
         out.append({"mass": mass, "position": triple(f"{here}.position", body["position"]),
                     "velocity": triple(f"{here}.velocity", body["velocity"])})
     return out
@@ -220,7 +220,7 @@ def _lj_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
                          f"about {pairs:.3g} neighbour pairs, above the bound of "
                          f"{MAX_NEIGHBOUR_PAIRS:.3g}: reduce n_cells, rc or skin")
     if p["rc"] > box / 2.0:
-        raise ParamError(f"lj.rc = {p['rc']!r} out of range: must be at most half the box "
+        raise ParamError(f"lj.rc = {yaml_repr(p['rc'])} out of range: must be at most half the box "
                          f"side ({box / 2.0:.6g}) for the minimum-image convention")
     _check_samples("lj", p)
 
@@ -228,7 +228,7 @@ def _lj_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
 def _nbody_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
     if p["bodies"] is not None:
         if "n_bodies" in given and given["n_bodies"] != len(p["bodies"]):
-            raise ParamError(f"nbody.n_bodies = {given['n_bodies']!r}: must match the "
+            raise ParamError(f"nbody.n_bodies = {yaml_repr(given['n_bodies'])}: must match the "
                              f"{len(p['bodies'])} bodies given (or be left out)")
         p["n_bodies"] = len(p["bodies"])
     _check_samples("nbody", p)
@@ -244,7 +244,7 @@ def _brownian_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
             limit = 2.0 * math.sqrt(p["mass"] / p["trap_k"])
             rule = "2 sqrt(m / trap_k)"
         if p["dt"] >= limit:
-            raise ParamError(f"brownian.dt = {p['dt']!r} out of range: must be below "
+            raise ParamError(f"brownian.dt = {yaml_repr(p['dt'])} out of range: must be below "
                              f"{rule} = {limit:.6g} for a stable integration in the trap")
     _check_samples("brownian", p)
 

@@ -7,17 +7,20 @@ each task records the version of its kind it was validated with. Every task's se
 derived from the run seed and the task's content (:func:`task_seed`), not its position, so
 adding sweep points leaves the other tasks' seeds (and their reuse) alone; the stored seed
 is the exact integer the kind's run function gets. Every error names the file, the line and
-the field.
+the field; every error of a file (up to :data:`MAX_ERRORS`) is reported at once, in one
+:class:`TaskFileErrors`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 import secrets
-from collections.abc import Iterator
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,8 @@ from typing import Any
 import yaml
 
 import simkind
-from simctl.errors import TaskFileError
+from simctl.errors import InputError, TaskFileError
+from simkind.fields import yaml_repr
 from simproto.protocol import MAX_CONTROL_BYTES
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -55,8 +59,30 @@ MAX_PARAMS_BYTES = MAX_CONTROL_BYTES - 4096
 TOP_KEYS = ("name", "description", "seed", "max_attempts", "max_lost", "defaults", "tasks")
 """Keys allowed at the top of a task file."""
 
-ENTRY_KEYS = ("kind", "params", "sweep", "replicas")
+ENTRY_KEYS = ("kind", "params", "sweep", "zip", "replicas")
 """Keys allowed in one entry of ``tasks``."""
+
+RANGE_FORMS = {
+    "linspace": "{linspace: [start, stop, n]}",
+    "logspace": "{logspace: [start_exponent, stop_exponent, n]}",
+    "geomspace": "{geomspace: [start, stop, n]}",
+    "range": "{range: [start, stop, step]}",
+}
+"""The ranges a sweep or zip value may be instead of a list, as a task file spells them."""
+
+RANGE_DIGITS = 12
+"""Significant digits the inner points of linspace, logspace and geomspace are rounded to
+(the endpoints stay exactly as written), so that ``{linspace: [0.8, 1.6, 9]}`` gives the same
+values (and seeds) as the list ``[0.8, 0.9, ..., 1.6]``."""
+
+MAX_ERRORS = 20
+"""Most errors of one file listed; the rest are counted."""
+
+STDIN = "-"
+"""The task-file argument that means: read the file from standard input."""
+
+STDIN_NAME = "<stdin>"
+"""The name errors give a task file read from standard input."""
 
 _SEED_MASK = (1 << 63) - 1
 
@@ -108,6 +134,47 @@ class _LineLoader(yaml.SafeLoader):
 
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_mapping)
 _LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_sequence)
+# PyYAML resolves YAML 1.1, whose floats need a dot and a signed exponent: 1e-3 and 1.0e3 would
+# be strings. Also resolve YAML 1.2's floats with an exponent (the others are 1.1 floats too).
+_LineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One error of a task file: its line (1-based; None: the whole file), field and message."""
+
+    line: int | None
+    field: str | None
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "field": self.field, "message": self.message}
+
+
+class TaskFileErrors(TaskFileError):
+    """Every error found in one task file (the first :data:`MAX_ERRORS`, and how many more):
+    one line each, ``FILE:LINE: FIELD: message``; ``line`` and ``field`` are the first's."""
+
+    def __init__(self, path: Path | str, problems: list[Problem], more: int = 0) -> None:
+        first = problems[0]
+        super().__init__(path, first.line, first.field, first.message)
+        self.problems = problems
+        self.more = more
+        lines = [str(TaskFileError(path, p.line, p.field, p.message)) for p in problems]
+        if len(lines) > 1 or more:
+            total = len(problems) + more
+            shown = f" (the first {len(problems)})" if more else ""
+            lines.insert(0, f"{self.path}: {total} errors{shown}:")
+        if more:
+            lines.append(f"... and {count_of(more, 'more error')}")
+        self.args = ("\n".join(lines),)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [p.to_json() for p in self.problems]
 
 
 @dataclass(frozen=True)
@@ -177,14 +244,47 @@ def _seed(run_seed: int, content: str, occurrence: int) -> int:
     return int(state.generate_state(1, dtype=np.uint64)[0]) & _SEED_MASK
 
 
+def count_of(n: int, word: str) -> str:
+    """``n word`` with the plural where English wants it (``1 task``, ``26 tasks``)."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class _Stop(Exception):
+    """The part of the file being checked cannot be checked further (its error is reported)."""
+
+
 class _Checker:
-    """Walks one parsed file, raising TaskFileError with file, line and field."""
+    """Walks one parsed file, collecting problems with file, line and field.
 
-    def __init__(self, path: Path) -> None:
+    ``report`` records one and goes on; ``fail`` records one and returns :class:`_Stop` for
+    the caller to raise, which abandons the part being checked (an entry, a key) while the
+    rest of the file is still checked. The same problem (say, a bad base parameter met by
+    every combination of a sweep) is reported once.
+    """
+
+    def __init__(self, path: Path, max_errors: int = MAX_ERRORS) -> None:
         self.path = path
+        self.max_errors = max_errors
+        self.problems: list[Problem] = []
+        self.more = 0
+        self._seen: set[int] = set()
 
-    def fail(self, line: int | None, field: str | None, message: str) -> TaskFileError:
-        return TaskFileError(self.path, line, field, message)
+    def report(self, line: int | None, field: str | None, message: str) -> None:
+        key = hash((line, field, message))
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        if len(self.problems) < self.max_errors:
+            self.problems.append(Problem(line, field, message))
+        else:
+            self.more += 1
+
+    def fail(self, line: int | None, field: str | None, message: str) -> _Stop:
+        self.report(line, field, message)
+        return _Stop()
+
+    def error(self) -> TaskFileErrors:
+        return TaskFileErrors(self.path, self.problems, self.more)
 
     def kind(self, kinds: simkind.Registry, container: Any, key: Any, field: str,
              name: Any) -> simkind.LoadedKind:
@@ -209,7 +309,8 @@ class _Checker:
     def int_field(self, mapping: dict[Any, Any], key: str, field: str, lo: int, hi: int) -> int:
         value = mapping[key]
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(self.line_of(mapping, key), field, f"must be an integer, got {value!r}")
+            raise self.fail(self.line_of(mapping, key), field,
+                            f"must be an integer, got {yaml_repr(value)}")
         if not lo <= value <= hi:
             raise self.fail(
                 self.line_of(mapping, key), field, f"{value} is out of range [{lo}, {hi}]"
@@ -225,13 +326,14 @@ class _Checker:
         return value
 
     def keys(self, mapping: dict[Any, Any], allowed: tuple[str, ...], field: str) -> None:
+        """Report every key of ``mapping`` that is not ``allowed``."""
         for key in mapping:
             if key not in allowed:
                 where = f"{field}.{key}" if field else str(key)
-                raise self.fail(
+                self.report(
                     self.line_of(mapping, key),
                     where,
-                    f"unknown key {key!r}; allowed: {', '.join(allowed)}",
+                    f"unknown key {yaml_repr(key)}; allowed: {', '.join(allowed)}",
                 )
 
 
@@ -245,18 +347,31 @@ def _kind_of(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return repr(value)
+    return yaml_repr(value)
 
 
 def parse_text(text: str, path: Path) -> TaskFile:
-    """Check and expand a task file's text; raises TaskFileError."""
-    kinds = simkind.installed()
+    """Check and expand a task file's text; raises :class:`TaskFileErrors` (a TaskFileError)
+    listing every problem found."""
     check = _Checker(path)
+    try:
+        tf = _parse(check, text, path)
+    except _Stop:
+        tf = None
+    if check.problems or tf is None:
+        raise check.error()
+    return tf
+
+
+def _parse(check: _Checker, text: str, path: Path) -> TaskFile:
+    kinds = simkind.installed()
     try:
         doc = yaml.load(text, Loader=_LineLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else None
+        # An error at the end of the file (an unclosed bracket) is marked on the line after
+        # the last one: name the last line instead.
+        line = min(mark.line + 1, max(1, len(text.splitlines()))) if mark else None
         raise check.fail(line, None, f"invalid YAML: {e.problem or e}") from e
     except yaml.YAMLError as e:
         raise check.fail(None, None, f"invalid YAML: {e}") from e
@@ -266,36 +381,40 @@ def parse_text(text: str, path: Path) -> TaskFile:
         raise check.fail(getattr(doc, "line", 1), None, "must be a mapping with a 'tasks' list")
     check.keys(doc, TOP_KEYS, "")
 
-    name = doc.get("name", path.stem)
+    default_name = "stdin" if str(path) == STDIN_NAME else path.stem
+    name = doc.get("name", default_name)
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
-        raise check.fail(
+        check.report(
             check.line_of(doc, "name"),
             "name",
-            f"must be a non-empty string of at most {MAX_NAME_LENGTH} characters, got {name!r}",
+            f"must be a non-empty string of at most {MAX_NAME_LENGTH} characters, "
+            f"got {yaml_repr(name)}",
         )
+        name = default_name
     if "description" in doc and not isinstance(doc["description"], str):
-        raise check.fail(check.line_of(doc, "description"), "description", "must be a string")
+        check.report(check.line_of(doc, "description"), "description", "must be a string")
     seed_given = "seed" in doc
-    seed = (
-        check.int_field(doc, "seed", "seed", 0, 2**63 - 1) if seed_given else secrets.randbits(63)
-    )
-    max_attempts = (
-        check.int_field(doc, "max_attempts", "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
-        if "max_attempts" in doc
-        else DEFAULT_MAX_ATTEMPTS
-    )
-    max_lost = (
-        check.int_field(doc, "max_lost", "max_lost", 1, MAX_LOST_LIMIT)
-        if "max_lost" in doc
-        else DEFAULT_MAX_LOST
-    )
+    seed = secrets.randbits(63)
+    if seed_given:
+        seed = _or(seed, lambda: check.int_field(doc, "seed", "seed", 0, 2**63 - 1))
+    max_attempts = DEFAULT_MAX_ATTEMPTS
+    if "max_attempts" in doc:
+        max_attempts = _or(max_attempts, lambda: check.int_field(
+            doc, "max_attempts", "max_attempts", 1, MAX_ATTEMPTS_LIMIT))
+    max_lost = DEFAULT_MAX_LOST
+    if "max_lost" in doc:
+        max_lost = _or(max_lost, lambda: check.int_field(
+            doc, "max_lost", "max_lost", 1, MAX_LOST_LIMIT))
 
     defaults: dict[Any, Any] = _Mapping()
     if "defaults" in doc and doc["defaults"] is not None:
-        defaults = check.mapping(doc, "defaults", "defaults")
-        for kind in defaults:
-            check.kind(kinds, defaults, kind, f"defaults.{kind}", kind)
-            check.mapping(defaults, kind, f"defaults.{kind}")
+        given = _or(None, lambda: check.mapping(doc, "defaults", "defaults"))
+        for kind in given or ():
+            try:
+                check.kind(kinds, given, kind, f"defaults.{kind}", kind)
+                defaults[kind] = check.mapping(given, kind, f"defaults.{kind}")
+            except _Stop:
+                continue
 
     if "tasks" not in doc:
         raise check.fail(_line(doc), "tasks", "missing: list the tasks to run")
@@ -305,7 +424,12 @@ def parse_text(text: str, path: Path) -> TaskFile:
 
     specs: list[tuple[simkind.LoadedKind, dict[str, Any]]] = []
     for i, entry in enumerate(entries):
-        specs.extend(_expand_entry(check, kinds, entries, i, entry, defaults, len(specs)))
+        try:
+            specs.extend(_expand_entry(check, kinds, entries, i, entry, defaults, len(specs)))
+        except _Stop:
+            continue
+    if check.problems:
+        raise _Stop
     occurrences: dict[str, int] = {}
     tasks = []
     for i, (loaded, params) in enumerate(specs):
@@ -316,6 +440,173 @@ def parse_text(text: str, path: Path) -> TaskFile:
     return TaskFile(path, name.strip(), seed, seed_given, max_attempts, tasks, text, max_lost)
 
 
+def _or(fallback: Any, get: Any) -> Any:
+    """``get()``, or ``fallback`` when it reported a problem (checking goes on)."""
+    try:
+        return get()
+    except _Stop:
+        return fallback
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One swept parameter of an entry: where it is written, and its values with their lines."""
+
+    section: str  # "sweep" or "zip"
+    key: str
+    values: list[Any]
+    lines: list[int | None]
+
+    def where(self, field: str, j: int) -> str:
+        return f"{field}.{self.section}.{self.key}[{j}]"
+
+
+def range_values(form: str, args: list[Any]) -> list[Any]:
+    """The values of a range, as :data:`RANGE_FORMS` spells them, in pure Python (the same
+    floats on every machine); raises ValueError saying what is wrong.
+
+    ``linspace`` computes ``start + i * ((stop - start) / (n - 1))`` for ``i < n - 1`` (as
+    numpy.linspace does) and ends exactly at ``stop``; ``logspace`` is ``10.0 ** x`` of that
+    for exponents; ``geomspace`` is ``start * (stop / start) ** (i / (n - 1))``. The inner
+    points of these three are rounded to :data:`RANGE_DIGITS` significant digits, the
+    endpoints are as written. ``range`` is Python's (integers, ``stop`` excluded).
+    """
+    if form == "range":
+        if not 2 <= len(args) <= 3 or any(isinstance(a, bool) or not isinstance(a, int)
+                                          for a in args):
+            raise ValueError("needs 2 or 3 integers [start, stop, step] (stop excluded, step "
+                             "1 if left out); for numbers use linspace")
+        step = args[2] if len(args) == 3 else 1
+        if step == 0:
+            raise ValueError("step must not be 0")
+        values: list[Any] = list(range(args[0], args[1], step))
+        if not values:
+            raise ValueError(f"range({args[0]}, {args[1]}, {step}) is empty")
+        return values
+    if len(args) != 3:
+        raise ValueError(f"needs 3 items, got {len(args)}")
+    start, stop, n = args
+    for what, value in (("start", start), ("stop", stop)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            raise ValueError(f"{what} must be a finite number, got {yaml_repr(value)}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TASKS:
+        raise ValueError(f"n must be an integer in [1, {MAX_TASKS}], got {yaml_repr(n)}")
+    if form == "geomspace" and (start == 0 or stop == 0 or (start < 0) != (stop < 0)):
+        raise ValueError("start and stop must be non-zero and of the same sign")
+    if n == 1:
+        points = [float(start)]
+    else:
+        step_ = (stop - start) / (n - 1)
+        points = [start + i * step_ for i in range(n - 1)] + [float(stop)]
+        if form == "geomspace":
+            ratio = stop / start
+            points = [start * ratio ** (i / (n - 1)) for i in range(n - 1)] + [float(stop)]
+    if form == "logspace":
+        try:
+            points = [10.0 ** x for x in points]
+        except OverflowError as e:
+            raise ValueError("10 ** exponent overflows: exponents are powers of 10 "
+                             "(for values, use geomspace)") from e
+    inner = [float(f"{v:.{RANGE_DIGITS}g}") for v in points[1:-1]]
+    return [points[0], *inner, points[-1]] if n > 1 else points
+
+
+def _range_length(form: str, args: list[Any]) -> int:
+    """How many values a range gives, without making them (0: not a valid range)."""
+    try:
+        if form == "range":
+            if len(args) in (2, 3) and all(isinstance(a, int) for a in args):
+                return len(range(*args))
+            return 0
+        n = args[2] if len(args) == 3 else 0
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
+    except ValueError:
+        return 0
+
+
+def _value_count(value: Any) -> int:
+    """How many values a sweep or zip value gives (0: it is not a valid one)."""
+    if isinstance(value, list):
+        return len(value)
+    if isinstance(value, dict) and len(value) == 1:
+        (form, args), = value.items()
+        if form in RANGE_FORMS and isinstance(args, list):
+            return _range_length(form, args)
+    return 0
+
+
+def _axis(check: _Checker, section: dict[Any, Any], name: str, key: Any, field: str) -> _Axis:
+    """The values of one swept parameter (a non-empty list or a range), or the error."""
+    value = section[key]
+    where = f"{field}.{name}.{key}"
+    line = check.line_of(section, key)
+    forms = ", ".join(RANGE_FORMS.values())
+    if isinstance(value, list):
+        if value:
+            return _Axis(name, str(key), value, [check.line_of(value, j)
+                                                 for j in range(len(value))])
+        raise check.fail(line, where, f"must be a non-empty list of values or a range: {forms}")
+    if isinstance(value, dict) and len(value) == 1:
+        (form, args), = value.items()
+        if form not in RANGE_FORMS:
+            raise check.fail(line, where, f"unknown range {yaml_repr(form)}: allowed {forms}")
+        if not isinstance(args, list):
+            raise check.fail(line, where, f"{form} takes a list: {RANGE_FORMS[form]}")
+        try:
+            values = range_values(form, _plain(args))
+        except ValueError as e:
+            raise check.fail(line, where, f"{form}: {e}: {RANGE_FORMS[form]}") from e
+        return _Axis(name, str(key), values, [line] * len(values))
+    raise check.fail(line, where, f"must be a non-empty list of values or a range: {forms}, "
+                                  f"got {_kind_of(value)}")
+
+
+def _axes(check: _Checker, entry: dict[Any, Any], field: str) -> list[list[_Axis]]:
+    """The groups of swept parameters of an entry, slowest first: the zip group (its lists
+    vary together), then each sweep key in written order. Values are made only once the
+    entry's task count is known to be within MAX_TASKS."""
+    zipped = (check.mapping(entry, "zip", f"{field}.zip") if "zip" in entry else _Mapping())
+    sweep = (check.mapping(entry, "sweep", f"{field}.sweep") if "sweep" in entry
+             else _Mapping())
+    broken = False
+    for key in zipped:
+        if key in sweep:
+            check.report(check.line_of(sweep, key), f"{field}.sweep.{key}",
+                         f"also under zip (line {check.line_of(zipped, key)}): "
+                         "sweep a parameter in one place")
+            broken = True
+    counts = {("zip", k): _value_count(v) for k, v in zipped.items()}
+    counts.update({("sweep", k): _value_count(v) for k, v in sweep.items()})
+    zip_lengths = {counts["zip", k] for k in zipped} - {0}
+    if len(zip_lengths) > 1:
+        listed = ", ".join(f"{k}: {counts['zip', k]}" for k in zipped)
+        check.report(check.line_of(entry, "zip"), f"{field}.zip",
+                     f"the lists of a zip vary together and must be as long ({listed})")
+        broken = True
+    count = math.prod(n for (sec, _), n in counts.items() if n and sec == "sweep") * (
+        max(zip_lengths) if zip_lengths else 1)
+    if count > MAX_TASKS:
+        raise check.fail(check.line_of(entry, "sweep" if "sweep" in entry else "zip"), field,
+                         f"expands to {count} combinations, beyond {MAX_TASKS} tasks")
+    group: list[_Axis] = []
+    groups: list[list[_Axis]] = []
+    for name, section in (("zip", zipped), ("sweep", sweep)):
+        for key in section:
+            try:
+                axis = _axis(check, section, name, key, field)
+            except _Stop:
+                broken = True
+                continue
+            if name == "zip":
+                group.append(axis)
+            else:
+                groups.append([axis])
+    if broken:
+        raise _Stop
+    return [group, *groups] if group else groups
+
+
 def _expand_entry(
     check: _Checker,
     kinds: simkind.Registry,
@@ -324,72 +615,120 @@ def _expand_entry(
     entry: Any,
     defaults: dict[Any, Any],
     already: int,
-) -> Iterator[tuple[simkind.LoadedKind, dict[str, Any]]]:
-    """Expand one ``tasks`` entry: sweep combinations (keys as written), replicas innermost."""
+) -> list[tuple[simkind.LoadedKind, dict[str, Any]]]:
+    """Expand one ``tasks`` entry: zip, then sweep keys as written, replicas innermost."""
     field = f"tasks[{i}]"
     if not isinstance(entry, dict):
         raise check.fail(
             check.line_of(entries, i), field, f"must be a mapping, got {_kind_of(entry)}"
         )
     check.keys(entry, ENTRY_KEYS, field)
+    loaded = None
     if "kind" not in entry:
-        raise check.fail(_line(entry), f"{field}.kind", "missing: say which kind of simulation")
-    kind = entry["kind"]
-    loaded = check.kind(kinds, entry, "kind", f"{field}.kind", kind)
-    params: dict[Any, Any] = (
-        check.mapping(entry, "params", f"{field}.params") if "params" in entry else _Mapping()
-    )
-    sweep: dict[Any, Any] = (
-        check.mapping(entry, "sweep", f"{field}.sweep") if "sweep" in entry else _Mapping()
+        check.report(_line(entry), f"{field}.kind", "missing: say which kind of simulation")
+    else:
+        loaded = _or(None, lambda: check.kind(kinds, entry, "kind", f"{field}.kind",
+                                              entry["kind"]))
+    params: dict[Any, Any] | None = (
+        _or(None, lambda: check.mapping(entry, "params", f"{field}.params"))
+        if "params" in entry else _Mapping()
     )
     replicas = (
-        check.int_field(entry, "replicas", f"{field}.replicas", 1, MAX_TASKS)
+        _or(None, lambda: check.int_field(entry, "replicas", f"{field}.replicas", 1, MAX_TASKS))
         if "replicas" in entry
         else 1
     )
-    for key, values in sweep.items():
-        if not isinstance(values, list) or not values:
-            raise check.fail(
-                check.line_of(sweep, key),
-                f"{field}.sweep.{key}",
-                "must be a non-empty list of values",
-            )
-    count = replicas
-    for values in sweep.values():
-        count *= len(values)
+    groups = _or(None, lambda: _axes(check, entry, field))
+    if loaded is None or params is None or replicas is None or groups is None:
+        raise _Stop
+    count = replicas * math.prod(len(g[0].values) for g in groups)
     if already + count > MAX_TASKS:
         raise check.fail(
             check.line_of(entries, i), field, f"expands the file beyond {MAX_TASKS} tasks"
         )
 
+    kind = loaded.name
     kind_defaults = defaults.get(kind) or _Mapping()
     base = {**kind_defaults, **params}
-    keys = list(sweep)
-    for combo in itertools.product(*(list(enumerate(sweep[k])) for k in keys)):
-        merged = {**base, **{k: v for k, (_, v) in zip(keys, combo, strict=False)}}
+    base_error: list[str | None] = []  # the base params' own error, found when first needed
+    out: list[tuple[simkind.LoadedKind, dict[str, Any]]] = []
+    for combo in itertools.product(*(range(len(g[0].values)) for g in groups)):
+        swept = {a.key: (a, j) for g, j in zip(groups, combo, strict=True) for a in g}
+        merged = {**base, **{k: a.values[j] for k, (a, j) in swept.items()}}
         try:
             validated = loaded.kind.validate(_plain(merged))
         except simkind.ParamError as e:
-            name = _param_named(str(e), kind, merged)
-            if name in sweep:
-                j = dict(zip(keys, combo, strict=False))[name][0]
-                line, where = check.line_of(sweep[name], j), f"{field}.sweep.{name}[{j}]"
-            elif name in params:
-                line, where = check.line_of(params, name), f"{field}.params.{name}"
-            elif name in kind_defaults:
-                line, where = check.line_of(kind_defaults, name), f"defaults.{kind}.{name}"
-            else:
-                line, where = _line(entry), f"{field}.params"
-            raise check.fail(line, where, str(e)) from e
+            message = str(e)
+            field_errors = _field_errors(loaded, merged)
+            for msg in field_errors or [message]:
+                line, where = _where(check, msg, kind, field, swept, params, kind_defaults,
+                                     entry)
+                if swept and not field_errors:
+                    # A rule across fields: blame the combination unless the base params alone
+                    # break it.
+                    if not base_error:
+                        base_error.append(_error_of(loaded, base))
+                    if base_error[0] != msg:
+                        line, where = _combination(check, msg, kind, field, swept)
+                check.report(line, where, msg)
+            continue
         size = len(json.dumps(validated, separators=(",", ":")))
         if size > MAX_PARAMS_BYTES:
-            raise check.fail(
+            check.report(
                 _line(entry),
                 f"{field}.params",
                 f"parameters take {size} bytes as JSON; an assignment allows {MAX_PARAMS_BYTES}",
             )
-        for _ in range(replicas):
-            yield loaded, validated
+            continue
+        out.extend([(loaded, validated)] * replicas)
+    return out
+
+
+def _where(check: _Checker, message: str, kind: str, field: str,
+           swept: dict[str, tuple[_Axis, int]], params: dict[Any, Any],
+           kind_defaults: dict[Any, Any], entry: dict[Any, Any]) -> tuple[int | None, str]:
+    """The line and field of the parameter a ParamError names: its sweep value, or where
+    params or defaults set it, or the entry."""
+    name = _param_named(message, kind, {**kind_defaults, **params, **swept})
+    if name in swept:
+        axis, j = swept[name]
+        return axis.lines[j], axis.where(field, j)
+    if name in params:
+        return check.line_of(params, name), f"{field}.params.{name}"
+    if name in kind_defaults:
+        return check.line_of(kind_defaults, name), f"defaults.{kind}.{name}"
+    return _line(entry), f"{field}.params"
+
+
+def _combination(check: _Checker, message: str, kind: str, field: str,
+                 swept: dict[str, tuple[_Axis, int]]) -> tuple[int | None, str]:
+    """A combination of swept values that breaks a cross-field rule: its values, and the line
+    of the swept value the message names (else of the first swept value)."""
+    name = _param_named(message, kind, swept) or next(iter(swept))
+    axis, j = swept[name]
+    values = ", ".join(f"{k}={yaml_repr(a.values[i])}" for k, (a, i) in swept.items())
+    return axis.lines[j], f"{field} combination {values}"
+
+
+def _field_errors(loaded: simkind.LoadedKind, params: dict[str, Any]) -> list[str]:
+    """The messages of every parameter that breaks a rule of its own field (unknown, wrong
+    type, out of range), each checked alone; empty when only rules across fields break."""
+    problems = []
+    for name, value in params.items():
+        try:
+            simkind.fields.validate(loaded.name, loaded.kind.params, {name: _plain(value)})
+        except simkind.ParamError as e:
+            problems.append(str(e))
+    return problems
+
+
+def _error_of(loaded: simkind.LoadedKind, params: dict[str, Any]) -> str | None:
+    """The message of the error validating ``params`` gives, or None."""
+    try:
+        loaded.kind.validate(_plain(params))
+    except simkind.ParamError as e:
+        return str(e)
+    return None
 
 
 def _param_named(message: str, kind: str, params: dict[str, Any]) -> str | None:
@@ -412,12 +751,27 @@ def _plain(value: Any) -> Any:
 
 
 def load(path: Path | str) -> TaskFile:
-    """Read, check and expand the task file at ``path``; raises TaskFileError."""
+    """Read, check and expand the task file at ``path`` (``-``: standard input, named
+    ``<stdin>``); raises TaskFileError. Errors name the path as given; the returned
+    :attr:`TaskFile.path`, which a run stores, is absolute."""
+    if str(path) == STDIN:
+        return parse_text(sys.stdin.read(), Path(STDIN_NAME))
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError as e:
-        raise TaskFileError(path, None, None, "no such file") from e
+        raise TaskFileErrors(path, [Problem(None, None, "no such file")]) from e
     except (OSError, UnicodeDecodeError) as e:
-        raise TaskFileError(path, None, None, f"cannot read: {e}") from e
-    return parse_text(text, path)
+        raise TaskFileErrors(path, [Problem(None, None, f"cannot read: {e}")]) from e
+    return dataclasses.replace(parse_text(text, path), path=path.resolve())
+
+
+def taskfile_argument(given: Path | None, default: Path, command: str) -> Path:
+    """The task file a command reads: ``given``, else ``default`` (relative to the current
+    folder) if it exists, else an InputError saying where simctl looked."""
+    if given is not None:
+        return given
+    if not default.exists():
+        raise InputError(f"no task file given and ./{default} does not exist: "
+                         f"simctl {command} TASKFILE")
+    return default

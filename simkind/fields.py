@@ -6,6 +6,7 @@ main PC before anything is sent. Every error names the field, the value and what
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -67,15 +68,40 @@ Spec = Mapping[str, Field]
 """A kind's parameters by name, in documentation order."""
 
 
+def yaml_repr(value: Any) -> str:
+    """``value`` as a task file spells it, for error messages: ``true``, ``null``, ``.inf``,
+    strings quoted (``'red'``), lists and mappings in flow style."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ".nan"
+        if math.isinf(value):
+            return ".inf" if value > 0 else "-.inf"
+        return repr(value)
+    if isinstance(value, str):
+        if value.isprintable():
+            return "'" + value.replace("'", "''") + "'"
+        return json.dumps(value)  # a double-quoted YAML string, escapes included
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{yaml_repr(k)}: {yaml_repr(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(yaml_repr(v) for v in value) + "]"
+    return repr(value)
+
+
 def validate(kind: str, spec: Spec, params: Any) -> dict[str, Any]:
     """Return ``params`` checked against ``spec``, defaults filled in (cross-field rules are
     the kind's); raise ParamError naming the field. ``None`` means "not given", so validating
     an already validated dict gives it back unchanged."""
     if not isinstance(params, dict):
-        raise ParamError(f"params for {kind!r} must be a mapping, got {type(params).__name__}")
+        raise ParamError(f"params for {yaml_repr(kind)} must be a mapping, "
+                         f"got {type(params).__name__}")
     unknown = sorted(str(name) for name in set(params) - set(spec))
     if unknown:
-        raise ParamError(f"{kind}: unknown parameter {unknown[0]!r}: allowed are "
+        raise ParamError(f"{kind}: unknown parameter {yaml_repr(unknown[0])}: allowed are "
                          f"{', '.join(sorted(spec))}")
     return {name: check(f"{kind}.{name}", field, params[name])
             if params.get(name) is not None else field.default
@@ -86,15 +112,15 @@ def check(where: str, field: Field, value: Any) -> Any:
     """The validated ``value`` of one field, or ParamError naming ``where``."""
     if field.type == "bool":
         if not isinstance(value, bool):
-            raise ParamError(f"{where} = {value!r}: must be true or false")
+            raise ParamError(f"{where} = {yaml_repr(value)}: must be true or false")
         return value
     if field.type == "choice":
         if value not in field.choices:
-            raise ParamError(f"{where} = {value!r}: must be {field.allowed()}")
+            raise ParamError(f"{where} = {yaml_repr(value)}: must be {field.allowed()}")
         return value
     if field.type == "str":
         if not isinstance(value, str):
-            raise ParamError(f"{where} = {value!r}: must be a string")
+            raise ParamError(f"{where} = {yaml_repr(value)}: must be a string")
         return value
     if field.type == "vectors":
         return vectors(where, value)
@@ -102,11 +128,11 @@ def check(where: str, field: Field, value: Any) -> Any:
         assert field.parse is not None
         return field.parse(where, value)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ParamError(f"{where} = {value!r}: must be {field.allowed()}")
+        raise ParamError(f"{where} = {yaml_repr(value)}: must be {field.allowed()}")
     if field.type == "int":
         if isinstance(value, float):
             if not value.is_integer():
-                raise ParamError(f"{where} = {value!r}: must be {field.allowed()}")
+                raise ParamError(f"{where} = {yaml_repr(value)}: must be {field.allowed()}")
             value = int(value)
     else:
         value = float(value)
@@ -114,21 +140,21 @@ def check(where: str, field: Field, value: Any) -> Any:
                                          else value < field.low)
     too_high = field.high is not None and value > field.high
     if not math.isfinite(value) or too_low or too_high:
-        raise ParamError(f"{where} = {value!r} out of range: must be {field.allowed()}")
+        raise ParamError(f"{where} = {yaml_repr(value)} out of range: must be {field.allowed()}")
     return value
 
 
 def number(where: str, value: Any) -> float:
     """A finite number as float, or ParamError."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ParamError(f"{where} = {value!r}: must be a finite number")
+        raise ParamError(f"{where} = {yaml_repr(value)}: must be a finite number")
     return float(value)
 
 
 def triple(where: str, value: Any) -> list[float]:
     """An [x, y, z] triple of finite numbers, or ParamError."""
     if not isinstance(value, list | tuple) or len(value) != 3:
-        raise ParamError(f"{where} = {value!r}: must be a list of 3 numbers")
+        raise ParamError(f"{where} = {yaml_repr(value)}: must be a list of 3 numbers")
     return [number(where, c) for c in value]
 
 

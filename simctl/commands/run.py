@@ -68,7 +68,8 @@ def run(
     timeout: float | None,
     quiet: bool,
 ) -> None:
-    """Submit a task file (default configs/tasks.yaml), dispatch it, and show its progress.
+    """Submit a task file (- reads standard input; default configs/tasks.yaml), dispatch it,
+    and show its progress.
 
     If another simctl already dispatches for this ledger, the run is added and followed.
     """
@@ -83,6 +84,8 @@ def run(
             raise InputError(f"{flag} goes with --resume RUN_ID")
     if no_reuse and resume:
         raise InputError("--no-reuse goes with a task file: a resumed run's tasks are stored")
+    if not resume:  # which file, before anything else is looked at
+        taskfile = tf_mod.taskfile_argument(taskfile, DEFAULT_TASKFILE, "run")
     conn = settings.connection()
     held = None
     if resume:
@@ -91,14 +94,17 @@ def run(
         runner.check_broker(ledger, ledger.run(run_id), conn, changed=broker_changed)
         _check_versions(ledger, run_id, revalidate, quiet=as_json)
     else:
-        tf = tf_mod.load(taskfile or DEFAULT_TASKFILE)  # checked before the ledger is touched
+        # checked before the ledger is touched
+        assert taskfile is not None
+        tf = tf_mod.load(taskfile)
         ledger = open_ledger(settings)
         run_id, held = runner.submit(settings, conn, ledger, tf, dispatch_here=not detach,
                                      reuse=not no_reuse)
         if not as_json:
             reused = ledger.run(run_id).done
             click.echo(
-                f"run {run_id}: {len(tf.tasks)} tasks from {tf.path} (ledger {settings.store})"
+                f"run {run_id}: {tf_mod.count_of(len(tf.tasks), 'task')} from {tf.path} "
+                f"(ledger {settings.store})"
                 + (f"; {reused} done before, reused (--no-reuse to run them)" if reused else ""),
                 err=True,
             )

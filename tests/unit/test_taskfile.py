@@ -115,7 +115,7 @@ def test_defaults_without_seed_and_max_attempts() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "field", "words"),
     [
-        ("tasks: [\n  {kind: sleep\n", 3, None, "invalid YAML"),
+        ("tasks: [\n  {kind: sleep\n", 2, None, "invalid YAML"),  # the last line
         ("tasks:\n  - kind: sleep\n  - kind: warp\n", 3, "tasks[1].kind", "unknown kind 'warp'"),
         ("tasks:\n  - kind: sleep\n    params: {seconds: 1, colour: red}\n", 3,
          "tasks[0].params.colour", "colour"),
