@@ -144,7 +144,7 @@ def test_validate_text_and_json(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "where"),
     [
-        ("tasks: [oops\n", "bad.yaml:2"),
+        ("tasks: [oops\n", "bad.yaml:1"),  # the end of a 1-line file is on its line 1
         ("tasks:\n  - kind: warp\n", "bad.yaml:2: tasks[0].kind: unknown kind 'warp'"),
         ("tasks:\n  - kind: sleep\n    params: {naps: 3}\n", "bad.yaml:3: tasks[0].params.naps"),
         (BAD_TASKFILE, "bad.yaml:5: tasks[0].params.seconds"),
