@@ -55,6 +55,7 @@ class AgentCommand(click.Command):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        prog_name = prog_name or PROG  # also under `python -m worker_agent`
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
