@@ -4,12 +4,17 @@ Each command lives in its own module under :mod:`simctl.commands` and is importe
 it is asked for (or when ``--help`` lists it), so ``simctl --help`` answers at once; command
 modules import heavy modules (numpy, ckernel, paho, sqlite) inside the command. Exit codes:
 see :mod:`simctl.errors`.
+
+Every error, click's usage errors as well as simctl's own, is printed the same way:
+``simctl: error: MESSAGE`` on stderr, followed for a usage error by the command's usage line
+and where to find help.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +23,7 @@ from typing import Any, TypeVar
 import click
 
 from simctl.config import Settings
-from simctl.errors import SimctlError
+from simctl.errors import ConnectionFailed, SimctlError
 
 COMMANDS = {
     "run": "simctl.commands.run.run",
@@ -65,23 +70,112 @@ class LazyGroup(click.Group):
         return command
 
 
+PROG = "simctl"
+"""The program name in messages."""
+
+
+def show_error(message: str, ctx: click.Context | None = None) -> None:
+    """Print ``simctl: error: MESSAGE``; with the context of a usage error, also the usage
+    line and the hint where help is."""
+    click.echo(f"{PROG}: error: {message}", err=True)
+    if ctx is not None:
+        click.echo(ctx.get_usage(), err=True)
+        help_flag = ctx.help_option_names[0] if ctx.help_option_names else "--help"
+        click.echo(f"Try '{ctx.command_path} {help_flag}' for help.", err=True)
+
+
+def _global_option_hint(
+    root: click.Command, error: click.NoSuchOption, args: list[str]
+) -> str | None:
+    """For an option of the root group given after the command, the message that says so,
+    with the command line rearranged: ``--store is a global option: put it before the
+    command: simctl --store x validate f.yaml``."""
+    name = error.option_name
+    root_options = {opt: p for p in root.params if isinstance(p, click.Option)
+                    for opt in (*p.opts, *p.secondary_opts)}
+    option = root_options.get(name)
+    if option is None:
+        return None
+    # Where the command starts: the first argument that is neither a global option nor the
+    # value of one.
+    start, i = len(args), 0
+    while i < len(args):
+        arg = args[i]
+        given = root_options.get(arg.split("=", 1)[0]) if arg.startswith("-") else None
+        if given is None:
+            start = i
+            break
+        i += 1 if ("=" in arg or given.is_flag or given.count) else 2
+    # The misplaced option and its value, after the command.
+    moved: list[str] = []
+    rest = list(args[start:])
+    for j, arg in enumerate(rest):
+        if arg == name or arg.startswith(name + "="):
+            takes_value = not (option.is_flag or option.count) and "=" not in arg
+            moved = rest[j:j + 2] if takes_value else [arg]
+            del rest[j:j + len(moved)]
+            break
+    line = " ".join([PROG, *args[:start], *moved, *rest])
+    return f"{name} is a global option: put it before the command: {line}"
+
+
 class SimctlGroup(LazyGroup):
-    """A click group that turns every SimctlError into its message and exit code."""
+    """The root group: prints every error (click's and simctl's) as ``simctl: error: ...``
+    and exits with the error's code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SimctlError as e:
-            click.echo(f"simctl: error: {e}", err=True)
+            message = str(e)
+            if isinstance(e, ConnectionFailed) and isinstance(ctx.obj, Settings):
+                message += f" (the address is {ctx.obj.broker_source()})"
+            show_error(message)
             ctx.exit(e.exit_code)
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.NoSuchOption as e:
+            hint = _global_option_hint(self, e, argv)
+            show_error(hint or e.format_message(), e.ctx)
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            show_error(e.format_message(), e.ctx)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            show_error(e.format_message())
+            sys.exit(e.exit_code)
+        except click.Abort:
+            show_error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def version_text(prog: str) -> str:
+    """``PROG VERSION (particle-sim VERSION, protocol N, Python X.Y.Z)``, the ``--version``
+    line of both simctl and worker-agent."""
+    from simproto.protocol import PROTOCOL_VERSION, package_version
+
+    version = package_version()
+    return (f"{prog} {version} (particle-sim {version}, protocol {PROTOCOL_VERSION}, "
+            f"Python {platform.python_version()})")
 
 
 def _print_version(ctx: click.Context, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from simproto.protocol import PROTOCOL_VERSION, package_version
-
-    click.echo(f"simctl {package_version()} (protocol {PROTOCOL_VERSION})")
+    click.echo(version_text(PROG))
     ctx.exit()
 
 
@@ -112,7 +206,11 @@ def _path_option(flag: str, help: str) -> Callable[[FC], FC]:
 @_path_option("--tls-ca", "CA certificate; turns TLS on.")
 @_path_option("--tls-cert", "Client certificate for TLS.")
 @_path_option("--tls-key", "Client key for TLS.")
-@_path_option("--store", "The run ledger (SQLite) [default: ~/.local/share/simctl/ledger.sqlite].")
+@_path_option(
+    "--store",
+    "The run ledger (SQLite) [default: ledger.sqlite in the local cluster's folder when no "
+    "broker is given, else ~/.local/share/simctl/ledger.sqlite].",
+)
 @click.option(
     "--log-level",
     envvar="SIMCTL_LOG_LEVEL",
@@ -132,7 +230,7 @@ def _path_option(flag: str, help: str) -> Callable[[FC], FC]:
     expose_value=False,
     is_eager=True,
     callback=lambda ctx, _param, value: _print_version(ctx, value),
-    help="Show the version (and the protocol version) and exit.",
+    help="Show the version (and the protocol and Python versions) and exit.",
 )
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
@@ -140,11 +238,18 @@ def cli(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
 
     Global options go before the command: simctl --broker HOST:1883 run tasks.yaml.
     Each also comes from a SIMCTL_* environment variable or the config file; a flag beats
-    the environment, which beats the file. Exit codes: 0 success, 1 tasks failed or were
-    cancelled, 2 invalid input, 3 timeout, 4 broker unreachable or no worker answering,
-    5 the ledger cannot be written.
+    the environment, which beats the file. Without a broker, simctl uses the local cluster
+    of `simctl local up` and keeps the ledger in its folder. Exit codes: 0 success, 1 tasks
+    failed or were cancelled, 2 invalid input, 3 timeout, 4 broker unreachable or no worker
+    answering, 5 the ledger cannot be written.
     """
-    settings = Settings.resolve(given, config_file)
+    origins = {
+        name: param.envvar
+        for param in ctx.command.params
+        if (name := param.name) in given and isinstance(param.envvar, str)
+        and ctx.get_parameter_source(name) is click.core.ParameterSource.ENVIRONMENT
+    }
+    settings = Settings.resolve(given, config_file, origins)
     logging.basicConfig(
         level=settings.log_level,
         stream=sys.stderr,

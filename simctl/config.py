@@ -4,13 +4,20 @@ Precedence, highest first: command-line flag > ``SIMCTL_*`` environment variable
 YAML config file (``--config``, else ``$SIMCTL_CONFIG``, else
 ``$XDG_CONFIG_HOME/simctl/config.yaml``, i.e. ``~/.config/simctl/config.yaml``) > default.
 The flags and the environment are read by click; this module adds the file and the
-defaults, and turns the result into :class:`Settings`.
+defaults, and turns the result into :class:`Settings`, which remembers where the broker
+address came from so that connection errors can say so.
+
+Without a broker (flag, environment or file), simctl talks to the local cluster of
+``simctl local up`` (``$SIMCTL_LOCAL_DIR``), and the ledger's default is then that
+cluster's folder (``ledger.sqlite`` in it) rather than ``$XDG_DATA_HOME/simctl``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +67,48 @@ def default_local_dir() -> Path:
     return Path(explicit) if explicit else _xdg("XDG_STATE_HOME", ".local/state") / "simctl/local"
 
 
+LOCAL_LEDGER_NAME = "ledger.sqlite"
+"""The ledger's file name in the local cluster's folder (the default without a broker)."""
+
+_PORT_RE = re.compile(r"^(?:mqtts?://)?(?:\[[^\]]*\]|[^:/\[\]\s]+):(?P<port>[^/]*)/?$")
+"""An address with a port part (of any text), to tell a bad port from a bad address."""
+
+
+def yaml_error_message(path: Path | str, error: BaseException) -> str | None:
+    """``FILE:LINE: invalid YAML: PROBLEM`` for a PyYAML error, else None.
+
+    PyYAML's own text points into ``"<unicode string>"`` (it is handed the file's text),
+    which names neither the file nor, for a reader, the line in a useful way.
+    """
+    import yaml
+
+    if not isinstance(error, yaml.YAMLError):
+        return None
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    column = f" (column {mark.column + 1})" if mark is not None else ""
+    return f"{where}: invalid YAML: {problem}{column}"
+
+
+def check_broker(address: str, label: str) -> None:
+    """Raise ConfigError starting with ``label`` (``"--broker "``, ``"SIMCTL_BROKER="``,
+    ``"FILE: broker: "``) and the address when ``address`` is not a broker address; a bad
+    port gets its own message."""
+    from simproto.connection import BrokerAddress
+
+    match = _PORT_RE.match(address.strip())
+    port = match["port"] if match else None
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        # urlsplit's "Port could not be cast to integer value" and a silent default for
+        # port 0 are both worse than saying what a port must be.
+        raise ConfigError(f"{label}{address}: the port must be a number from 1 to 65535")
+    try:
+        BrokerAddress.parse(address)
+    except ValueError as e:
+        raise ConfigError(f"{label}{address}: {e}") from e
+
+
 def load_config_file(path: Path, required: bool) -> dict[str, Any]:
     """Read a config file; a missing file is an error only when it was named explicitly."""
     if not path.exists():
@@ -71,7 +120,8 @@ def load_config_file(path: Path, required: bool) -> dict[str, Any]:
     try:
         values = read_settings_file(path, CONFIG_KEYS, PATH_KEYS)
     except ValueError as e:
-        raise ConfigError(str(e)) from e
+        message = yaml_error_message(path, e.__cause__) if e.__cause__ else None
+        raise ConfigError(message or str(e)) from e
     return {key: str(value) for key, value in values.items()}
 
 
@@ -89,27 +139,46 @@ class Settings:
     store: Path
     log_level: str
     local_dir: Path
+    broker_origin: str | None = None
+    """Where ``broker`` came from: ``--broker``, ``SIMCTL_BROKER`` or the config file's path."""
 
     @classmethod
-    def resolve(cls, given: dict[str, Any], config_file: Path | None) -> Settings:
-        """Fill options not given by flag or environment from the config file, then defaults."""
+    def resolve(
+        cls,
+        given: dict[str, Any],
+        config_file: Path | None,
+        origins: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Fill options not given by flag or environment from the config file, then defaults.
+
+        ``origins`` names, per key in ``given``, where its value came from (``--broker``,
+        ``SIMCTL_BROKER``); it is ``--FLAG`` when not said.
+        """
         path = config_file or default_config_path()
         from_file = load_config_file(path, required=config_file is not None)
         merged = {
             k: given.get(k) if given.get(k) is not None else from_file.get(k) for k in CONFIG_KEYS
         }
+        broker_origin = None
+        if given.get("broker") is not None:
+            broker_origin = (origins or {}).get("broker", "--broker")
+        elif merged["broker"] is not None:
+            broker_origin = str(path)
         if merged["topic_prefix"] is not None:
             try:
                 Topics(merged["topic_prefix"])
             except ValueError as e:
                 raise ConfigError(str(e)) from e
         if merged["broker"] is not None:
-            from simproto.connection import BrokerAddress
-
-            try:
-                BrokerAddress.parse(merged["broker"])
-            except ValueError as e:
-                raise ConfigError(str(e)) from e
+            labels = {"--broker": "--broker ", "SIMCTL_BROKER": "SIMCTL_BROKER="}
+            check_broker(merged["broker"], labels.get(str(broker_origin), f"{path}: broker: "))
+        local_dir = default_local_dir()
+        if merged["store"]:
+            store = Path(str(merged["store"])).expanduser()
+        elif merged["broker"] is None:
+            store = local_dir / LOCAL_LEDGER_NAME  # the local cluster's runs stay with it
+        else:
+            store = default_store()
 
         def as_path(key: str) -> Path | None:
             return Path(str(merged[key])).expanduser() if merged[key] else None
@@ -122,10 +191,21 @@ class Settings:
             tls_ca=as_path("tls_ca"),
             tls_cert=as_path("tls_cert"),
             tls_key=as_path("tls_key"),
-            store=as_path("store") or default_store(),
+            store=store,
             log_level=(merged["log_level"] or "warning").upper(),
-            local_dir=default_local_dir(),
+            local_dir=local_dir,
+            broker_origin=broker_origin,
         )
+
+    def broker_source(self) -> str:
+        """Where the broker address in use comes from, for messages: ``from --broker``,
+        ``from SIMCTL_BROKER``, ``from config file F``, or the local cluster's state file."""
+        if self.broker is None:
+            return f"from the local cluster's {self.local_dir / 'state.json'}"
+        origin = self.broker_origin or "--broker"
+        if origin.startswith(("--", "SIMCTL_")):
+            return f"from {origin}"
+        return f"from config file {origin}"
 
     def local_state(self) -> dict[str, Any] | None:
         """The state file of a local cluster started by ``simctl local up``, if any."""

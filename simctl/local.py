@@ -3,7 +3,10 @@
 Everything lives in one state folder (``$SIMCTL_LOCAL_DIR``, default
 ``$XDG_STATE_HOME/simctl/local``, mode 0700): ``state.json`` (broker address, topic prefix,
 pids, simctl's user name and password file), the generated ``mosquitto.conf``, the broker's
-persistence, and one log per process.
+persistence, and one log per process. It is also where simctl keeps its ledger
+(``ledger.sqlite``) when it talks to this cluster and no ``--store``/``SIMCTL_STORE``/config
+``store`` says otherwise (``simctl.config``), so one ``SIMCTL_LOCAL_DIR`` isolates a whole
+cluster, runs included; ``local down`` keeps the folder and so the runs.
 
 The broker is never anonymous: ``credentials/`` holds a generated password per identity
 (``simctl``, ``local-admin``, ``worker1``, ...; mode 0600), and ``dynamic-security.json``

@@ -2,19 +2,23 @@
 
 Each setting comes from, in order of precedence: its flag, its environment variable, the
 YAML file given with ``--config``, the default (see ``docs/protocol.md``, "Worker agent").
+
+Errors are printed as simctl prints them: ``worker-agent: error: MESSAGE`` (a usage error
+adds the usage line and where help is); once the agent runs, its log lines carry the rest.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import platform
 import sys
 from typing import Any
 
 import click
 
 from simproto.connection import DEFAULT_KEEPALIVE_S
-from simproto.protocol import DEFAULT_TOPIC_PREFIX, package_version
+from simproto.protocol import DEFAULT_TOPIC_PREFIX, PROTOCOL_VERSION, package_version
 from worker_agent.config import (
     DEFAULT_BROKER,
     DEFAULT_GRACE_S,
@@ -22,22 +26,106 @@ from worker_agent.config import (
     DEFAULT_HTTP_PORT,
     LOG_LEVELS,
     AgentConfig,
+    check_broker,
     read_config_file,
 )
 from worker_agent.errors import AgentError
+
+PROG = "worker-agent"
+"""The program name in messages."""
+
+
+def show_error(message: str, ctx: click.Context | None = None) -> None:
+    """Print ``worker-agent: error: MESSAGE``; with a usage error's context, also the usage
+    line and the hint where help is."""
+    click.echo(f"{PROG}: error: {message}", err=True)
+    if ctx is not None:
+        click.echo(ctx.get_usage(), err=True)
+        click.echo(f"Try '{ctx.command_path} --help' for help.", err=True)
+
+
+class AgentCommand(click.Command):
+    """The command: click's errors are printed like the agent's own (:func:`show_error`)."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        prog_name = prog_name or PROG  # also under `python -m worker_agent`
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            show_error(e.format_message(), e.ctx)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            show_error(e.format_message())
+            sys.exit(e.exit_code)
+        except click.Abort:
+            show_error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class _Formatter(logging.Formatter):
+    """Log lines with a time stamp; the error that ends the program (logged with
+    ``extra={"fatal": True}``) as ``worker-agent: error: MESSAGE``, like simctl's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "fatal", False):
+            return f"{PROG}: error: {record.getMessage()}"
+        return super().format(record)
+
+
+def version_text() -> str:
+    """``worker-agent VERSION (particle-sim VERSION, protocol N, Python X.Y.Z)``, the same
+    format as ``simctl --version``."""
+    version = package_version()
+    return (f"{PROG} {version} (particle-sim {version}, protocol {PROTOCOL_VERSION}, "
+            f"Python {platform.python_version()})")
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(version_text())
+    ctx.exit()
+
+
+def _broker_label(ctx: click.Context) -> str:
+    """How the broker address is named in an error: by its flag, variable or file."""
+    source = ctx.get_parameter_source("broker")
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        return "SIMCTL_BROKER="
+    if source is click.core.ParameterSource.DEFAULT_MAP:
+        return f"{ctx.meta.get('worker_agent.config_file')}: broker: "
+    return "--broker "
+
+
+class ConfigFileError(click.ClickException):
+    """The ``--config`` file cannot be used; exits 2 like every invalid setting."""
+
+    exit_code = 2
 
 
 def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     """Eager: the file's settings become click's default map, below flags and environment."""
     if value is None:
         return
+    ctx.meta["worker_agent.config_file"] = value
     try:
         ctx.default_map = read_config_file(value)
     except AgentError as e:
-        raise click.BadParameter(str(e), ctx=ctx, param_hint="'--config'") from e
+        raise ConfigFileError(str(e)) from e
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"],
+@click.command(cls=AgentCommand,
+               context_settings={"help_option_names": ["-h", "--help"],
                                  "max_content_width": 100})
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), is_eager=True,
               expose_value=False, callback=_load_config_file,
@@ -73,8 +161,11 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
               default="info", show_default=True, help="Log verbosity (logs go to stderr).")
 @click.option("--print-config", is_flag=True,
               help="Print the resolved settings as JSON and exit (nothing is started).")
-@click.version_option(package_version(), "--version", prog_name="worker-agent")
-def main(log_level: str, print_config: bool, **settings: Any) -> None:
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version,
+              help="Show the version (and the protocol and Python versions) and exit.")
+@click.pass_context
+def main(ctx: click.Context, log_level: str, print_config: bool, **settings: Any) -> None:
     """Run the worker agent: take tasks from the broker, run them, report results.
 
     Stop with SIGTERM or Ctrl-C: running tasks get --grace seconds, then are handed back;
@@ -83,11 +174,11 @@ def main(log_level: str, print_config: bool, **settings: Any) -> None:
     connection (credentials, authorization, protocol: retrying cannot help), 4 replaced by a
     newer agent with the same worker id (this one was frozen or cut off).
     """
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler])
     try:
+        check_broker(settings["broker"], _broker_label(ctx))
         config = AgentConfig.build(**settings)
         if print_config:
             click.echo(json.dumps({**config.describe(), "log_level": log_level.lower()},
@@ -97,6 +188,7 @@ def main(log_level: str, print_config: bool, **settings: Any) -> None:
 
         code = Agent(config).run()
     except AgentError as e:
-        logging.getLogger("worker_agent").error("%s", e)
+        # A log record (so that it is in the log with the rest) shown as `worker-agent: error:`.
+        logging.getLogger("worker_agent").error("%s", e, extra={"fatal": True})
         sys.exit(e.exit_code)
     sys.exit(code)
