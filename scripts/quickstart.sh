@@ -35,12 +35,20 @@ s = json.load(sys.stdin)
 print("\nrun {run_id}: {state}, {done}/{tasks} done, {failed} failed, {duplicates} duplicates, "
       "{elapsed_s:.1f} s".format(**s))'
 
-cat <<EOT
-
-More:
-  $simctl status                         workers and runs
-  $simctl results $run_id --format csv   results for analysis (also --format json --observables)
-  $simctl monitor --interval 5           live view (Ctrl-C leaves)
-  $simctl local down                     stop the local broker and workers
-EOT
+# The hints as command/description pairs, the descriptions aligned in one column however long
+# the run id (and so the results command) is.
+hints=(
+    "$simctl status" "workers and runs"
+    "$simctl results $run_id --format csv" "results for analysis (also --format json --observables)"
+    "$simctl monitor --interval 5" "live view (Ctrl-C leaves)"
+    "$simctl local down" "stop the local broker and workers"
+)
+width=0
+for ((i = 0; i < ${#hints[@]}; i += 2)); do
+    (( ${#hints[i]} > width )) && width=${#hints[i]}
+done
+printf '\nMore:\n'
+for ((i = 0; i < ${#hints[@]}; i += 2)); do
+    printf '  %-*s   %s\n' "$width" "${hints[i]}" "${hints[i + 1]}"
+done
 exit "$rc"
