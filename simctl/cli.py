@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import click
 
 from simctl.config import Settings
 from simctl.errors import ConnectionFailed, SimctlError
+from simproto.console import ErrorStyle, show_error, version_option
 
 COMMANDS = {
     "run": "simctl.commands.run.run",
@@ -74,16 +74,6 @@ PROG = "simctl"
 """The program name in messages."""
 
 
-def show_error(message: str, ctx: click.Context | None = None) -> None:
-    """Print ``simctl: error: MESSAGE``; with the context of a usage error, also the usage
-    line and the hint where help is."""
-    click.echo(f"{PROG}: error: {message}", err=True)
-    if ctx is not None:
-        click.echo(ctx.get_usage(), err=True)
-        help_flag = ctx.help_option_names[0] if ctx.help_option_names else "--help"
-        click.echo(f"Try '{ctx.command_path} {help_flag}' for help.", err=True)
-
-
 def _global_option_hint(
     root: click.Command, error: click.NoSuchOption, args: list[str]
 ) -> str | None:
@@ -119,9 +109,16 @@ def _global_option_hint(
     return f"{name} is a global option: put it before the command: {line}"
 
 
-class SimctlGroup(LazyGroup):
+class SimctlGroup(ErrorStyle, LazyGroup):
     """The root group: prints every error (click's and simctl's) as ``simctl: error: ...``
     and exits with the error's code."""
+
+    prog = PROG
+
+    def usage_message(self, error: click.UsageError, args: list[str]) -> str:
+        hint = _global_option_hint(self, error, args) if isinstance(
+            error, click.NoSuchOption) else None
+        return hint or error.format_message()
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -130,53 +127,8 @@ class SimctlGroup(LazyGroup):
             message = str(e)
             if isinstance(e, ConnectionFailed) and isinstance(ctx.obj, Settings):
                 message += f" (the address is {ctx.obj.broker_source()})"
-            show_error(message)
+            show_error(PROG, message)
             ctx.exit(e.exit_code)
-
-    def main(  # type: ignore[override]
-        self,
-        args: list[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        argv = list(sys.argv[1:] if args is None else args)
-        try:
-            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.NoSuchOption as e:
-            hint = _global_option_hint(self, e, argv)
-            show_error(hint or e.format_message(), e.ctx)
-            sys.exit(e.exit_code)
-        except click.UsageError as e:
-            show_error(e.format_message(), e.ctx)
-            sys.exit(e.exit_code)
-        except click.ClickException as e:
-            show_error(e.format_message())
-            sys.exit(e.exit_code)
-        except click.Abort:
-            show_error("aborted")
-            sys.exit(1)
-        sys.exit(code if isinstance(code, int) else 0)
-
-
-def version_text(prog: str) -> str:
-    """``PROG VERSION (particle-sim VERSION, protocol N, Python X.Y.Z)``, the ``--version``
-    line of both simctl and worker-agent."""
-    from simproto.protocol import PROTOCOL_VERSION, package_version
-
-    version = package_version()
-    return (f"{prog} {version} (particle-sim {version}, protocol {PROTOCOL_VERSION}, "
-            f"Python {platform.python_version()})")
-
-
-def _print_version(ctx: click.Context, value: bool) -> None:
-    if not value or ctx.resilient_parsing:
-        return
-    click.echo(version_text(PROG))
-    ctx.exit()
 
 
 FC = TypeVar("FC", bound=Callable[..., Any])
@@ -224,14 +176,7 @@ def _path_option(flag: str, help: str) -> Callable[[FC], FC]:
     type=click.Path(path_type=Path),
     help="YAML config file [default: ~/.config/simctl/config.yaml].",
 )
-@click.option(
-    "--version",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=lambda ctx, _param, value: _print_version(ctx, value),
-    help="Show the version (and the protocol and Python versions) and exit.",
-)
+@version_option(PROG)
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None, **given: Any) -> None:
     """Run particle-simulation sweeps on worker agents over MQTT.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,39 +69,13 @@ def default_local_dir() -> Path:
 LOCAL_LEDGER_NAME = "ledger.sqlite"
 """The ledger's file name in the local cluster's folder (the default without a broker)."""
 
-_PORT_RE = re.compile(r"^(?:mqtts?://)?(?:\[[^\]]*\]|[^:/\[\]\s]+):(?P<port>[^/]*)/?$")
-"""An address with a port part (of any text), to tell a bad port from a bad address."""
-
-
-def yaml_error_message(path: Path | str, error: BaseException) -> str | None:
-    """``FILE:LINE: invalid YAML: PROBLEM`` for a PyYAML error, else None.
-
-    PyYAML's own text points into ``"<unicode string>"`` (it is handed the file's text),
-    which names neither the file nor, for a reader, the line in a useful way.
-    """
-    import yaml
-
-    if not isinstance(error, yaml.YAMLError):
-        return None
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-    column = f" (column {mark.column + 1})" if mark is not None else ""
-    return f"{where}: invalid YAML: {problem}{column}"
 
 
 def check_broker(address: str, label: str) -> None:
     """Raise ConfigError starting with ``label`` (``"--broker "``, ``"SIMCTL_BROKER="``,
-    ``"FILE: broker: "``) and the address when ``address`` is not a broker address; a bad
-    port gets its own message."""
+    ``"FILE: broker: "``) and the address when it is not a broker address."""
     from simproto.connection import BrokerAddress
 
-    match = _PORT_RE.match(address.strip())
-    port = match["port"] if match else None
-    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
-        # urlsplit's "Port could not be cast to integer value" and a silent default for
-        # port 0 are both worse than saying what a port must be.
-        raise ConfigError(f"{label}{address}: the port must be a number from 1 to 65535")
     try:
         BrokerAddress.parse(address)
     except ValueError as e:
@@ -120,8 +93,7 @@ def load_config_file(path: Path, required: bool) -> dict[str, Any]:
     try:
         values = read_settings_file(path, CONFIG_KEYS, PATH_KEYS)
     except ValueError as e:
-        message = yaml_error_message(path, e.__cause__) if e.__cause__ else None
-        raise ConfigError(message or str(e)) from e
+        raise ConfigError(str(e)) from e
     return {key: str(value) for key, value in values.items()}
 
 

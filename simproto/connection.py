@@ -52,6 +52,8 @@ DEFAULT_KEEPALIVE_S = 10
 """MQTT keepalive; the broker fires the Last Will about 1.5 keepalives after silence."""
 
 _HOST_PORT_RE = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\s]+)(?::(?P<port>\d{1,5}))?$")
+_PORT_RE = re.compile(r"^(?:mqtts?://)?(?:\[[^\]]*\]|[^:/\[\]\s]+):(?P<port>[^/]*)/?$")
+"""An address with a port part (of any text), to tell a bad port from a bad address."""
 
 
 class Backoff:
@@ -131,6 +133,12 @@ class BrokerAddress:
         """Parse an address; raises ValueError naming the accepted forms."""
         text = text.strip()
         forms = "HOST, HOST:PORT, mqtt://HOST:PORT or mqtts://HOST:PORT"
+        port_text = _PORT_RE.match(text)
+        if port_text is not None and not (port_text["port"].isdigit()
+                                          and 0 < int(port_text["port"]) < 65536):
+            # urlsplit's "Port could not be cast to integer value" and a silent default for
+            # port 0 are both worse than saying what a port must be.
+            raise ValueError("the port must be a number from 1 to 65535")
         if "://" in text:
             parts = urlsplit(text)
             if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path not in (
@@ -148,8 +156,6 @@ class BrokerAddress:
         if not match:
             raise ValueError(f"invalid broker address {text!r}: use {forms}")
         port = int(match["port"]) if match["port"] else DEFAULT_PORT
-        if not 0 < port < 65536:
-            raise ValueError(f"invalid broker port {port} in {text!r}: use 1 to 65535")
         return cls(match["host"].strip("[]"), port, False)
 
     def __str__(self) -> str:

@@ -27,9 +27,9 @@ def read_settings_file(
     except OSError as e:
         raise ValueError(f"cannot read config file {path}: {e.strerror or e}") from e
     except yaml.YAMLError as e:
-        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+        raise ValueError(yaml_error_message(path, e)) from e
     except RecursionError as e:
-        raise ValueError(f"config file {path} is not valid YAML: nested too deeply") from e
+        raise ValueError(f"{path}: invalid YAML: nested too deeply") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -47,3 +47,14 @@ def read_settings_file(
             value = path.parent / Path(str(value)).expanduser()
         settings[name] = value
     return settings
+
+
+def yaml_error_message(path: str | Path, error: yaml.YAMLError) -> str:
+    """``FILE:LINE: invalid YAML: PROBLEM (column N)``: PyYAML's own text points into
+    ``"<unicode string>"`` (it is handed the file's text), naming neither the file nor, for a
+    reader, the line in a useful way."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return f"{path}: invalid YAML: {problem}"
+    return f"{path}:{mark.line + 1}: invalid YAML: {problem} (column {mark.column + 1})"

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import sys
 from typing import Any
 
 import click
 
 from simproto.connection import DEFAULT_KEEPALIVE_S
-from simproto.protocol import DEFAULT_TOPIC_PREFIX, PROTOCOL_VERSION, package_version
+from simproto.console import ErrorStyle, version_option
+from simproto.protocol import DEFAULT_TOPIC_PREFIX
 from worker_agent.config import (
     DEFAULT_BROKER,
     DEFAULT_GRACE_S,
@@ -35,41 +35,10 @@ PROG = "worker-agent"
 """The program name in messages."""
 
 
-def show_error(message: str, ctx: click.Context | None = None) -> None:
-    """Print ``worker-agent: error: MESSAGE``; with a usage error's context, also the usage
-    line and the hint where help is."""
-    click.echo(f"{PROG}: error: {message}", err=True)
-    if ctx is not None:
-        click.echo(ctx.get_usage(), err=True)
-        click.echo(f"Try '{ctx.command_path} --help' for help.", err=True)
+class AgentCommand(ErrorStyle):
+    """The command: click's errors are printed like the agent's own."""
 
-
-class AgentCommand(click.Command):
-    """The command: click's errors are printed like the agent's own (:func:`show_error`)."""
-
-    def main(  # type: ignore[override]
-        self,
-        args: list[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        prog_name = prog_name or PROG  # also under `python -m worker_agent`
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.UsageError as e:
-            show_error(e.format_message(), e.ctx)
-            sys.exit(e.exit_code)
-        except click.ClickException as e:
-            show_error(e.format_message())
-            sys.exit(e.exit_code)
-        except click.Abort:
-            show_error("aborted")
-            sys.exit(1)
-        sys.exit(code if isinstance(code, int) else 0)
+    prog = PROG
 
 
 class _Formatter(logging.Formatter):
@@ -80,21 +49,6 @@ class _Formatter(logging.Formatter):
         if getattr(record, "fatal", False):
             return f"{PROG}: error: {record.getMessage()}"
         return super().format(record)
-
-
-def version_text() -> str:
-    """``worker-agent VERSION (particle-sim VERSION, protocol N, Python X.Y.Z)``, the same
-    format as ``simctl --version``."""
-    version = package_version()
-    return (f"{PROG} {version} (particle-sim {version}, protocol {PROTOCOL_VERSION}, "
-            f"Python {platform.python_version()})")
-
-
-def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if not value or ctx.resilient_parsing:
-        return
-    click.echo(version_text())
-    ctx.exit()
 
 
 def _broker_label(ctx: click.Context) -> str:
@@ -161,9 +115,7 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
               default="info", show_default=True, help="Log verbosity (logs go to stderr).")
 @click.option("--print-config", is_flag=True,
               help="Print the resolved settings as JSON and exit (nothing is started).")
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=_print_version,
-              help="Show the version (and the protocol and Python versions) and exit.")
+@version_option(PROG)
 @click.pass_context
 def main(ctx: click.Context, log_level: str, print_config: bool, **settings: Any) -> None:
     """Run the worker agent: take tasks from the broker, run them, report results.

@@ -7,7 +7,6 @@ defaults (one line of documentation each), the checks, and the YAML config-file 
 from __future__ import annotations
 
 import os
-import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,18 +151,10 @@ class AgentConfig:
         return cls(connection, wid, n_slots, http_port, heartbeat, grace)
 
 
-_PORT_RE = re.compile(r"^(?:mqtts?://)?(?:\[[^\]]*\]|[^:/\[\]\s]+):(?P<port>[^/]*)/?$")
-"""An address with a port part (of any text), to tell a bad port from a bad address."""
 
 
 def check_broker(address: str, label: str) -> None:
-    """Raise ConfigError starting with ``label`` (``"--broker "``, ``"SIMCTL_BROKER="``,
-    ``"FILE: broker: "``) and the address when it is not a broker address; a bad port gets
-    its own message (the same checks and texts as simctl's ``simctl.config``)."""
-    match = _PORT_RE.match(address.strip())
-    port = match["port"] if match else None
-    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
-        raise ConfigError(f"{label}{address}: the port must be a number from 1 to 65535")
+    """ConfigError ``LABELADDRESS: what is wrong`` for a bad broker address."""
     try:
         BrokerAddress.parse(address)
     except ValueError as e:
@@ -176,18 +167,4 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         return read_settings_file(path, CONFIG_KEYS, PATH_KEYS)
     except ValueError as e:
-        raise ConfigError(_yaml_error_message(path, e.__cause__) or str(e)) from e
-
-
-def _yaml_error_message(path: str | Path, error: BaseException | None) -> str | None:
-    """``FILE:LINE: invalid YAML: PROBLEM`` for a PyYAML error (whose own text points into
-    ``"<unicode string>"``), else None."""
-    import yaml
-
-    if not isinstance(error, yaml.YAMLError):
-        return None
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    if mark is None:
-        return f"{path}: invalid YAML: {problem}"
-    return f"{path}:{mark.line + 1}: invalid YAML: {problem} (column {mark.column + 1})"
+        raise ConfigError(str(e)) from e

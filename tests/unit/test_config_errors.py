@@ -91,7 +91,7 @@ def test_usage_and_own_errors_look_the_same(tmp_path: Path) -> None:
     usage = simctl(tmp_path, "fly", code=2).stderr
     assert usage.splitlines()[0] == "simctl: error: No such command 'fly'."
     assert "Usage: simctl [OPTIONS] COMMAND [ARGS]..." in usage
-    assert "Try 'simctl -h' for help." in usage
+    assert "Try 'simctl --help' for help." in usage  # the same hint in both programs
     bad = tmp_path / "bad.yaml"
     bad.write_text("tasks:\n  - kind: warp\n")
     own = simctl(tmp_path, "validate", str(bad), code=2).stderr
