@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
     from simctl.config import Settings
     from simctl.ledger import Ledger
 
@@ -55,3 +57,35 @@ def open_ledger(settings: Settings) -> Ledger:
     from simctl.ledger import Ledger
 
     return Ledger(settings.store)
+
+
+def complete_run(ctx: click.Context, _param: click.Parameter, incomplete: str
+                 ) -> list[CompletionItem]:
+    """Shell completion of a RUN: the ledger's run ids (newest first) and ``last``.
+
+    The settings come from the global options typed so far, the environment and the config
+    file, as for the command itself. Completion never fails and never prints: anything
+    wrong (no ledger, a bad config file) completes nothing.
+    """
+    from click.shell_completion import CompletionItem
+
+    try:
+        from simctl.config import Settings
+        from simctl.ledger import LAST_RUN, complete_run_ids
+
+        given = dict(ctx.find_root().params)
+        settings = Settings.resolve(given, given.pop("config_file", None))
+        items = [CompletionItem(run_id, help=about)
+                 for run_id, about in complete_run_ids(settings.store, incomplete)]
+        if LAST_RUN.startswith(incomplete):
+            items.append(CompletionItem(LAST_RUN, help="the newest run"))
+        return items
+    except Exception:
+        return []
+
+
+def run_argument(required: bool = True) -> Callable[[F], F]:
+    """The RUN argument (passed as ``run_id``, not yet resolved: see
+    :meth:`simctl.ledger.Ledger.resolve_run`)."""
+    return click.argument("run_id", metavar="RUN", required=required,
+                          shell_complete=complete_run)

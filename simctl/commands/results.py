@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from simctl.cli import pass_settings
-from simctl.commands import open_ledger
-from simctl.commands.status import run_argument
+from simctl.commands import open_ledger, run_argument
 from simctl.config import Settings
 
 

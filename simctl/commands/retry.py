@@ -5,8 +5,13 @@ from __future__ import annotations
 import click
 
 from simctl.cli import pass_settings
-from simctl.commands import INTERRUPTED_EXIT_CODE, exit_with, open_ledger, seconds_option
-from simctl.commands.status import run_argument
+from simctl.commands import (
+    INTERRUPTED_EXIT_CODE,
+    exit_with,
+    open_ledger,
+    run_argument,
+    seconds_option,
+)
 from simctl.config import Settings
 from simctl.errors import TasksFailed
 

@@ -11,11 +11,11 @@ from simctl.cli import pass_settings
 from simctl.commands import (
     DEFAULT_TASKFILE,
     INTERRUPTED_EXIT_CODE,
+    complete_run,
     exit_with,
     open_ledger,
     seconds_option,
 )
-from simctl.commands.status import complete_run
 from simctl.config import Settings
 from simctl.errors import InputError, TasksFailed
 

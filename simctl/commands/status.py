@@ -1,8 +1,4 @@
-"""``simctl status``: workers and runs at a glance, or the tasks of one run.
-
-Also the RUN argument every command naming a run shares: a full id, a unique prefix, or
-``last``, completed from the ledger by the shell.
-"""
+"""``simctl status``: workers and runs at a glance, or the tasks of one run."""
 
 from __future__ import annotations
 
@@ -12,12 +8,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from simctl.cli import pass_settings
-from simctl.commands import open_ledger
+from simctl.commands import open_ledger, run_argument
 from simctl.config import Settings
 from simctl.errors import InputError, SimctlError
 
 if TYPE_CHECKING:
-    from click.shell_completion import CompletionItem
 
     from simctl.ledger import Ledger
 
@@ -25,37 +20,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 TASKS_SHOWN = 20
 """Task rows ``simctl status RUN`` prints by default (``--limit``; JSON has every task)."""
-
-def complete_run(ctx: click.Context, _param: click.Parameter, incomplete: str
-                 ) -> list[CompletionItem]:
-    """Shell completion of a RUN: the ledger's run ids (newest first) and ``last``.
-
-    The settings come from the global options typed so far, the environment and the config
-    file, as for the command itself. Completion never fails and never prints: anything
-    wrong (no ledger, a bad config file) completes nothing.
-    """
-    from click.shell_completion import CompletionItem
-
-    try:
-        from simctl.ledger import LAST_RUN, complete_run_ids
-
-        given = dict(ctx.find_root().params)
-        settings = Settings.resolve(given, given.pop("config_file", None))
-        items = [CompletionItem(run_id, help=about)
-                 for run_id, about in complete_run_ids(settings.store, incomplete)]
-        if LAST_RUN.startswith(incomplete):
-            items.append(CompletionItem(LAST_RUN, help="the newest run"))
-        return items
-    except Exception:
-        return []
-
-
-def run_argument(required: bool = True) -> Callable[[F], F]:
-    """The RUN argument (passed as ``run_id``, not yet resolved: see
-    :meth:`simctl.ledger.Ledger.resolve_run`)."""
-    return click.argument("run_id", metavar="RUN", required=required,
-                          shell_complete=complete_run)
-
 
 def task_states_option(values: tuple[str, ...]) -> list[str] | None:
     """``--state`` values (repeated, or comma lists) as task states; None if none given."""
