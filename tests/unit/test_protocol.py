@@ -104,5 +104,5 @@ def test_broker_addresses(text: str, expected: BrokerAddress) -> None:
 
 @pytest.mark.parametrize("text", ["", "http://h", "h:0", "h:70000", "mqtt://h/x", "a b"])
 def test_bad_broker_addresses(text: str) -> None:
-    with pytest.raises(ValueError, match="broker|the port must be a number from 1 to 65535"):
+    with pytest.raises(ValueError, match=r"broker|the port must be a number from 1 to 65535"):
         BrokerAddress.parse(text)
