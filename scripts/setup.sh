@@ -35,7 +35,7 @@ if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
 extras="."
-(( want_test )) && extras=".[test,deploy,dev]"
+(( want_test )) && extras=".[test,deploy,dev,analysis]"
 echo "==> installing particle-sim into .venv (builds the Cython kernels)"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e "$extras"

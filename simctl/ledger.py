@@ -283,23 +283,70 @@ def complete_run_ids(path: Path, incomplete: str) -> list[tuple[str, str]]:
 class Ledger:
     """One open ledger file. Not shared between threads."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, read_only: bool = False) -> None:
+        """Open (or create) the ledger at ``path``, bringing an older schema up to date.
+
+        ``read_only``: open an existing ledger without ever writing to it (no file or
+        folder created, no migration, no change of journal mode; SQLite opens it with
+        ``mode=ro``). In WAL mode readers never block the dispatcher, nor it them. A
+        missing ledger, or one of another schema version, raises LedgerError saying what
+        to do. Any write raises ``sqlite3.OperationalError``.
+        """
         self.path = Path(path)
+        self.read_only = read_only
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(
-                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
-            )
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            if read_only:
+                self.db = self._connect_read_only()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+                )
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._migrate()
+            if read_only:
+                self._check_schema()
+            else:
+                self._migrate()
             self.ledger_id: str = self.db.execute(
                 "SELECT value FROM meta WHERE key = 'ledger_id'"
             ).fetchone()[0]
             """Made when the ledger is created and kept with it (moving the file keeps it)."""
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"cannot open ledger {self.path}: {e}") from e
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise LedgerError(f"no ledger at {self.path} (simctl creates it with the first run)")
+        return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                               isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+
+    def _check_schema(self) -> None:
+        """A read-only ledger must have this simctl's schema: an older one is not migrated
+        (that is a write), so the error says how to migrate it."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path} has ledger schema {version}, newer than this simctl's "
+                f"{SCHEMA_VERSION}: upgrade simctl (pip install -U particle-sim) to read it"
+            )
+        if version < SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path} has ledger schema {version}, older than this simctl's "
+                f"{SCHEMA_VERSION}, and it is opened read-only: run any simctl command on "
+                f"it once to migrate it (simctl --store {self.path} status)"
+            )
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: every query inside sees the ledger as of its first read,
+        whatever a dispatcher commits meanwhile (WAL: the dispatcher is not blocked)."""
+        self.db.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
 
     def _migrate(self) -> None:
         """Create a new ledger, or bring one of an older schema up to date, in place."""
@@ -771,8 +818,9 @@ class Ledger:
 
     def task_rows(self, run_id: str) -> list[dict[str, Any]]:
         """Every task of a run with its result (if any), in index order; with what computed
-        it (kind version, package and version, worker image) and, for a reused result, the
-        task that computed it."""
+        it (kind version, package and version, worker image), the result's whole
+        ``metadata`` ({} until there is a result) and, for a reused result, the task that
+        computed it."""
         self.run(run_id)
         cols = (
             "t.task_id, t.idx, t.kind, t.params, t.seed, t.state, t.attempt, t.tries, t.lost,"
@@ -833,6 +881,7 @@ class Ledger:
                     "package": meta.get("package"),
                     "package_version": meta.get("package_version"),
                     "image": meta.get("image"),
+                    "metadata": meta,
                 }
             )
         return rows

@@ -1,4 +1,5 @@
-"""``simctl results``: a run's results as a table, CSV or JSON."""
+"""``simctl results``: a run's results, per task or per sweep point, as a table, CSV, JSON or
+Parquet."""
 
 from __future__ import annotations
 
@@ -16,14 +17,19 @@ from simctl.config import Settings
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "csv", "json"]),
+    type=click.Choice(["table", "csv", "json", "parquet"]),
     default="table",
     show_default=True,
-    help="Output format.",
+    help="Output format (parquet: with -o FILE; needs the analysis extra).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--aggregate", "aggregated", is_flag=True,
+              help="One row per sweep point (replicas together): count, mean and standard "
+                   "error of each summary value.")
 @click.option("--observables", is_flag=True,
               help="Include every observable series (with --format json only).")
+@click.option("--metadata", is_flag=True,
+              help="CSV and Parquet: a meta.<name> column per metadata value of the results.")
 @click.option("--kind", "kinds", multiple=True, metavar="KIND",
               help="Only the tasks of this kind (repeatable); a CSV gets only their columns.")
 @click.option("--wide", is_flag=True, help="Table: whole summaries, not cut at 80 characters.")
@@ -39,20 +45,34 @@ def results(
     run_id: str,
     fmt: str,
     as_json: bool,
+    aggregated: bool,
     observables: bool,
+    metadata: bool,
     kinds: tuple[str, ...],
     wide: bool,
     output: Path | None,
 ) -> None:
-    """Results of a run (also while it is in progress).
+    """Results of a run (also while it is in progress), per task or per sweep point.
 
     RUN is a run id, a unique prefix of one, or `last` (the newest run).
     """
+    fmt = "json" if as_json else fmt
+    if fmt == "parquet":
+        from simctl.results import parquet_table, write_parquet
+
+        if output is None:
+            raise click.UsageError("--format parquet writes a binary file: give -o FILE")
+        ledger = open_ledger(settings)
+        table = parquet_table(ledger, ledger.resolve_run(run_id), kinds or None, aggregated,
+                              metadata)
+        write_parquet(table, output)
+        click.echo(f"wrote {output}", err=True)
+        return
     from simctl.results import render
 
     ledger = open_ledger(settings)
-    text = render(ledger, ledger.resolve_run(run_id), "json" if as_json else fmt, observables,
-                  kinds=kinds or None, wide=wide)
+    text = render(ledger, ledger.resolve_run(run_id), fmt, observables, kinds=kinds or None,
+                  wide=wide, aggregated=aggregated, metadata=metadata)
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
     else:
