@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from matplotlib.figure import Figure
 
 from ckernel.params import BUILT_IN
 from simctl.aggregate import aggregate
@@ -23,6 +23,11 @@ from simctl.plots import (
     summary_chart,
 )
 from tests.support.procs import private_env, simctl_command
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+pytest.importorskip("matplotlib", reason="the figures need the analysis extra")
 
 
 def row(task: str, params: dict[str, object], summary: dict[str, float],
