@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from simkind import Field, Kind
+from simkind import Field, Kind, Plot
 from simkind.errors import ParamError
 from simkind.fields import number, triple, yaml_repr
 
@@ -144,6 +144,57 @@ SAMPLES_RULE = (f"For every physical kind, `steps // sample_every + 1` must be a
 """The sampling rule of every physical kind (:func:`_check_samples`) in words."""
 
 
+def _lj_units() -> dict[str, str]:
+    per_atom = {"potential_energy": "epsilon", "kinetic_energy": "epsilon",
+                "total_energy": "epsilon", "temperature": "epsilon / k_B",
+                "pressure": "epsilon / sigma^3"}
+    return {"t": "tau", **per_atom,
+            **{f"{stat}_{name}": unit for name, unit in per_atom.items()
+               for stat in ("mean", "sem")},
+            "box": "sigma", "density": "sigma^-3", "energy_drift": "epsilon / tau",
+            "energy_fluctuation": "epsilon", "max_momentum": "sigma / tau",
+            "energy_tail": "epsilon", "pressure_tail": "epsilon / sigma^3"}
+
+
+def _brownian_units() -> dict[str, str]:
+    return {"t": "time", "msd": "length^2", "x2": "length^2", "temperature": "energy",
+            "diffusion_coefficient": "length^2 / time", "diffusion_expected": "length^2 / time",
+            "mean_x2": "length^2", "sem_x2": "length^2", "x2_expected": "length^2",
+            "mean_temperature": "energy", "sem_temperature": "energy"}
+
+
+# Units of the summaries and observables (the parameters' are their fields'); relative
+# errors and ratios have none.
+UNITS: dict[str, dict[str, str]] = {
+    "lj": _lj_units(),
+    "nbody": {"t": "time", "kinetic_energy": "energy", "potential_energy": "energy",
+              "total_energy": "energy", "angular_momentum": "mass length^2 / time",
+              "energy_initial": "energy", "energy_final": "energy",
+              "angular_momentum_initial": "mass length^2 / time",
+              "max_angular_momentum_change": "mass length^2 / time",
+              "return_distance": "length"},
+    "brownian": _brownian_units(),
+    "sleep": {"t": "s", "seconds": "s"},
+}
+"""Summary and observable name -> unit, per kind (what the plots' axis labels show)."""
+
+PLOTS: dict[str, tuple[Plot, ...]] = {
+    "lj": (Plot(y="mean_total_energy", title="Total energy per atom"),
+           Plot(y="mean_pressure", title="Pressure"),
+           Plot(y="mean_temperature", title="Measured temperature")),
+    "nbody": (Plot(y="max_relative_energy_error", title="Largest relative energy error"),
+              Plot(observable="relative_energy_error", title="Relative energy error")),
+    "brownian": (Plot(observable="msd", title="Mean squared displacement"),
+                 Plot(y="diffusion_coefficient", x="diffusion_expected", diagonal=True,
+                      title="Diffusion coefficient: measured against kT / (m gamma)"),
+                 Plot(y="mean_x2", x="x2_expected", diagonal=True,
+                      title="<x^2> in the trap: measured against kT / k")),
+    "sleep": (),
+}
+"""The default plots of each kind (``simctl plot RUN``); a plot whose values a run lacks
+(``mean_x2`` in a run of free particles) is left out."""
+
+
 def validate(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     """Return ``params`` of built-in ``kind`` with defaults filled in, or raise ParamError
     naming the field (the runtime validates any installed kind through ``simkind``)."""
@@ -257,17 +308,19 @@ def _lj_cost(p: dict[str, Any]) -> float:
 BUILT_IN: dict[str, Kind] = {
     "lj": Kind("lj", "Lennard-Jones molecular dynamics in a periodic cubic box (NVE or "
                "Langevin NVT)", SPECS["lj"], "ckernel.drivers:lj_kind", check=_lj_cross,
-               rules=RULES["lj"], cost=_lj_cost),
+               rules=RULES["lj"], cost=_lj_cost, units=UNITS["lj"], plots=PLOTS["lj"]),
     "nbody": Kind("nbody", "gravitational N-body: a softened Plummer sphere or given bodies, "
                   "leapfrog", SPECS["nbody"], "ckernel.drivers:nbody_kind", check=_nbody_cross,
-                  rules=RULES["nbody"], cost=lambda p: p["n_bodies"] ** 2 * p["steps"] / 2e8),
+                  rules=RULES["nbody"], cost=lambda p: p["n_bodies"] ** 2 * p["steps"] / 2e8,
+                  units=UNITS["nbody"], plots=PLOTS["nbody"]),
     "brownian": Kind("brownian", "Langevin (BAOAB) or overdamped Brownian particles, free or "
                      "in a harmonic trap", SPECS["brownian"], "ckernel.drivers:brownian_kind",
                      check=_brownian_cross, rules=RULES["brownian"],
-                     cost=lambda p: p["n_particles"] * p["steps"] / 5e7),
+                     cost=lambda p: p["n_particles"] * p["steps"] / 5e7,
+                     units=UNITS["brownian"], plots=PLOTS["brownian"]),
     "sleep": Kind("sleep", "diagnostic: wait a given time, maybe fail (runtime tests and "
                   "benchmarks)", SPECS["sleep"], "ckernel.drivers:sleep_kind",
-                  cost=lambda p: p["seconds"]),
+                  cost=lambda p: p["seconds"], units=UNITS["sleep"]),
 }
 """The built-in kinds, by name; their entry points (pyproject.toml) name these objects."""
 

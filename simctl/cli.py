@@ -33,6 +33,7 @@ COMMANDS = {
     "status": "simctl.commands.status.status",
     "monitor": "simctl.commands.monitor.monitor",
     "results": "simctl.commands.results.results",
+    "plot": "simctl.commands.plot.plot",
     "cancel": "simctl.commands.cancel.cancel",
     "retry": "simctl.commands.retry.retry",
     "workers": "simctl.commands.workers.workers",

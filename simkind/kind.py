@@ -24,6 +24,54 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 RUN_TARGET_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
+PLOT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""Plot names (they become part of file names): letters, digits, ``_``, ``.``, ``-``."""
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One default plot of a kind (what ``simctl plot RUN`` draws without axes).
+
+    Either ``y``, a summary value, drawn over the sweep points (the mean of the replicas,
+    their standard error as error bars), or ``observable``, a series drawn against time
+    (every replica, their mean and a band of one standard error). For a ``y`` plot ``x``
+    names a parameter or another summary value (None: the first parameter the run sweeps);
+    for an ``observable`` plot it names another observable (None: ``t``). ``diagonal``
+    draws the line y = x, for a measured value against its expected one. ``name`` is the
+    plot's part of the file name (default: ``y`` or ``observable``).
+    """
+
+    y: str | None = None
+    observable: str | None = None
+    x: str | None = None
+    title: str = ""
+    diagonal: bool = False
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if (self.y is None) == (self.observable is None):
+            problems.append("give exactly one of y (a summary value) and observable")
+        for attr in ("y", "observable", "x"):
+            value = getattr(self, attr)
+            if value is not None and (not isinstance(value, str) or not value):
+                problems.append(f"{attr} {value!r} must be a non-empty name or None")
+        if not isinstance(self.title, str):
+            problems.append(f"title {self.title!r} must be a string")
+        if not isinstance(self.diagonal, bool):
+            problems.append(f"diagonal {self.diagonal!r} must be true or false")
+        if self.diagonal and self.observable is not None:
+            problems.append("diagonal is for y plots only")
+        if not isinstance(self.name, str) or (self.name and not PLOT_NAME_RE.match(self.name)):
+            problems.append(f"name {self.name!r} must match {PLOT_NAME_RE.pattern}")
+        if problems:
+            raise ValueError("malformed plot: " + "; ".join(problems))
+
+    @property
+    def key(self) -> str:
+        """The plot's name: ``name``, else ``y`` or ``observable``."""
+        return self.name or str(self.y or self.observable)
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -37,6 +85,10 @@ class Kind:
     already validated params again, where every field with a value counts as given.
     ``rules`` says those rules in words for the docs. ``cost(params)`` estimates a task's
     relative cost (1.0 is a typical task; used for scheduling).
+
+    ``units`` gives the unit of each summary value and observable by name (the parameters'
+    units are their fields'); ``plots`` are the kind's default plots, drawn by
+    ``simctl plot RUN`` (see :class:`Plot`).
     """
 
     name: str
@@ -47,6 +99,8 @@ class Kind:
     check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
     rules: str = ""
     cost: Callable[[dict[str, Any]], float] | None = None
+    units: Mapping[str, str] = field(default_factory=dict)
+    plots: tuple[Plot, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -63,6 +117,18 @@ class Kind:
                 isinstance(k, str) and isinstance(v, fields.Field)
                 for k, v in self.params.items()):
             problems.append("params must map parameter names to simkind.Field")
+        if not isinstance(self.units, Mapping) or not all(
+                isinstance(k, str) and k and isinstance(v, str)
+                for k, v in self.units.items()):
+            problems.append("units must map summary and observable names to unit strings")
+        if not isinstance(self.plots, tuple) or not all(
+                isinstance(p, Plot) for p in self.plots):
+            problems.append("plots must be a tuple of simkind.Plot")
+        else:
+            keys = [p.key for p in self.plots]
+            if repeated := sorted({k for k in keys if keys.count(k) > 1}):
+                problems.append(f"plots: names repeated ({', '.join(repeated)}); give "
+                                "each plot its own name")
         if problems:
             raise ValueError("malformed kind: " + "; ".join(problems))
 
@@ -72,6 +138,14 @@ class Kind:
         if self.check is not None:
             self.check(out, {k: v for k, v in params.items() if v is not None})
         return out
+
+    def unit(self, name: str) -> str:
+        """The unit of a summary value or observable (``""``: none declared), else of the
+        parameter of that name (a summary may echo a parameter, as ``lj``'s ``box``)."""
+        if name in self.units:
+            return self.units[name]
+        field = self.params.get(name) if isinstance(self.params, Mapping) else None
+        return field.unit if field is not None else ""
 
     def estimate_cost(self, params: dict[str, Any]) -> float:
         """The relative cost of validated ``params`` (1.0 when the kind gives no estimate)."""

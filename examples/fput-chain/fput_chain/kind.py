@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from simkind import Field, Kind, ParamError
+from simkind import Field, Kind, ParamError, Plot
 
 MAX_PARTICLES = 100_000
 """Largest chain; bounds a task's memory (a few arrays of N doubles)."""
@@ -87,6 +87,23 @@ def cost(params: dict[str, Any]) -> float:
     return params["n_particles"] * params["steps"] * (1.0 + projections) / 1e7
 
 
+UNITS = {
+    "t": "time",
+    **{name: "energy" for name in ("kinetic_energy", "potential_energy", "total_energy",
+                                   "energy_mean")},
+    **{f"mode_energy_{q}": "energy" for q in range(1, MAX_MODES_RECORDED + 1)},
+    **{f"omega_{q}": "1/time" for q in range(1, MAX_MODES_RECORDED + 1)},
+}
+"""Units of the summary values and observables (``energy_drift``, ``energy_error_max`` and
+``omega_max_rel_error`` are relative: no unit)."""
+
+PLOTS = (
+    Plot(y="energy_error_max", title="Largest relative energy error"),
+    Plot(observable="mode_energy_1", title="Energy in mode 1 (the FPUT recurrence)"),
+    Plot(observable="total_energy", title="Total energy"),
+)
+"""What ``simctl plot RUN`` draws for a run of chains."""
+
 CHAIN = Kind(
     name="chain",
     description="Fermi-Pasta-Ulam-Tsingou chain on a ring: energies and normal modes",
@@ -95,5 +112,7 @@ CHAIN = Kind(
     check=check,
     rules=RULES,
     cost=cost,
+    units=UNITS,
+    plots=PLOTS,
 )
 """The kind, as the entry point ``chain = "fput_chain.kind:CHAIN"`` names it."""
