@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import matplotlib.image
 import numpy as np
-import pytest
 
 from ckernel.params import BUILT_IN
 from simctl.aggregate import aggregate
@@ -28,8 +28,6 @@ SWEEP: list[dict[str, Any]] = [
 ]
 TOL = 1e-12
 
-matplotlib_image = pytest.importorskip("matplotlib.image",
-                                       reason="the figures need the analysis extra")
 
 
 def close(a: float, b: float) -> bool:
@@ -85,7 +83,7 @@ def test_plots_of_a_real_run(cluster: Cluster, tmp_path: Path) -> None:
     assert [s["label"] for s in plotted["series"]] == ["trap_k = 1.0"]
     assert plotted["series"][0]["y"] == [p.summary["mean_x2"].mean for p in trapped]
     assert plotted["series"][0]["sem"] == [p.summary["mean_x2"].sem for p in trapped]
-    pixels = matplotlib_image.imread(png)
+    pixels = matplotlib.image.imread(png)
     assert pixels.shape[0] >= 480 and pixels.shape[1] >= 640, pixels.shape
     assert len(np.unique(pixels.reshape(-1, pixels.shape[2]), axis=0)) > 1
 

@@ -27,9 +27,6 @@ from tests.support.procs import private_env, simctl_command
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-pytest.importorskip("matplotlib", reason="the figures need the analysis extra")
-
-
 def row(task: str, params: dict[str, object], summary: dict[str, float],
         kind: str = "brownian", state: str = "done") -> dict[str, object]:
     return {"task_id": task, "kind": kind, "params": params, "summary": summary,
