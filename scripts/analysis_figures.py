@@ -1,4 +1,4 @@
-"""Regenerate the pictures of docs/analysis-plots.md: the example sweep's default plots.
+"""Regenerate the pictures of docs/analysis.md: the example sweep's default plots.
 
 Runs the example sweep (``configs/tasks.yaml``, about a minute) on a private local cluster
 (``simctl local up`` with its own ``SIMCTL_LOCAL_DIR`` and XDG folders in a temporary
