@@ -48,16 +48,23 @@ def run(kind: str, params: dict[str, Any], seed: int,
     params = validate(kind, params)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ParamError(f"seed = {seed!r}: must be a non-negative int")
+    record, name = _run_validated(kind, params, seed, progress, backend)
+    return record, name, params
+
+
+def _run_validated(kind: str, params: dict[str, Any], seed: int,
+                   progress: Callable[[float], None] | None, backend: str) -> tuple[Run, str]:
     name, kernels = _backend.select(backend)
     if kind == "sleep":
-        return _sleep(params, progress), "python", params
-    return _DRIVERS[kind](params, seed, progress, kernels), name, params
+        return _sleep(params, progress), "python"
+    return _DRIVERS[kind](params, seed, progress, kernels), name
 
 
 def _output(kind: str, params: dict[str, Any], seed: int, context: simkind.Context,
             backend: str = "auto") -> simkind.Output:
+    # simkind.execute has validated the params and the seed: not again, per task.
     started = time.perf_counter()
-    record, backend_used, _ = run(kind, params, seed, context.progress, backend)
+    record, backend_used = _run_validated(kind, params, seed, context.progress, backend)
     elapsed = time.perf_counter() - started
     return simkind.Output(record.observables, record.summary, {
         "numpy_version": np.__version__,
