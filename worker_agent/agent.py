@@ -162,6 +162,7 @@ class Agent:
         self.topics = config.topics
         self.session = uuid.uuid4().hex
         self.version = package_version()
+        self.image = os.environ.get(IMAGE_ENV, "")
         self.kinds = simkind.installed()
         for error in self.kinds.errors:
             log.warning("%s", error)
@@ -271,7 +272,7 @@ class Agent:
         if due is not None:
             timeout = min(timeout, max(0.0, due - now))
         events = [key.data for key, _ in self._selector.select(timeout)]
-        self._ready = {tag for kind, tag in events if kind == "fd"}
+        self._ready = {tag for kind, tag in events if kind == "fd"} if events else set()
         for outcome in self.pool.handle(events):
             self._finish(outcome.job, outcome.state, outcome.started_at, outcome.finished_at,
                          payload=outcome.payload, error=outcome.error,
@@ -578,8 +579,8 @@ class Agent:
         """The one way every task ends: build the result, keep it until acked, send it."""
         a = job.assignment
         payload = payload or {}
-        if image := os.environ.get(IMAGE_ENV):
-            payload = {**payload, "metadata": {**payload.get("metadata", {}), "image": image}}
+        if self.image:
+            payload = {**payload, "metadata": {**payload.get("metadata", {}), "image": self.image}}
 
         def result(state: ResultState, error: str | None, retryable: bool,
                    body: dict[str, Any]) -> Result:
@@ -638,7 +639,7 @@ class Agent:
             http_port=self.http.port if self.http is not None else None,
             heartbeat_s=self.config.heartbeat_s,
             kinds=self.kinds.versions(),
-            image=os.environ.get(IMAGE_ENV, ""),
+            image=self.image,
         )
 
     def _set_state(self, state: WorkerState) -> None:

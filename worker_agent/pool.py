@@ -235,7 +235,10 @@ class ChildPool:
         """Act on the selector's events of the children (others are ignored): messages and
         deaths. Returns the jobs that ended (finished, failed, or lost with their child)."""
         events = [event for event in events if isinstance(event[0], Slot)]
-        events.sort(key=lambda event: event[1] == "exit")  # a last message precedes the death
+        if not events:
+            return []
+        if len(events) > 1:
+            events.sort(key=lambda event: event[1] == "exit")  # a last message precedes death
         outcomes: list[Outcome] = []
         for slot, what in events:
             if what == "message":
