@@ -7,7 +7,9 @@ run each, no memory run; as ``python -m benchmarks.dispatch`` in a checkout whos
 (another checkout, for example a ``git worktree`` of the parent commit, with its own
 ``.venv``), alternating, ``--rounds`` times, and prints each figure and the ratio of the
 medians (this / base) of the target's measure: tasks per second from the run submitted to
-the last result stored.
+the last result stored. Beside it, the CPU time of each run's whole process tree (broker,
+agents, their task processes, simctl; interpreter start-ups included) per task: on a shared
+machine it moves less with the neighbours' load than the throughput does.
 
     git worktree add /tmp/base HEAD~1 && (cd /tmp/base && python3 -m venv .venv \\
         && .venv/bin/pip install -e '.[test]')
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,8 +45,16 @@ def dispatch_command(checkout: Path) -> list[str]:
     return [python_of(checkout), "benchmarks/dispatch.py"]
 
 
-def one_run(checkout: Path, tasks: int) -> float:
-    """Tasks per second, run submitted to last result stored, of one dispatch.py run."""
+def tree_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished descendants so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_run(checkout: Path, tasks: int) -> tuple[float, float]:
+    """Tasks per second (run submitted to last result stored) of one dispatch.py run, and
+    the CPU milliseconds its process tree spent per task."""
+    cpu_before = tree_cpu_s()
     done = subprocess.run(
         [*dispatch_command(checkout), "--tasks", str(tasks), "--repeat", "1",
          "--big-tasks", "0", "--json"],
@@ -51,8 +62,9 @@ def one_run(checkout: Path, tasks: int) -> float:
     )
     if done.returncode != 0:
         raise SystemExit(f"dispatch.py failed in {checkout}:\n{done.stderr[-3000:]}")
+    cpu_ms = (tree_cpu_s() - cpu_before) * 1000 / tasks
     summary = json.loads(done.stdout)["small"]["summary"]
-    return tasks / (summary["finished_at"] - summary["created_at"])
+    return tasks / (summary["finished_at"] - summary["created_at"]), cpu_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,23 +77,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.tasks < 1:
         parser.error("--rounds and --tasks must be >= 1")
     rates: dict[str, list[float]] = {"this": [], "base": []}
+    cpu: dict[str, list[float]] = {"this": [], "base": []}
     for round_number in range(args.rounds):
         # Alternate which goes first, so a trend in the machine's load favours neither.
         order = ("this", "base") if round_number % 2 == 0 else ("base", "this")
         for side in order:
-            rates[side].append(one_run(HERE if side == "this" else args.base, args.tasks))
-            print(f"round {round_number + 1} {side}: {rates[side][-1]:.0f} tasks/s",
-                  file=sys.stderr)
+            rate, cpu_ms = one_run(HERE if side == "this" else args.base, args.tasks)
+            rates[side].append(rate)
+            cpu[side].append(cpu_ms)
+            print(f"round {round_number + 1} {side}: {rate:.0f} tasks/s, {cpu_ms:.2f} ms CPU"
+                  " per task", file=sys.stderr)
     medians = {side: statistics.median(values) for side, values in rates.items()}
     ratio = medians["this"] / medians["base"]
+    cpu_medians = {side: statistics.median(values) for side, values in cpu.items()}
+    cpu_ratio = cpu_medians["this"] / cpu_medians["base"]
     if args.json:
-        print(json.dumps({"rates": rates, "medians": medians, "ratio": ratio}, indent=2))
+        print(json.dumps({"rates": rates, "medians": medians, "ratio": ratio,
+                          "cpu_ms_per_task": cpu, "cpu_medians": cpu_medians,
+                          "cpu_ratio": cpu_ratio}, indent=2))
         return 0
     print(tabulate([[side, *(f"{v:.0f}" for v in values), f"{medians[side]:.0f}"]
                     for side, values in rates.items()],
                    headers=["checkout", *(f"run {i + 1}" for i in range(args.rounds)),
                             "median"]))
     print(f"\nthis / base (medians, tasks/s submitted -> last stored): {ratio:.3f}")
+    print(f"CPU per task, median: this {cpu_medians['this']:.2f} ms, base "
+          f"{cpu_medians['base']:.2f} ms (this / base {cpu_ratio:.3f}; lower is better)")
     return 0
 
 
