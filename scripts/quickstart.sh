@@ -32,8 +32,9 @@ echo "==> results of run $run_id"
 printf '%s' "$summary" | .venv/bin/python -c '
 import json, sys
 s = json.load(sys.stdin)
-print("\nrun {run_id}: {state}, {done}/{tasks} done, {failed} failed, {duplicates} duplicates, "
-      "{elapsed_s:.1f} s".format(**s))'
+reused = " ({reused} reused from an earlier run: --no-reuse runs them)" if s["reused"] else ""
+print(("\nrun {run_id}: {state}, {done}/{tasks} done" + reused
+       + ", {failed} failed, {duplicates} duplicates, {elapsed_s:.1f} s").format(**s))'
 
 # The hints as command/description pairs, the descriptions aligned in one column however long
 # the run id (and so the results command) is.

@@ -49,6 +49,9 @@ class TaskState(str, Enum):
     CANCELLED = "cancelled"
 
 
+REUSED = "reused"
+"""The key of :attr:`RunInfo.counts` counting done tasks whose result was reused."""
+
 FINISHED = (TaskState.DONE.value, TaskState.FAILED.value, TaskState.CANCELLED.value)
 """Task states that never change again."""
 
@@ -198,6 +201,11 @@ class RunInfo:
         return self.counts.get(TaskState.FAILED.value, 0)
 
     @property
+    def reused(self) -> int:
+        """Done tasks whose result was computed by an earlier run (not run again)."""
+        return self.counts.get(REUSED, 0)
+
+    @property
     def cancelled(self) -> int:
         return self.counts.get(TaskState.CANCELLED.value, 0)
 
@@ -220,6 +228,7 @@ class RunInfo:
             "state": self.state,
             "tasks": self.total,
             "done": self.done,
+            "reused": self.reused,
             "failed": self.failed,
             "cancelled": self.cancelled,
             "running": self.running,
@@ -478,14 +487,18 @@ class Ledger:
         )
 
     def _counts(self, run_id: str | None = None) -> dict[str, dict[str, int]]:
-        sql = "SELECT run_id, state, count(*) FROM tasks"
+        """Tasks per run by state, and under ``reused`` those whose result was reused."""
+        sql = "SELECT run_id, state, reused_from IS NOT NULL, count(*) FROM tasks"
         args: tuple[Any, ...] = ()
         if run_id is not None:
             sql += " WHERE run_id = ?"
             args = (run_id,)
         counts: dict[str, dict[str, int]] = {}
-        for rid, state, n in self.db.execute(sql + " GROUP BY run_id, state", args):
-            counts.setdefault(rid, {})[state] = n
+        for rid, state, reused, n in self.db.execute(sql + " GROUP BY run_id, state, 3", args):
+            run = counts.setdefault(rid, {})
+            run[state] = run.get(state, 0) + n
+            if reused:
+                run[REUSED] = run.get(REUSED, 0) + n
         return counts
 
     def _run_info(self, row: tuple[Any, ...], counts: dict[str, int]) -> RunInfo:

@@ -331,9 +331,10 @@ def run_summary(ledger: Ledger, info: RunInfo) -> str:
             ["kind", "tasks", "done", "failed", "cancelled", "mean elapsed_s"],
         ),
         "",
-        f"run {info.run_id} ({info.name}): {info.state}, {info.done}/{info.total} done, "
-        f"{info.failed} failed, {info.cancelled} cancelled, {info.duplicates} duplicates, "
-        f"{duration(info.elapsed_s)}",
+        f"run {info.run_id} ({info.name}): {info.state}, {info.done}/{info.total} done"
+        + (f" ({info.reused} reused)" if info.reused else "")
+        + f", {info.failed} failed, {info.cancelled} cancelled, {info.duplicates} duplicates,"
+        f" {duration(info.elapsed_s)}",
     ]
     failed = [r for r in rows if r["state"] in (TaskState.FAILED.value, TaskState.CANCELLED.value)]
     lines += [f"  {r['task_id']} {r['state']}: {r['error']}" for r in failed[:FAILURES_SHOWN]]

@@ -110,7 +110,7 @@ def test_a_plugin_on_one_worker_runs_only_there_and_tasks_wait_for_it(cluster: C
 
     # The same file again: nothing runs, every result is reused; two new points run alone.
     again = cluster.simctl_json("run", str(first), "--json", "-q")
-    assert (again["done"], again["tasks"]) == (5, 5)
+    assert (again["done"], again["reused"], again["tasks"]) == (5, 5, 5)
     reused = json.loads(cluster.simctl("results", again["run_id"], "--format",
                                        "json").stdout)["tasks"]
     assert {t["reused_from"] for t in reused} == {t["task_id"] for t in tasks}
@@ -123,7 +123,7 @@ def test_a_plugin_on_one_worker_runs_only_there_and_tasks_wait_for_it(cluster: C
     fresh = cluster.simctl_json("run", str(first), "--no-reuse", "--json", "-q")
     rows = json.loads(cluster.simctl("results", fresh["run_id"], "--format",
                                      "json").stdout)["tasks"]
-    assert not any(t["reused_from"] for t in rows) and fresh["done"] == 5
+    assert not any(t["reused_from"] for t in rows) and (fresh["done"], fresh["reused"]) == (5, 0)
 
 
 def test_after_an_upgrade_pending_tasks_wait_for_their_version_until_revalidated(
