@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
     from simctl.config import Settings
-    from simctl.ledger import Ledger
+    from simctl.dispatcher import Dispatcher, DispatcherLock
+    from simctl.ledger import Ledger, RunInfo
 
 DEFAULT_TASKFILE = Path("configs/tasks.yaml")
 """The task file ``simctl run`` and ``simctl validate`` use when none is named."""
@@ -57,6 +58,58 @@ def open_ledger(settings: Settings) -> Ledger:
     from simctl.ledger import Ledger
 
     return Ledger(settings.store)
+
+
+def detach_run(settings: Settings, ledger: Ledger, run_id: str, as_json: bool,
+               extra: dict[str, Any]) -> None:
+    """Hand a stored run to a background dispatcher and say how to follow it (or print
+    the run's JSON with ``extra`` and ``"detached": true``)."""
+    from simctl import runner
+    from simctl.display import emit_json
+
+    runner.spawn_background_dispatcher(settings, run_id)
+    if as_json:
+        emit_json({**ledger.run(run_id).to_json(), **extra, "detached": True})
+        return
+    click.echo(run_id)
+    click.echo(f"dispatching in the background; follow with `simctl status {run_id}` "
+               f"or `simctl run --resume {run_id}`", err=True)
+
+
+def follow_run(settings: Settings, ledger: Ledger, run_id: str, *, timeout: float | None,
+               quiet: bool, held: tuple[DispatcherLock, Dispatcher] | None = None) -> RunInfo:
+    """Dispatch or follow a run to its end with a progress bar; on Ctrl-C say how to go
+    on (the run stays in the ledger) and exit 130."""
+    from simctl import runner
+    from simctl.display import ProgressBar
+
+    bar = ProgressBar(enabled=not quiet)
+    try:
+        return runner.follow(settings, ledger, run_id, timeout=timeout, on_update=bar.update,
+                             held=held)
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo(f"\ninterrupted: run {run_id} is kept in the ledger; continue it with "
+                   f"`simctl run --resume {run_id}` or stop it with `simctl cancel {run_id}`",
+                   err=True)
+        exit_with(INTERRUPTED_EXIT_CODE)
+    finally:
+        bar.close()
+
+
+def report_run(ledger: Ledger, info: RunInfo, as_json: bool, extra: dict[str, Any]) -> None:
+    """A finished run's JSON (with ``extra``) or its summary; exit 1 unless every task
+    is done."""
+    from simctl.display import emit_json
+    from simctl.errors import TasksFailed
+    from simctl.results import run_summary
+
+    if as_json:
+        emit_json({**info.to_json(), **extra})
+    else:
+        click.echo(run_summary(ledger, info))
+    if info.state != "done":
+        exit_with(TasksFailed.exit_code)
 
 
 def complete_run(ctx: click.Context, _param: click.Parameter, incomplete: str

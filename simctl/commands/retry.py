@@ -6,14 +6,14 @@ import click
 
 from simctl.cli import pass_settings
 from simctl.commands import (
-    INTERRUPTED_EXIT_CODE,
-    exit_with,
+    detach_run,
+    follow_run,
     open_ledger,
+    report_run,
     run_argument,
     seconds_option,
 )
 from simctl.config import Settings
-from simctl.errors import TasksFailed
 
 
 @click.command()
@@ -49,8 +49,7 @@ def retry(
     RUN is a run id, a unique prefix of one, or `last` (the newest run).
     """
     from simctl import runner
-    from simctl.display import ProgressBar, emit_json
-    from simctl.results import run_summary
+    from simctl.display import emit_json
 
     ledger = open_ledger(settings)
     run_id = ledger.resolve_run(run_id)
@@ -66,28 +65,7 @@ def retry(
     if not as_json:
         click.echo(f"run {run_id}: {retried} {what} tasks pending again", err=True)
     if detach:
-        runner.spawn_background_dispatcher(settings, run_id)
-        if as_json:
-            emit_json({**ledger.run(run_id).to_json(), "retried": retried, "detached": True})
-        else:
-            click.echo(run_id)
-            click.echo(f"dispatching in the background; follow with `simctl status {run_id}` "
-                       f"or `simctl run --resume {run_id}`", err=True)
+        detach_run(settings, ledger, run_id, as_json, {"retried": retried})
         return
-    bar = ProgressBar(enabled=not quiet)
-    try:
-        info = runner.follow(settings, ledger, run_id, timeout=timeout, on_update=bar.update)
-    except KeyboardInterrupt:
-        bar.close()
-        click.echo(f"\ninterrupted: run {run_id} is kept in the ledger; continue it with "
-                   f"`simctl run --resume {run_id}` or stop it with `simctl cancel {run_id}`",
-                   err=True)
-        exit_with(INTERRUPTED_EXIT_CODE)
-    finally:
-        bar.close()
-    if as_json:
-        emit_json({**info.to_json(), "retried": retried})
-    else:
-        click.echo(run_summary(ledger, info))
-    if info.state != "done":
-        exit_with(TasksFailed.exit_code)
+    info = follow_run(settings, ledger, run_id, timeout=timeout, quiet=quiet)
+    report_run(ledger, info, as_json, {"retried": retried})

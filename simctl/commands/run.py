@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from simctl.cli import pass_settings
 from simctl.commands import (
     DEFAULT_TASKFILE,
-    INTERRUPTED_EXIT_CODE,
     complete_run,
-    exit_with,
+    detach_run,
+    follow_run,
     open_ledger,
+    report_run,
     seconds_option,
 )
 from simctl.config import Settings
-from simctl.errors import InputError, TasksFailed
+from simctl.errors import InputError
 
 if TYPE_CHECKING:
-    from simctl.ledger import Ledger, RunInfo
+    from simctl.ledger import Ledger
 
 
 @click.command()
@@ -75,7 +76,6 @@ def run(
     """
     from simctl import runner
     from simctl import taskfile as tf_mod
-    from simctl.display import ProgressBar
 
     if resume and taskfile:
         raise InputError("give either a task file or --resume RUN_ID, not both")
@@ -101,44 +101,19 @@ def run(
         run_id, held = runner.submit(settings, conn, ledger, tf, dispatch_here=not detach,
                                      reuse=not no_reuse)
         if not as_json:
-            reused = ledger.run(run_id).done
+            reused = ledger.run(run_id).reused
             click.echo(
                 f"run {run_id}: {tf_mod.count_of(len(tf.tasks), 'task')} from {tf.path} "
                 f"(ledger {settings.store})"
                 + (f"; {reused} done before, reused (--no-reuse to run them)" if reused else ""),
                 err=True,
             )
+    extra = {"store": str(settings.store)}
     if detach:
-        runner.spawn_background_dispatcher(settings, run_id)
-        info = ledger.run(run_id)
-        if as_json:
-            from simctl.display import emit_json
-
-            emit_json({**_run_json(info, settings), "detached": True})
-        else:
-            click.echo(run_id)
-            click.echo(
-                f"dispatching in the background; follow with `simctl status {run_id}` "
-                f"or `simctl run --resume {run_id}`",
-                err=True,
-            )
+        detach_run(settings, ledger, run_id, as_json, extra)
         return
-    bar = ProgressBar(enabled=not quiet)
-    try:
-        info = runner.follow(
-            settings, ledger, run_id, timeout=timeout, on_update=bar.update, held=held
-        )
-    except KeyboardInterrupt:
-        bar.close()
-        click.echo(
-            f"\ninterrupted: run {run_id} is kept in the ledger; continue it with "
-            f"`simctl run --resume {run_id}` or stop it with `simctl cancel {run_id}`",
-            err=True,
-        )
-        exit_with(INTERRUPTED_EXIT_CODE)
-    finally:
-        bar.close()
-    _report_run(settings, ledger, info, as_json)
+    info = follow_run(settings, ledger, run_id, timeout=timeout, quiet=quiet, held=held)
+    report_run(ledger, info, as_json, extra)
 
 
 def _check_versions(ledger: Ledger, run_id: str, revalidate: bool, quiet: bool) -> None:
@@ -158,19 +133,3 @@ def _check_versions(ledger: Ledger, run_id: str, revalidate: bool, quiet: bool) 
         click.echo(f"warning: run {run_id}: {n} pending tasks were validated with {kind} "
                    f"{old}, installed here is {new}: they run only on workers with {kind} "
                    f"{old} (--revalidate to run them with {new})", err=True)
-
-
-def _run_json(info: RunInfo, settings: Settings) -> dict[str, Any]:
-    return {**info.to_json(), "store": str(settings.store)}
-
-
-def _report_run(settings: Settings, ledger: Ledger, info: RunInfo, as_json: bool) -> None:
-    from simctl.display import emit_json
-    from simctl.results import run_summary
-
-    if as_json:
-        emit_json(_run_json(info, settings))
-    else:
-        click.echo(run_summary(ledger, info))
-    if info.state != "done":
-        exit_with(TasksFailed.exit_code)
