@@ -153,6 +153,7 @@ ALTER TABLE tasks ADD COLUMN kind_version TEXT;
 ALTER TABLE tasks ADD COLUMN reuse_key TEXT;
 ALTER TABLE tasks ADD COLUMN reused_from TEXT;
 CREATE INDEX tasks_reuse ON tasks(reuse_key) WHERE reuse_key IS NOT NULL;
+CREATE INDEX tasks_reused ON tasks(run_id) WHERE reused_from IS NOT NULL;
 """,
 }
 """Version -> the statements that turn a ledger of the version before into this one.
@@ -487,18 +488,21 @@ class Ledger:
         )
 
     def _counts(self, run_id: str | None = None) -> dict[str, dict[str, int]]:
-        """Tasks per run by state, and under ``reused`` those whose result was reused."""
-        sql = "SELECT run_id, state, reused_from IS NOT NULL, count(*) FROM tasks"
-        args: tuple[Any, ...] = ()
-        if run_id is not None:
-            sql += " WHERE run_id = ?"
-            args = (run_id,)
+        """Tasks per run by state, and under ``reused`` those whose result was reused.
+
+        Both counts read indexes only (tasks_run_state, and tasks_reused holding just the
+        reused tasks): followers poll this several times a second on large runs."""
+        where, args = (" WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
         counts: dict[str, dict[str, int]] = {}
-        for rid, state, reused, n in self.db.execute(sql + " GROUP BY run_id, state, 3", args):
-            run = counts.setdefault(rid, {})
-            run[state] = run.get(state, 0) + n
-            if reused:
-                run[REUSED] = run.get(REUSED, 0) + n
+        for rid, state, n in self.db.execute(
+                f"SELECT run_id, state, count(*) FROM tasks{where} GROUP BY run_id, state",
+                args):
+            counts.setdefault(rid, {})[state] = n
+        reused_where = f"{where} AND" if where else " WHERE"
+        for rid, n in self.db.execute(
+                f"SELECT run_id, count(*) FROM tasks{reused_where} reused_from IS NOT NULL"
+                " GROUP BY run_id", args):
+            counts.setdefault(rid, {})[REUSED] = n
         return counts
 
     def _run_info(self, row: tuple[Any, ...], counts: dict[str, int]) -> RunInfo:
