@@ -53,7 +53,7 @@ REPO = IMAGES.parent
 # What a plugin's source folder holds is decided in one place, shared with `simctl local
 # install`; that module needs only the standard library, so nothing must be installed yet.
 sys.path.insert(0, str(REPO))
-from simctl.sources import content_hash, folder_files  # noqa: E402
+from simctl.sources import PINNED_REQUIREMENT, content_hash, folder_files  # noqa: E402
 
 WHEELHOUSE_ROOT = IMAGES / "wheelhouse"
 DIST = IMAGES / "dist"
@@ -117,8 +117,7 @@ class Extra:
         if spec.endswith(".whl") or "/" in spec or spec.startswith("."):
             raise BuildError(f"extra package {spec!r}: no such folder or wheel (relative paths "
                              f"are taken from {REPO})")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._, -]+\])?"
-                            r"\s*==\s*[A-Za-z0-9.+!_-]+", spec):
+        if not PINNED_REQUIREMENT.fullmatch(spec):
             raise BuildError(f"extra package {spec!r}: not a folder, a .whl file, or a pinned "
                              "requirement name==version (pin it: the tag is a hash of the "
                              "inputs)")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -37,7 +36,7 @@ from typing import Any
 from simctl.background import spawn_detached
 from simctl.errors import InputError, LocalClusterError
 from simctl.local_broker import LocalBroker, dynsec_control, free_port, port_open
-from simctl.sources import content_hash, folder_files
+from simctl.sources import PINNED_REQUIREMENT, content_hash, folder_files
 
 WORKER_READY_TIMEOUT_S = 30.0
 """How long ``local up`` waits for the started agents to report online."""
@@ -51,8 +50,6 @@ PASSWORD_BYTES = 24
 PLUGIN_RECORD = Path(sys.prefix) / "share" / "particle-sim" / "installed-plugins.json"
 """What :func:`install_plugins` installed into this environment: source -> content hash."""
 
-PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([A-Za-z0-9.+!_-]+)")
-"""A pinned requirement ``name==version`` (what ``local install`` accepts besides paths)."""
 
 
 @dataclass(frozen=True)
@@ -109,11 +106,11 @@ def _install_one(source: str, record: dict[str, str], paths_only: bool) -> Plugi
             _pip(source, "install", str(path))
         record[str(path)] = fingerprint
         return PluginInstall(source, name, version, installed=True)
-    pin = PIN.fullmatch(source.strip())
+    pin = PINNED_REQUIREMENT.fullmatch(source.strip())
     if paths_only or pin is None:
         raise InputError(f"plugin {source!r}: no such folder or .whl file"
                          + ("" if paths_only else " (nor a pinned requirement name==version)"))
-    name, version = pin[1], pin[3]
+    name, version = pin["name"], pin["version"]
     if _installed_version(name) == version:
         return PluginInstall(source, name, version, installed=False)
     _pip(source, "install", "--no-build-isolation", source.strip())

@@ -1,12 +1,20 @@
-"""What a plugin's source folder consists of, and a hash of it. Standard library only:
-``images/build.py`` imports it from the repository before anything is installed."""
+"""What a plugin's source folder consists of, a hash of it, and what a pinned requirement
+looks like. Standard library only: ``images/build.py`` imports it from the repository
+before anything is installed."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 from pathlib import Path
+
+PINNED_REQUIREMENT = re.compile(
+    r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?P<extras>\[[A-Za-z0-9._, -]+\])?"
+    r"\s*==\s*(?P<version>[A-Za-z0-9.+!_-]+)")
+"""A pinned requirement ``name[extras]==version``: the only kind of package name an image
+build or ``simctl local install`` accepts besides paths (the tag hashes its inputs)."""
 
 BUILD_OUTPUTS = frozenset({"build", "dist", "__pycache__", ".git", ".venv", ".eggs",
                            ".pytest_cache", ".mypy_cache", ".ruff_cache", ".tox"})
