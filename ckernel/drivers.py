@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,8 +24,25 @@ from ckernel.params import BUILT_IN, validate
 _DRIVERS = {"lj": lj.run, "nbody": nbody.run, "brownian": brownian.run}
 
 
-def _sleep(params: dict[str, Any], progress: Callable[[float], None] | None) -> Run:
-    """The diagnostic kind: wait ``seconds`` in slices (reporting progress), maybe fail."""
+SLEEP_ARTIFACT = "data.bin"
+"""The file the sleep kind writes with ``artifact_bytes``."""
+
+SLEEP_BLOCK_BYTES = 1 << 20
+"""The sleep kind's file is made and written in blocks of this size."""
+
+
+def sleep_artifact_bytes(seed: int, size: int) -> Iterator[bytes]:
+    """The bytes of the sleep kind's ``data.bin``, in blocks: pseudo-random from the seed
+    (incompressible, like a trajectory; the same for the same seed and size)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, size, SLEEP_BLOCK_BYTES):
+        yield rng.bytes(min(SLEEP_BLOCK_BYTES, size - start))
+
+
+def _sleep(params: dict[str, Any], seed: int, progress: Callable[[float], None] | None,
+           context: simkind.Context | None) -> Run:
+    """The diagnostic kind: wait ``seconds`` in slices (reporting progress), maybe fail,
+    maybe write ``artifact_bytes`` of ``data.bin``."""
     seconds = params["seconds"]
     slices = PROGRESS_CALLS if seconds > 0.0 else 1
     started = time.monotonic()
@@ -37,6 +54,10 @@ def _sleep(params: dict[str, Any], progress: Callable[[float], None] | None) -> 
             progress(i / slices)
     if params["fail"]:
         raise SimulationError("sleep: failed on purpose (fail: true)")
+    if params["artifact_bytes"] and context is not None and context.wants_artifacts:
+        with context.artifact(SLEEP_ARTIFACT).open("wb") as f:
+            for block in sleep_artifact_bytes(seed, params["artifact_bytes"]):
+                f.write(block)
     return Run({"t": [0.0, seconds]}, {"seconds": seconds}, {}, atom_steps=0)
 
 
@@ -53,10 +74,11 @@ def run(kind: str, params: dict[str, Any], seed: int,
 
 
 def _run_validated(kind: str, params: dict[str, Any], seed: int,
-                   progress: Callable[[float], None] | None, backend: str) -> tuple[Run, str]:
+                   progress: Callable[[float], None] | None, backend: str,
+                   context: simkind.Context | None = None) -> tuple[Run, str]:
     name, kernels = _backend.select(backend)
     if kind == "sleep":
-        return _sleep(params, progress), "python"
+        return _sleep(params, seed, progress, context), "python"
     return _DRIVERS[kind](params, seed, progress, kernels), name
 
 
@@ -64,7 +86,8 @@ def _output(kind: str, params: dict[str, Any], seed: int, context: simkind.Conte
             backend: str = "auto") -> simkind.Output:
     # simkind.execute has validated the params and the seed: not again, per task.
     started = time.perf_counter()
-    record, backend_used = _run_validated(kind, params, seed, context.progress, backend)
+    record, backend_used = _run_validated(kind, params, seed, context.progress, backend,
+                                          context)
     elapsed = time.perf_counter() - started
     return simkind.Output(record.observables, record.summary, {
         "numpy_version": np.__version__,

@@ -37,6 +37,8 @@ MAX_SAMPLES = 10_001
 """Most samples per observable (steps // sample_every + 1); bounds the result payload."""
 MAX_SLEEP_SECONDS = 86_400.0
 """Longest diagnostic sleep."""
+MAX_SLEEP_ARTIFACT_BYTES = 16 << 30
+"""Largest diagnostic file the sleep kind writes (transfer tests and benchmarks)."""
 MAX_NEIGHBOUR_PAIRS = 50_000_000
 """Largest expected Lennard-Jones neighbour list, N/2 * rho * 4/3 pi (rc + skin)^3 (200 MB)."""
 MAX_DENSITY = 1.5
@@ -117,6 +119,9 @@ SPECS: dict[str, dict[str, Field]] = {
     "sleep": {
         "seconds": Field("float", 0.0, "how long to wait", 0.0, MAX_SLEEP_SECONDS, unit="s"),
         "fail": Field("bool", False, "raise SimulationError after waiting"),
+        "artifact_bytes": Field("int", 0, "write an artifact data.bin of this many bytes, "
+                                "made from the seed (0: none)", 0, MAX_SLEEP_ARTIFACT_BYTES,
+                                unit="bytes"),
     },
 }
 """Parameter tables per kind: the single source for defaults, ranges and docs."""

@@ -71,11 +71,15 @@ ADMIN_CLIENT_ID = "simctl-local-admin"
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 """Where dynsec takes commands; it answers on ``CONTROL_TOPIC + '/response'``."""
 
-WORKER_SENDS = frozenset({Channel.STATUS, Channel.HEARTBEAT, Channel.RESULT, Channel.EVENT})
-"""The per-worker channels a worker publishes on (its status is also its Last Will)."""
+WORKER_SENDS = frozenset({Channel.STATUS, Channel.HEARTBEAT, Channel.RESULT, Channel.EVENT,
+                          Channel.CHUNK, Channel.FETCH})
+"""The per-worker channels a worker publishes on (its status is also its Last Will; chunks
+of its own artifacts only, and requests for its own inputs)."""
 
-WORKER_RECEIVES = frozenset({Channel.ASSIGN, Channel.CONTROL, Channel.STATUS})
-"""The per-worker channels a worker subscribes to (its status: to see a newer agent)."""
+WORKER_RECEIVES = frozenset({Channel.ASSIGN, Channel.CONTROL, Channel.STATUS, Channel.PULL,
+                             Channel.DOWNLOAD})
+"""The per-worker channels a worker subscribes to (its status: to see a newer agent; the
+requests for its artifacts and the chunks of its inputs)."""
 
 _UNPLACED = set(Channel) - WORKER_SENDS - WORKER_RECEIVES
 if _UNPLACED:  # a new channel must be placed in one of the two sets

@@ -11,10 +11,12 @@ extension is installed. See ``docs/writing-a-kind.md``.
 from __future__ import annotations
 
 from simkind.errors import KindError, KindLoadError, ParamError, SimulationError, UnknownKind
+from simkind.extxyz import FINAL_CONFIGURATION, INIT_INPUT, TRAJECTORY, Frame
 from simkind.fields import Field
 from simkind.kind import Context, Kind, Output, Plot
 from simkind.registry import GROUP, LoadedKind, Registry, discover, execute, installed
 
-__all__ = ["GROUP", "Context", "Field", "Kind", "KindError", "KindLoadError", "LoadedKind",
+__all__ = ["FINAL_CONFIGURATION", "GROUP", "INIT_INPUT", "TRAJECTORY", "Context", "Field",
+           "Frame", "Kind", "KindError", "KindLoadError", "LoadedKind",
            "Output", "ParamError", "Plot", "Registry", "SimulationError", "UnknownKind",
            "discover", "execute", "installed"]

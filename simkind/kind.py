@@ -13,10 +13,12 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from simkind import fields
 from simkind.errors import ParamError
+from simkind.extxyz import Frame, read_last_header
 from simkind.fields import Spec
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -89,6 +91,12 @@ class Kind:
     ``units`` gives the unit of each summary value and observable by name (the parameters'
     units are their fields'); ``plots`` are the kind's default plots, drawn by
     ``simctl plot RUN`` (see :class:`Plot`).
+
+    ``init(params, frame)``, when given, says the kind can start from a configuration (a
+    task's ``init``: an extended XYZ file, or another task's ``final.xyz``): it checks that
+    the configuration's last frame (:class:`simkind.extxyz.Frame`, its header) fits the
+    validated ``params`` and raises :class:`ParamError` if not. The run function then finds
+    the file in ``context.inputs["init"]``. None: the kind takes no ``init``.
     """
 
     name: str
@@ -101,9 +109,12 @@ class Kind:
     cost: Callable[[dict[str, Any]], float] | None = None
     units: Mapping[str, str] = field(default_factory=dict)
     plots: tuple[Plot, ...] = ()
+    init: Callable[[dict[str, Any], Frame], None] | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.init is not None and not callable(self.init):
+            problems.append("init must be a function (params, frame) or None")
         if not isinstance(self.name, str) or not NAME_RE.match(self.name):
             problems.append(f"name {self.name!r} must match {NAME_RE.pattern}")
         if not isinstance(self.description, str) or not self.description.strip():
@@ -139,6 +150,16 @@ class Kind:
             self.check(out, {k: v for k, v in params.items() if v is not None})
         return out
 
+    def check_init(self, params: dict[str, Any], path: Path) -> Frame:
+        """Check that the configuration in ``path`` fits validated ``params`` (see ``init``);
+        its last frame's header, or ParamError naming the file."""
+        if self.init is None:
+            raise ParamError(f"{self.name}: this kind cannot start from a configuration "
+                             "(it takes no init)")
+        frame = read_last_header(path)
+        self.init(params, frame)
+        return frame
+
     def unit(self, name: str) -> str:
         """The unit of a summary value or observable (``""``: none declared), else of the
         parameter of that name (a summary may echo a parameter, as ``lj``'s ``box``)."""
@@ -158,22 +179,49 @@ class Kind:
         return float(cost)
 
 
+ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+"""Artifact names: a plain file name (no folders), at most 128 characters (as the protocol's)."""
+
+
 @dataclass
 class Context:
     """What a run function is handed besides its params and seed.
 
     ``progress(fraction)`` reports how far the task is (0 to 1; calls are cheap and may be
-    made every step: the task process forwards at most one every 50 ms). Room is left here for
-    the files a task writes and its checkpoints.
+    made every step: the task process forwards at most one every 50 ms).
+
+    ``artifact(name)`` is the path to write the task's file ``name`` to (trajectories,
+    configurations, anything): every file in ``artifact_dir`` when the run function returns
+    is an artifact of the task, brought back to the main PC exactly once with its result.
+    ``artifact_dir`` is None where nothing collects files (a direct call of the run
+    function); ``wants_artifacts`` tells. ``inputs`` maps input names to the files the task
+    was given (``init``: the configuration a chained task starts from).
     """
 
     task_id: str = ""
     report: Callable[[float], None] | None = None
+    artifact_dir: Path | None = None
+    inputs: Mapping[str, Path] = field(default_factory=dict)
 
     def progress(self, fraction: float) -> None:
         """Report that the task is ``fraction`` (0 to 1) done."""
         if self.report is not None:
             self.report(min(1.0, max(0.0, float(fraction))))
+
+    @property
+    def wants_artifacts(self) -> bool:
+        """Whether files written through :meth:`artifact` are collected."""
+        return self.artifact_dir is not None
+
+    def artifact(self, name: str) -> Path:
+        """Where to write the artifact ``name`` (a plain file name); SimulationError-free:
+        raises ValueError for a bad name and RuntimeError when nothing collects files."""
+        if not isinstance(name, str) or not ARTIFACT_NAME_RE.match(name):
+            raise ValueError(f"artifact name {name!r} must match {ARTIFACT_NAME_RE.pattern}")
+        if self.artifact_dir is None:
+            raise RuntimeError("this run collects no artifacts (context.artifact_dir is None)")
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        return self.artifact_dir / name
 
 
 @dataclass(frozen=True)

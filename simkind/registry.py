@@ -17,15 +17,18 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from simkind.errors import KindLoadError, ParamError, SimulationError, UnknownKind
-from simkind.kind import Context, Kind, Output
+from simkind.kind import ARTIFACT_NAME_RE, Context, Kind, Output
+from simproto.transfer import hash_file
 
 GROUP = "particle_sim.kinds"
 """The entry-point group kinds are registered in."""
 
 MAX_SEED = 2**63 - 1
+
 
 
 @dataclass(frozen=True)
@@ -197,11 +200,27 @@ def execute(loaded: LoadedKind, params: dict[str, Any], seed: int,
         "kind": kind.name,
         "params": params,
         "seed": seed,
+        "artifacts": artifact_manifest(kind.name, (context or Context()).artifact_dir),
         "observables": observables,
         "summary": {str(name): _finite(kind.name, f"summary {name}", value)
                     for name, value in output.summary.items()},
         "metadata": metadata,
     }
+
+
+def artifact_manifest(kind: str, folder: Path | None) -> list[dict[str, Any]]:
+    """Every file a task left in its artifact folder: name, size and SHA-256, by name.
+    Anything there that is not a plain file of a valid name is the kind's mistake."""
+    if folder is None or not folder.exists():
+        return []
+    manifest = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.is_symlink() or not ARTIFACT_NAME_RE.match(path.name):
+            raise SimulationError(f"{kind}: {path.name!r} in the artifact folder is not a "
+                                  f"plain file named as {ARTIFACT_NAME_RE.pattern}")
+        size, sha256 = hash_file(path)
+        manifest.append({"name": path.name, "size": size, "sha256": sha256})
+    return manifest
 
 
 def _series(kind: str, name: str, values: Any) -> tuple[list[float], list[int]]:

@@ -22,6 +22,10 @@ The topic tree, under a prefix (default ``sim``)::
     {p}/workers/{id}/event       QoS 1            worker -> simctl  Event (errors, rejections)
     {p}/workers/{id}/assign      QoS 1            simctl -> worker  Assignment
     {p}/workers/{id}/control     QoS 1            simctl -> worker  Cancel, Ack, Drain
+    {p}/workers/{id}/pull        QoS 0            simctl -> worker  ChunkRequest (of its artifacts)
+    {p}/workers/{id}/chunk       QoS 0            worker -> simctl  Chunk (of its artifacts)
+    {p}/workers/{id}/fetch       QoS 0            worker -> simctl  ChunkRequest (of its inputs)
+    {p}/workers/{id}/download    QoS 0            simctl -> worker  Chunk (of its inputs)
     {p}/ping                     QoS 0            anyone -> workers Ping (MQTT v5 response topic
                                                                     and correlation data)
     {p}/replies/{client}         QoS 0            worker -> asker   Pong
@@ -46,10 +50,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """Bumped on any incompatible change of a topic or payload. 2: workers advertise their
 kinds and versions, assignments name the kind version, progress says what waits for which
-kind."""
+kind. 3: results list their artifacts (files) and a task is done only once simctl has
+pulled them; assignments carry input files; the four transfer topics."""
 
 DEFAULT_TOPIC_PREFIX = "sim"
 """Topic prefix used when none is configured; lets several clusters share one broker."""
@@ -60,10 +65,26 @@ MAX_CONTROL_BYTES = 1 << 20
 MAX_RESULT_BYTES = 64 << 20
 """Largest result message accepted: 64 MiB. The broker's message size limit is set above it."""
 
+MAX_CHUNK_BYTES = 256 << 10
+"""Most file bytes one Chunk carries (a ChunkRequest asks for at most this many)."""
+
+MAX_CHUNK_HEADER_BYTES = 1024
+"""Longest JSON header of a Chunk, before its newline and the raw bytes."""
+
+MAX_ARTIFACTS = 1000
+"""Most files one result lists (or one assignment gives as inputs)."""
+
+MAX_FILE_BYTES = 1 << 50
+"""Largest size a file reference may state (a sanity bound; the real limits are the run's)."""
+
 MAX_ID_LENGTH = 64
 """Longest worker, run, task or client id."""
 
 _ID_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_ID_LENGTH - 1}}}$")
+FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+"""Artifact and input names: a plain file name (no folders), at most 128 characters."""
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 
 
@@ -104,6 +125,14 @@ class Channel(str, Enum):
     EVENT = "event"
     ASSIGN = "assign"
     CONTROL = "control"
+    PULL = "pull"
+    """simctl -> worker: requests for chunks of the worker's artifacts."""
+    CHUNK = "chunk"
+    """worker -> simctl: chunks of its artifacts."""
+    FETCH = "fetch"
+    """worker -> simctl: requests for chunks of the inputs of its assignments."""
+    DOWNLOAD = "download"
+    """simctl -> worker: chunks of its inputs."""
 
 
 class Topics:
@@ -189,6 +218,54 @@ def decode_series(obj: Any) -> list[float]:
     return values
 
 
+# ------------------------------------------------------------------- file references
+
+
+def check_sha256(value: object) -> str:
+    """Return ``value`` if it is a SHA-256 digest in lower-case hex, else raise ValueError."""
+    if not isinstance(value, str) or not _SHA256_RE.match(value):
+        raise ValueError(f"sha256 {value!r:.80} must be 64 lower-case hex digits")
+    return value
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One file by content: its name (an artifact's or an input's), size and SHA-256."""
+
+    name: str
+    size: int
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not FILE_NAME_RE.match(self.name):
+            raise ValueError(f"file name {self.name!r:.80} must match {FILE_NAME_RE.pattern}")
+        if not _is_int(self.size) or not 0 <= self.size <= MAX_FILE_BYTES:
+            raise ValueError(f"file size {self.size!r} must be an integer in [0, 2^50]")
+        check_sha256(self.sha256)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> FileRef:
+        """From ``{"name", "size", "sha256"}``; ValueError on anything else."""
+        if not isinstance(obj, dict) or set(obj) != {"name", "size", "sha256"}:
+            raise ValueError('a file must be {"name": ..., "size": ..., "sha256": ...}')
+        return cls(obj["name"], obj["size"], obj["sha256"])
+
+
+def file_refs(items: Any, what: str) -> tuple[FileRef, ...]:
+    """A list of file objects as FileRefs (names unique, at most MAX_ARTIFACTS); ValueError."""
+    if not isinstance(items, list | tuple) or len(items) > MAX_ARTIFACTS:
+        raise ValueError(f"{what} must be a list of at most {MAX_ARTIFACTS} files")
+    refs = tuple(item if isinstance(item, FileRef) else FileRef.from_json(item)
+                 for item in items)
+    names = [ref.name for ref in refs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what}: file names repeat")
+    return refs
+
+
 # ----------------------------------------------------------------------- messages
 
 M = TypeVar("M", bound="Message")
@@ -236,6 +313,7 @@ _BASE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "float": _is_number,
     "list": lambda value: isinstance(value, list),
     "dict": lambda value: isinstance(value, dict),
+    "bytes": lambda value: isinstance(value, bytes),
     "Any": lambda value: True,
 }
 
@@ -447,6 +525,11 @@ class Assignment(Message):
     assigned_at: float
     kind_version: str | None = None
     """The version of the kind the task was validated with (None: not recorded, any)."""
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    """Files the task starts from (``{"name", "size", "sha256"}``; ``init`` for a chained
+    task): the worker pulls each from simctl (``fetch``/``download``) before it runs."""
+    max_artifact_bytes: int | None = None
+    """The task's artifacts may take this many bytes in all (None: no limit given)."""
 
     def __post_init__(self) -> None:
         check_id(self.run_id, "run id")
@@ -455,6 +538,14 @@ class Assignment(Message):
             raise ValueError("attempt must be >= 1")
         if not 0 <= self.seed < 2**63:
             raise ValueError("seed must be in [0, 2**63)")
+        file_refs(self.inputs, "inputs")
+        if self.max_artifact_bytes is not None and self.max_artifact_bytes < 0:
+            raise ValueError("max_artifact_bytes must be >= 0")
+
+    @property
+    def input_refs(self) -> tuple[FileRef, ...]:
+        """The inputs as FileRefs."""
+        return file_refs(self.inputs, "inputs")
 
 
 class ResultState(str, Enum):
@@ -491,12 +582,22 @@ class Result(Message):
     error: str | None = None
     retryable: bool = True
     handed_back: bool = False
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    """Every file the attempt produced (``{"name", "size", "sha256"}``), kept in the
+    worker's spool until this result is acknowledged; simctl pulls them (``pull``/``chunk``)
+    and stores the task done only once it has them all."""
 
     def __post_init__(self) -> None:
         check_id(self.worker_id, "worker id")
         check_id(self.run_id, "run id")
         check_id(self.task_id, "task id")
         ResultState(self.state)
+        file_refs(self.artifacts, "artifacts")
+
+    @property
+    def artifact_refs(self) -> tuple[FileRef, ...]:
+        """The artifacts as FileRefs."""
+        return file_refs(self.artifacts, "artifacts")
 
     def to_dict(self) -> dict[str, Any]:
         obj = super().to_dict()
@@ -579,6 +680,84 @@ class Drain(Message):
 
     TYPE: ClassVar[str] = "drain"
     exit_when_idle: bool = False
+
+
+@dataclass(frozen=True)
+class ChunkRequest(Message):
+    """A request for ``length`` bytes from ``offset`` of the file with this SHA-256: simctl
+    asks a worker for its artifacts (``pull``), a worker asks simctl for its inputs
+    (``fetch``). The asker keeps a few requests outstanding per file (its credit window)
+    and asks again for any that went unanswered, so nothing queues in the broker."""
+
+    TYPE: ClassVar[str] = "chunk_request"
+    sha256: str
+    offset: int
+    length: int
+
+    def __post_init__(self) -> None:
+        check_sha256(self.sha256)
+        if not 0 <= self.offset <= MAX_FILE_BYTES:
+            raise ValueError("offset must be in [0, 2^50]")
+        if not 1 <= self.length <= MAX_CHUNK_BYTES:
+            raise ValueError(f"length must be in [1, {MAX_CHUNK_BYTES}]")
+
+
+@dataclass(frozen=True)
+class Chunk(Message):
+    """The answer to a ChunkRequest: ``data``, the bytes from ``offset`` of the file (fewer
+    than asked only at its end), and ``size``, the whole file's. ``error`` (with no data)
+    says the file cannot be served (not held, or not the sender's to serve).
+
+    The one message that is not pure JSON: its payload is a JSON header (the fields but
+    ``data``), one newline, and the raw bytes (base64 would cost a third more on the wire,
+    and JSON parsing of megabytes of text more than the transfer itself).
+    """
+
+    TYPE: ClassVar[str] = "chunk"
+    MAX_BYTES: ClassVar[int] = MAX_CHUNK_HEADER_BYTES + 1 + MAX_CHUNK_BYTES
+    sha256: str
+    offset: int
+    size: int
+    data: bytes = b""
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        check_sha256(self.sha256)
+        if not isinstance(self.data, bytes | bytearray | memoryview):
+            raise ValueError("data must be bytes")
+        if len(self.data) > MAX_CHUNK_BYTES:
+            raise ValueError(f"a chunk carries at most {MAX_CHUNK_BYTES} bytes")
+        if not (0 <= self.offset <= MAX_FILE_BYTES and 0 <= self.size <= MAX_FILE_BYTES):
+            raise ValueError("offset and size must be in [0, 2^50]")
+        if self.error is None and self.offset + len(self.data) > self.size:
+            raise ValueError("the chunk ends after the end of the file")
+        if self.error is not None and self.data:
+            raise ValueError("a chunk with an error carries no data")
+
+    def encode(self) -> bytes:
+        header = _dumps({"v": PROTOCOL_VERSION, "type": self.TYPE, "sha256": self.sha256,
+                         "offset": self.offset, "size": self.size, "error": self.error})
+        if len(header) > MAX_CHUNK_HEADER_BYTES:
+            raise ValueError(f"chunk header of {len(header)} bytes exceeds "
+                             f"{MAX_CHUNK_HEADER_BYTES}")
+        return b"".join((header, b"\n", self.data))
+
+    @classmethod
+    @only_decode_errors
+    def decode(cls, payload: bytes) -> Chunk:
+        if not isinstance(payload, bytes | bytearray):
+            raise DecodeError("payload is not bytes")
+        if len(payload) > cls.MAX_BYTES:
+            raise DecodeError(f"payload of {len(payload)} bytes exceeds the limit of "
+                              f"{cls.MAX_BYTES}")
+        end = payload.find(b"\n", 0, MAX_CHUNK_HEADER_BYTES + 1)
+        if end < 0:
+            raise DecodeError("chunk: no header line within its first "
+                              f"{MAX_CHUNK_HEADER_BYTES} bytes")
+        obj = parse_envelope(bytes(payload[:end]))
+        if obj["type"] != cls.TYPE:
+            raise DecodeError(f"expected a {cls.TYPE!r} message, got {obj['type']!r}")
+        return cls.from_dict({**obj, "data": bytes(payload[end + 1 :])})
 
 
 CONTROL_MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Cancel, Ack, Drain)}
@@ -690,6 +869,10 @@ WORKER_MESSAGES: dict[Channel, Callable[[bytes], Message]] = {
     Channel.EVENT: Event.decode,
     Channel.ASSIGN: Assignment.decode,
     Channel.CONTROL: decode_control,
+    Channel.PULL: ChunkRequest.decode,
+    Channel.CHUNK: Chunk.decode,
+    Channel.FETCH: ChunkRequest.decode,
+    Channel.DOWNLOAD: Chunk.decode,
 }
 """How each per-worker channel's payload is decoded (see :func:`decode_worker`)."""
 
@@ -706,6 +889,7 @@ def package_version() -> str:
 
 __all__ = [
     "DEFAULT_TOPIC_PREFIX",
+    "MAX_CHUNK_BYTES",
     "MAX_CONTROL_BYTES",
     "MAX_RESULT_BYTES",
     "PROTOCOL_VERSION",
@@ -714,10 +898,13 @@ __all__ = [
     "BrokerIdentity",
     "Cancel",
     "Channel",
+    "Chunk",
+    "ChunkRequest",
     "DecodeError",
     "Drain",
     "Event",
     "EventKind",
+    "FileRef",
     "Heartbeat",
     "Message",
     "Ping",
@@ -731,10 +918,12 @@ __all__ = [
     "WorkerState",
     "WorkerStatus",
     "check_id",
+    "check_sha256",
     "decode_control",
     "decode_series",
     "decode_worker",
     "encode_series",
+    "file_refs",
     "only_decode_errors",
     "package_version",
     "parse_envelope",
