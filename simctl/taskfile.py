@@ -29,7 +29,7 @@ import yaml
 
 import simkind
 from simctl.errors import InputError, TaskFileError
-from simkind.fields import yaml_repr
+from simkind.fields import simulated, yaml_repr
 from simproto.protocol import MAX_CONTROL_BYTES
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -231,9 +231,15 @@ def _digest(value: Any) -> str:
 def task_seed(run_seed: int, kind: str, params: dict[str, Any], occurrence: int) -> int:
     """A task's seed: ``SeedSequence(run_seed, spawn_key=(content..., occurrence))``, one
     uint64 masked to 63 bits (the protocol's seed range). The content is a SHA-256 of the
-    kind and validated params; ``occurrence`` counts earlier tasks of the file with the same
-    content (the replicas of a point are its occurrences 0, 1, ...)."""
-    return _seed(run_seed, _digest({"kind": kind, "params": params}), occurrence)
+    kind and validated params, less those marked ``output`` (what to write, not what to
+    simulate: ``simkind.fields.simulated``); ``occurrence`` counts earlier tasks of the file
+    with the same content (the replicas of a point are its occurrences 0, 1, ...)."""
+    return _seed(run_seed, _content(simkind.installed().get(kind), params), occurrence)
+
+
+def _content(loaded: simkind.LoadedKind, params: dict[str, Any]) -> str:
+    """The digest of what a task simulates (its seed's content)."""
+    return _digest({"kind": loaded.name, "params": simulated(loaded.kind.params, params)})
 
 
 def _seed(run_seed: int, content: str, occurrence: int) -> int:
@@ -433,7 +439,7 @@ def _parse(check: _Checker, text: str, path: Path) -> TaskFile:
     occurrences: dict[str, int] = {}
     tasks = []
     for i, (loaded, params) in enumerate(specs):
-        content = _digest({"kind": loaded.name, "params": params})
+        content = _content(loaded, params)
         occurrence = occurrences[content] = occurrences.get(content, -1) + 1
         tasks.append(TaskSpec(i, loaded.name, params, _seed(seed, content, occurrence),
                               loaded.version))

@@ -25,6 +25,10 @@ class Field:
 
     ``custom`` fields check themselves: ``parse(where, value)`` returns the validated value or
     raises :class:`ParamError`, and ``describe`` says in words what is allowed.
+
+    ``output`` marks a field that says what the task writes (a trajectory's interval, whether
+    to save the final configuration), not what it simulates: it is left out of the task's
+    seed, so turning a trajectory on does not change the dynamics it records.
     """
 
     type: str
@@ -37,6 +41,7 @@ class Field:
     unit: str = ""
     parse: Callable[[str, Any], Any] | None = None
     describe: str = ""
+    output: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in FIELD_TYPES:
@@ -66,6 +71,11 @@ class Field:
 
 Spec = Mapping[str, Field]
 """A kind's parameters by name, in documentation order."""
+
+
+def simulated(spec: Spec, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` without the fields marked ``output``: what decides the dynamics."""
+    return {k: v for k, v in params.items() if k not in spec or not spec[k].output}
 
 
 def yaml_repr(value: Any) -> str:

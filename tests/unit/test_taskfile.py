@@ -60,8 +60,8 @@ def test_precedence_defaults_params_sweep() -> None:
         "  - kind: sleep\n    params: {seconds: 2}\n",
         Path("p.yaml"),
     )
-    assert tf.tasks[0].params == {"seconds": 3.0, "fail": True}
-    assert tf.tasks[1].params == {"seconds": 2.0, "fail": True}
+    assert tf.tasks[0].params == {"seconds": 3.0, "fail": True, "artifact_bytes": 0}
+    assert tf.tasks[1].params == {"seconds": 2.0, "fail": True, "artifact_bytes": 0}
 
 
 def test_sweep_keys_vary_in_written_order_first_slowest() -> None:
@@ -181,12 +181,12 @@ def test_parameters_must_fit_in_one_assignment(monkeypatch: pytest.MonkeyPatch) 
     import simctl.taskfile as taskfile
 
     text = "tasks:\n  - kind: sleep\n  - kind: sleep\n    params: {seconds: 1.25}\n"
-    # {"seconds":0.0,"fail":false} is 28 bytes as JSON: allow exactly that much.
-    monkeypatch.setattr(taskfile, "MAX_PARAMS_BYTES", 28)
+    # {"seconds":0.0,"fail":false,"artifact_bytes":0} is 47 bytes as JSON: allow exactly that.
+    monkeypatch.setattr(taskfile, "MAX_PARAMS_BYTES", 47)
     with pytest.raises(TaskFileError) as info:
         parse_text(text, Path("sweep.yaml"))
     assert (info.value.line, info.value.field) == (3, "tasks[1].params")
-    assert "take 29 bytes" in str(info.value) and "allows 28" in str(info.value)
+    assert "take 48 bytes" in str(info.value) and "allows 47" in str(info.value)
 
 
 def test_yaml_nested_too_deeply_is_an_input_error() -> None:
