@@ -31,7 +31,7 @@ from simproto.protocol import Result, encode_series
 if TYPE_CHECKING:
     from simctl.taskfile import TaskFile
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Stored in ``PRAGMA user_version``; bumped on every schema change, each of which
 :data:`_MIGRATIONS` applies in place to a ledger of the version before."""
 
@@ -155,13 +155,40 @@ ALTER TABLE tasks ADD COLUMN reused_from TEXT;
 CREATE INDEX tasks_reuse ON tasks(reuse_key) WHERE reuse_key IS NOT NULL;
 CREATE INDEX tasks_reused ON tasks(run_id) WHERE reused_from IS NOT NULL;
 """,
+    4: """
+CREATE TABLE artifacts (
+    task_id TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    run_id  TEXT NOT NULL,
+    size    INTEGER NOT NULL,
+    sha256  TEXT NOT NULL,
+    PRIMARY KEY (task_id, name)
+);
+CREATE INDEX artifacts_run ON artifacts(run_id);
+CREATE INDEX artifacts_sha ON artifacts(sha256);
+CREATE TABLE staged (
+    task_id   TEXT PRIMARY KEY,
+    attempt   INTEGER NOT NULL,
+    result    BLOB NOT NULL,
+    staged_at REAL NOT NULL
+);
+ALTER TABLE tasks ADD COLUMN inputs TEXT;
+ALTER TABLE tasks ADD COLUMN init_from TEXT;
+CREATE INDEX tasks_init_from ON tasks(init_from) WHERE init_from IS NOT NULL;
+ALTER TABLE runs ADD COLUMN max_task_artifact_bytes INTEGER;
+ALTER TABLE runs ADD COLUMN max_run_artifact_bytes INTEGER;
+""",
 }
 """Version -> the statements that turn a ledger of the version before into this one.
 Version 2: the ledger's id (the dispatcher's client id derives from it), the broker a run was
 submitted to, lost workers per task (``max_lost``), and rejected messages by reason.
 Version 3: the kind version a task was validated with (NULL for older tasks: not recorded,
 any version runs them), its reuse key (kind, version, params, seed; NULL: never reused from)
-and the task a reused result was computed by."""
+and the task a reused result was computed by.
+Version 4: artifacts (each task's files by name, size and SHA-256; the bytes are in the
+content-addressed store beside the ledger, simctl.store), staged results (done, waiting for
+their artifacts to be pulled), a task's inputs and the task whose final configuration it
+starts from, and a run's artifact limits (NULL: the defaults)."""
 
 LAST_RUN = "last"
 """What names the newest run wherever a run id is asked for."""
@@ -171,6 +198,28 @@ AMBIGUOUS_SHOWN = 10
 
 MAX_REJECTION_DETAIL = 500
 """Longest stored detail of a rejection (hostile input is never kept in full)."""
+
+DEFAULT_MAX_TASK_ARTIFACT_BYTES = 4 << 30
+"""Bytes one task's artifacts may take unless its task file says (``artifact_limits.task``):
+a 256,000-atom lj trajectory of 100 frames with velocities is about 3.5 GB."""
+
+DEFAULT_MAX_RUN_ARTIFACT_BYTES = 500 << 30
+"""Bytes a run's artifacts may take unless its task file says (``artifact_limits.run``): a
+10,000-task lj sweep with final configurations of 4,000 atoms takes about 5 GB."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of one task, as the ledger records it (the bytes are in the store)."""
+
+    task_id: str
+    name: str
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "name": self.name, "size": self.size,
+                "sha256": self.sha256}
 
 
 @dataclass(frozen=True)
@@ -192,6 +241,18 @@ class RunInfo:
     topic_prefix: str | None
     broker: str | None
     counts: dict[str, int]
+    max_task_artifact_bytes: int | None = None
+    max_run_artifact_bytes: int | None = None
+
+    @property
+    def task_artifact_limit(self) -> int:
+        """Bytes one task's artifacts may take (the task file's, else the default)."""
+        return self.max_task_artifact_bytes or DEFAULT_MAX_TASK_ARTIFACT_BYTES
+
+    @property
+    def run_artifact_limit(self) -> int:
+        """Bytes all of the run's artifacts may take (the task file's, else the default)."""
+        return self.max_run_artifact_bytes or DEFAULT_MAX_RUN_ARTIFACT_BYTES
 
     @property
     def done(self) -> int:
@@ -260,6 +321,10 @@ class LiveTask:
     worker_id: str | None
     session: str | None
     kind_version: str | None = None
+    inputs: str | None = None
+    """The task's input files as JSON (a list of ``{"name", "size", "sha256"}``), or None."""
+    init_from: str | None = None
+    """The task whose final configuration this one starts from (it waits for it)."""
 
 
 def new_run_id() -> str:
@@ -511,7 +576,8 @@ class Ledger:
 
     _RUN_COLUMNS = (
         "run_id, name, seed, max_attempts, taskfile, total, state, created_at, finished_at,"
-        " duplicates, max_lost, broker_id, topic_prefix, broker"
+        " duplicates, max_lost, broker_id, topic_prefix, broker, max_task_artifact_bytes,"
+        " max_run_artifact_bytes"
     )
 
     def run(self, run_id: str) -> RunInfo:
@@ -666,8 +732,8 @@ class Ledger:
             LiveTask(*row)
             for row in self.db.execute(
                 "SELECT task_id, run_id, kind, params, seed, attempt, tries, lost, worker_id,"
-                f" session, kind_version FROM tasks WHERE run_id = ? AND state IN {UNFINISHED}"
-                " ORDER BY idx",
+                " session, kind_version, inputs, init_from FROM tasks"
+                f" WHERE run_id = ? AND state IN {UNFINISHED} ORDER BY idx",
                 (run_id,),
             )
         ]
@@ -936,6 +1002,60 @@ class Ledger:
                 "SELECT task_id, observables FROM results WHERE run_id = ?", (run_id,)
             )
         }
+
+    # ------------------------------------------------------------- artifacts
+
+    def artifacts(self, run_id: str, task_id: str | None = None) -> list[Artifact]:
+        """The stored artifacts of a run (or of one of its tasks), by task index and name."""
+        self.run(run_id)
+        sql = ("SELECT a.task_id, a.name, a.size, a.sha256 FROM artifacts a"
+               " JOIN tasks t ON t.task_id = a.task_id WHERE a.run_id = ?")
+        args: list[Any] = [run_id]
+        if task_id is not None:
+            sql += " AND a.task_id = ?"
+            args.append(task_id)
+        return [Artifact(*row) for row in self.db.execute(sql + " ORDER BY t.idx, a.name",
+                                                          args)]
+
+    def run_artifact_bytes(self, run_id: str) -> int:
+        """Bytes of the artifacts stored for a run (each task's files counted)."""
+        row = self.db.execute("SELECT coalesce(sum(size), 0) FROM artifacts WHERE run_id = ?",
+                              (run_id,)).fetchone()
+        return int(row[0])
+
+    def referenced_digests(self, digests: Collection[str]) -> set[str]:
+        """Which of ``digests`` an artifact row or a task's inputs still name."""
+        found = set()
+        for sha256 in digests:
+            if self.db.execute("SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1",
+                               (sha256,)).fetchone() or self.db.execute(
+                    "SELECT 1 FROM tasks WHERE inputs LIKE ? LIMIT 1",
+                    (f'%"{sha256}"%',)).fetchone():
+                found.add(sha256)
+        return found
+
+    def delete_run(self, run_id: str) -> set[str]:
+        """Remove a run that is not active, with its tasks, attempts, results and artifact
+        rows, in one transaction; the digests of its files that nothing else names now (the
+        caller removes those from the store, after this commits). LedgerError if active."""
+        info = self.run(run_id)
+        if info.state == RunState.ACTIVE.value:
+            raise LedgerError(f"run {run_id} is active: cancel it first (simctl cancel "
+                              f"{run_id}), then delete it")
+        with self.batch():
+            digests = {sha for (sha,) in self.db.execute(
+                "SELECT DISTINCT sha256 FROM artifacts WHERE run_id = ?", (run_id,))}
+            for (inputs,) in self.db.execute(
+                    "SELECT inputs FROM tasks WHERE run_id = ? AND inputs IS NOT NULL",
+                    (run_id,)):
+                digests.update(ref["sha256"] for ref in json.loads(inputs))
+            task_ids = "SELECT task_id FROM tasks WHERE run_id = ?"
+            for table in ("attempts", "staged"):
+                self.db.execute(f"DELETE FROM {table} WHERE task_id IN ({task_ids})", (run_id,))
+            for table in ("artifacts", "results", "tasks", "runs"):
+                self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            unreferenced = digests - self.referenced_digests(digests)
+        return unreferenced
 
     def attempts(self, task_id: str) -> list[dict[str, Any]]:
         """Every attempt of one task, in order."""

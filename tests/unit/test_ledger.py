@@ -119,7 +119,8 @@ def test_unknown_run_and_foreign_file(tmp_path: Path) -> None:
     db = sqlite3.connect(other)
     db.execute("PRAGMA user_version=99")
     db.close()
-    with pytest.raises(LedgerError, match="schema 99, newer than this simctl's 3: upgrade"):
+    with pytest.raises(LedgerError,
+                       match=f"schema 99, newer than this simctl.s {SCHEMA_VERSION}: upgrade"):
         Ledger(other)
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not a database at all" * 100)
@@ -358,3 +359,23 @@ def test_task_states_filtered_limited_and_failed_first(tmp_path: Path) -> None:
         f"{run_id}.0", f"{run_id}.1"]
     assert len(ledger.task_states(run_id, limit=2)) == 2
     assert ledger.task_states(run_id, ["cancelled"]) == []
+
+
+LEDGER_V3 = Path(__file__).resolve().parents[1] / "data/ledgers/schema-v3.sqlite"
+"""A ledger written by simctl at schema 3, before artifacts (one task done, one assigned,
+two pending)."""
+
+
+def test_a_schema_3_ledger_migrates_in_place_with_no_artifacts(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    path.write_bytes(LEDGER_V3.read_bytes())
+    ledger = Ledger(path)
+    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    [info] = ledger.runs()
+    assert (info.name, info.done, info.running, info.pending) == ("before-artifacts", 1, 1, 2)
+    assert (info.max_task_artifact_bytes, info.max_run_artifact_bytes) == (None, None)
+    assert info.task_artifact_limit > 0 and info.run_artifact_limit > info.task_artifact_limit
+    assert ledger.artifacts(info.run_id) == [] and ledger.run_artifact_bytes(info.run_id) == 0
+    live = ledger.live_tasks(info.run_id)
+    assert [(t.inputs, t.init_from) for t in live] == [(None, None)] * 3
+    assert ledger.task_rows(info.run_id)[0]["summary"] == {"seconds": 0.01}
