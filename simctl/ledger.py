@@ -18,7 +18,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simctl.errors import InputError, LedgerError, LedgerWriteError, UnknownRun
-from simproto.protocol import Result, encode_series
+from simproto.protocol import FileRef, Result, encode_series
 
 if TYPE_CHECKING:
     from simctl.taskfile import TaskFile
@@ -1016,6 +1016,14 @@ class Ledger:
             args.append(task_id)
         return [Artifact(*row) for row in self.db.execute(sql + " ORDER BY t.idx, a.name",
                                                           args)]
+
+    def add_artifacts(self, run_id: str, task_id: str, refs: Iterable[FileRef]) -> None:
+        """Record a task's artifacts (inside the batch that stores its result; the bytes are
+        in the store already)."""
+        self.db.executemany(
+            "INSERT OR REPLACE INTO artifacts (task_id, name, run_id, size, sha256)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(task_id, ref.name, run_id, ref.size, ref.sha256) for ref in refs])
 
     def run_artifact_bytes(self, run_id: str) -> int:
         """Bytes of the artifacts stored for a run (each task's files counted)."""
