@@ -1,0 +1,49 @@
+"""Sizes in bytes as people write and read them: ``4 GiB``, ``500MB``, ``1048576``.
+
+One spelling everywhere a size is set (task files' ``artifact_limits``, the agent's
+``--spool-max-bytes``) or shown (artifact listings, errors about limits).
+"""
+
+from __future__ import annotations
+
+import re
+
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+         "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+         "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+"""Decimal units (kB, MB, GB, TB), binary ones (KiB, MiB, GiB, TiB), and a bare K, M, G, T
+for the binary ones (as ``ls -h`` and Docker read them)."""
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+ALLOWED = "an integer number of bytes or a size such as 500MB, 4GiB or 2G"
+"""What a size may be, for error messages."""
+
+
+def parse_size(value: object) -> int:
+    """Bytes of ``value`` (an int, or text with an optional unit); ValueError saying what
+    is allowed otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size: use {ALLOWED}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value} is negative: use {ALLOWED}")
+        return value
+    match = _SIZE_RE.match(value) if isinstance(value, str) else None
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in UNITS:
+        raise ValueError(f"{value!r} is not a size: use {ALLOWED}")
+    return int(float(match.group(1)) * UNITS[unit])
+
+
+def format_size(n: int) -> str:
+    """``n`` bytes for people: ``512 B``, ``1.5 KiB``, ``3.2 GiB``."""
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024.0
+    unit = "KiB"
+    for bigger in ("MiB", "GiB", "TiB", "PiB"):
+        if value < 1024.0:
+            break
+        value, unit = value / 1024.0, bigger
+    return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
