@@ -18,7 +18,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -29,7 +29,8 @@ from simctl.errors import InputError, LedgerError, LedgerWriteError, UnknownRun
 from simproto.protocol import FileRef, Result, encode_series
 
 if TYPE_CHECKING:
-    from simctl.taskfile import TaskFile
+    from simctl.chains import Start
+    from simctl.taskfile import TaskFile, TaskSpec
 
 SCHEMA_VERSION = 4
 """Stored in ``PRAGMA user_version``; bumped on every schema change, each of which
@@ -486,27 +487,42 @@ class Ledger:
 
     def create_run(
         self, taskfile: TaskFile, broker: tuple[str, str, str] | None = None,
-        reuse: bool = True,
+        reuse: bool = True, starts: Sequence[Start] | None = None,
     ) -> str:
         """Store a run and all its tasks in one transaction; returns the run id.
 
         ``broker`` is (broker id, topic prefix, address) of the broker it is submitted to.
-        With ``reuse``, a task identical to one done in an earlier run (same reuse key) is
-        stored done at once, with a copy of that result and ``reused_from`` naming the task
-        that computed it.
+        ``starts`` gives each task's input files and the task of this run it waits for
+        (``simctl.chains.resolve``; None: no task starts from a configuration).
+        With ``reuse``, a task identical to one done in an earlier run (same reuse key,
+        its inputs included) is stored done at once, with a copy of that result and its
+        artifacts and ``reused_from`` naming the task that computed it. A task that waits
+        for another of this run is never reused (its input is not known yet).
         """
+        from simctl.chains import NOTHING
+        from simctl.taskfile import reuse_key
+
         run_id = new_run_id()
         spec = {"text": taskfile.text, "seed_given": taskfile.seed_given}
-        rows = (
-            (f"{run_id}.{t.index}", run_id, t.index, t.kind, json.dumps(t.params), t.seed,
-             t.kind_version, t.reuse_key)
-            for t in taskfile.tasks
-        )
+        starts = starts or [NOTHING] * len(taskfile.tasks)
+
+        def row(t: TaskSpec, start: Start) -> tuple[Any, ...]:
+            digests = tuple(ref.sha256 for ref in start.inputs)
+            key = None if start.waits_for is not None else reuse_key(
+                t.kind, t.kind_version, t.params, t.seed, digests)
+            inputs = json.dumps([ref.to_json() for ref in start.inputs]) \
+                if start.inputs else None
+            waits = f"{run_id}.{start.waits_for}" if start.waits_for is not None else None
+            return (f"{run_id}.{t.index}", run_id, t.index, t.kind, json.dumps(t.params),
+                    t.seed, t.kind_version, key, inputs, waits)
+
+        rows = (row(t, start) for t, start in zip(taskfile.tasks, starts, strict=True))
         with self.batch():
             self.db.execute(
                 "INSERT INTO runs (run_id, name, seed, max_attempts, max_lost, taskfile, spec,"
-                " total, state, created_at, broker_id, topic_prefix, broker)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " total, state, created_at, broker_id, topic_prefix, broker,"
+                " max_task_artifact_bytes, max_run_artifact_bytes)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     taskfile.name,
@@ -519,11 +535,14 @@ class Ledger:
                     RunState.ACTIVE.value,
                     time.time(),
                     *(broker or (None, None, None)),
+                    taskfile.max_task_artifact_bytes,
+                    taskfile.max_run_artifact_bytes,
                 ),
             )
             self.db.executemany(
                 "INSERT INTO tasks (task_id, run_id, idx, kind, params, seed, kind_version,"
-                f" reuse_key, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {PENDING})",
+                f" reuse_key, inputs, init_from, state)"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {PENDING})",
                 rows,
             )
             if reuse:
@@ -550,6 +569,13 @@ class Ledger:
             " FROM tasks t JOIN results r ON r.task_id = t.reused_from"
             " WHERE t.run_id = ? AND t.reused_from IS NOT NULL",
             (now, run_id),
+        )
+        self.db.execute(
+            "INSERT INTO artifacts (task_id, name, run_id, size, sha256)"
+            " SELECT t.task_id, a.name, t.run_id, a.size, a.sha256"
+            " FROM tasks t JOIN artifacts a ON a.task_id = t.reused_from"
+            " WHERE t.run_id = ? AND t.reused_from IS NOT NULL",
+            (run_id,),
         )
 
     def _counts(self, run_id: str | None = None) -> dict[str, dict[str, int]]:

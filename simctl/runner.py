@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import simkind
+from simctl import chains
 from simctl.background import spawn_detached
 from simctl.config import Settings
 from simctl.dispatcher import Dispatcher, DispatcherLock
 from simctl.errors import BrokerChanged, BrokerError, InputError, RunTimeout
 from simctl.ledger import Ledger, RunInfo, RunState
 from simctl.mqtt import Observer
+from simctl.store import ArtifactStore
 from simctl.taskfile import reuse_key
 from simproto.protocol import Cancel, Channel, RunProgress
 
@@ -132,6 +134,8 @@ def submit(
     """
     held = None
     broker = broker_identity(conn)
+    # Before anything is stored: an init that does not resolve is the task file's error.
+    starts = chains.resolve(taskfile, ledger, ArtifactStore.beside(ledger.path), copy=True)
     if dispatch_here:
         lock = DispatcherLock(settings.store)
         if lock.acquire():
@@ -142,7 +146,7 @@ def submit(
                 lock.release()
                 raise
             held = (lock, dispatcher)
-    return ledger.create_run(taskfile, broker, reuse=reuse), held
+    return ledger.create_run(taskfile, broker, reuse=reuse, starts=starts), held
 
 
 def retry(ledger: Ledger, run_id: str, conn: ConnectionSettings, *, cancelled: bool) -> int:

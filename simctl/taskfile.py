@@ -31,6 +31,8 @@ import simkind
 from simctl.errors import InputError, TaskFileError
 from simkind.fields import simulated, yaml_repr
 from simproto.protocol import MAX_CONTROL_BYTES
+from simproto.sizes import parse_size
+from simproto.transfer import hash_file
 
 DEFAULT_MAX_ATTEMPTS = 3
 """Tries per task, counting the first, when the file does not say."""
@@ -56,11 +58,21 @@ MAX_PARAMS_BYTES = MAX_CONTROL_BYTES - 4096
 """Largest parameter set (as JSON) of one task: it must fit in one assignment message."""
 
 
-TOP_KEYS = ("name", "description", "seed", "max_attempts", "max_lost", "defaults", "tasks")
+TOP_KEYS = ("name", "description", "seed", "max_attempts", "max_lost", "artifact_limits",
+            "defaults", "tasks")
 """Keys allowed at the top of a task file."""
 
-ENTRY_KEYS = ("kind", "params", "sweep", "zip", "replicas")
+ENTRY_KEYS = ("name", "kind", "params", "sweep", "zip", "replicas", "init")
 """Keys allowed in one entry of ``tasks``."""
+
+LIMIT_KEYS = ("task", "run")
+"""Keys of ``artifact_limits``: bytes one task's artifacts, and all of a run's, may take."""
+
+ENTRY_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+"""Entry names (what ``init: {from: NAME}`` names)."""
+
+TASK_ID_RE = re.compile(r"^(?P<run>[A-Za-z0-9][A-Za-z0-9_.-]*)\.(?P<index>\d+)$")
+"""A task id, ``RUN_ID.INDEX`` (what ``init: {from: RUN_ID.INDEX}`` names)."""
 
 RANGE_FORMS = {
     "linspace": "{linspace: [start, stop, n]}",
@@ -178,6 +190,37 @@ class TaskFileErrors(TaskFileError):
 
 
 @dataclass(frozen=True)
+class InitFile:
+    """``init: PATH``: start from the last frame of an extended XYZ file (checked against
+    the kind when the file is read; copied into the store when the run is made)."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class InitTask:
+    """``init: {from: RUN_ID.INDEX}``: start from the final configuration of a task of an
+    earlier run (checked against the ledger when the run is made: ``simctl.chains``)."""
+
+    task_id: str
+    line: int | None
+    field: str
+
+
+@dataclass(frozen=True)
+class InitEntry:
+    """``init: {from: NAME}``: start from the final configuration of the task with this
+    index of the same file; the task waits until that one is done."""
+
+    index: int
+
+
+Init = InitFile | InitTask | InitEntry
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One expanded task: what a worker runs and the seed it runs with."""
 
@@ -186,16 +229,23 @@ class TaskSpec:
     params: dict[str, Any]
     seed: int
     kind_version: str | None = None
+    init: Init | None = None
 
     @property
     def reuse_key(self) -> str:
         return reuse_key(self.kind, self.kind_version, self.params, self.seed)
 
 
-def reuse_key(kind: str, version: str | None, params: dict[str, Any], seed: int) -> str:
+def reuse_key(kind: str, version: str | None, params: dict[str, Any], seed: int,
+              inputs: tuple[str, ...] = ()) -> str:
     """What makes two tasks the same computation: kind, kind version, validated params and
-    seed (a done task with the same key is reused instead of run again)."""
-    return _digest({"kind": kind, "version": version, "params": params, "seed": seed})
+    seed, and the SHA-256 of every input file it starts from (a done task with the same key
+    is reused instead of run again)."""
+    content: dict[str, Any] = {"kind": kind, "version": version, "params": params,
+                               "seed": seed}
+    if inputs:
+        content["inputs"] = list(inputs)
+    return _digest(content)
 
 
 @dataclass(frozen=True)
@@ -210,6 +260,10 @@ class TaskFile:
     tasks: list[TaskSpec]
     text: str
     max_lost: int = DEFAULT_MAX_LOST
+    max_task_artifact_bytes: int | None = None
+    """``artifact_limits.task`` (None: not given, the default applies)."""
+    max_run_artifact_bytes: int | None = None
+    """``artifact_limits.run`` (None: not given, the default applies)."""
 
     def kinds(self) -> dict[str, int]:
         """Number of tasks per kind, in order of first appearance."""
@@ -412,6 +466,8 @@ def _parse(check: _Checker, text: str, path: Path) -> TaskFile:
         max_lost = _or(max_lost, lambda: check.int_field(
             doc, "max_lost", "max_lost", 1, MAX_LOST_LIMIT))
 
+    limits = _or({}, lambda: _artifact_limits(check, doc)) if "artifact_limits" in doc else {}
+
     defaults: dict[Any, Any] = _Mapping()
     if "defaults" in doc and doc["defaults"] is not None:
         given = _or(None, lambda: check.mapping(doc, "defaults", "defaults"))
@@ -429,21 +485,135 @@ def _parse(check: _Checker, text: str, path: Path) -> TaskFile:
         raise check.fail(check.line_of(doc, "tasks"), "tasks", "must be a non-empty list")
 
     specs: list[tuple[simkind.LoadedKind, dict[str, Any]]] = []
+    inits: list[Init | None] = []
+    named: dict[str, _Entry] = {}
     for i, entry in enumerate(entries):
         try:
-            specs.extend(_expand_entry(check, kinds, entries, i, entry, defaults, len(specs)))
+            expanded = _expand_entry(check, kinds, entries, i, entry, defaults, len(specs))
         except _Stop:
             continue
+        here = _Entry(len(specs), len(expanded), expanded[0][0] if expanded else None,
+                      [params for _, params in expanded])
+        specs.extend(expanded)
+        inits.extend(_or([None] * len(expanded), lambda: _entry_inits(
+            check, path, entry, f"tasks[{i}]", here, named)))
+        if "name" in entry:
+            _or(None, lambda: _name_entry(check, entry, f"tasks[{i}]", here, named))
     if check.problems:
         raise _Stop
     occurrences: dict[str, int] = {}
     tasks = []
-    for i, (loaded, params) in enumerate(specs):
+    for i, ((loaded, params), init) in enumerate(zip(specs, inits, strict=True)):
         content = _content(loaded, params)
         occurrence = occurrences[content] = occurrences.get(content, -1) + 1
         tasks.append(TaskSpec(i, loaded.name, params, _seed(seed, content, occurrence),
-                              loaded.version))
-    return TaskFile(path, name.strip(), seed, seed_given, max_attempts, tasks, text, max_lost)
+                              loaded.version, init))
+    return TaskFile(path, name.strip(), seed, seed_given, max_attempts, tasks, text, max_lost,
+                    limits.get("task"), limits.get("run"))
+
+
+@dataclass
+class _Entry:
+    """One entry of ``tasks`` once expanded: where its tasks start, how many, their kind
+    and validated params."""
+
+    start: int
+    count: int
+    loaded: simkind.LoadedKind | None
+    params: list[dict[str, Any]]
+
+
+def _artifact_limits(check: _Checker, doc: dict[Any, Any]) -> dict[str, int]:
+    """``artifact_limits: {task: SIZE, run: SIZE}`` in bytes."""
+    given = check.mapping(doc, "artifact_limits", "artifact_limits")
+    check.keys(given, LIMIT_KEYS, "artifact_limits")
+    limits: dict[str, int] = {}
+    for key in LIMIT_KEYS:
+        if key in given:
+            try:
+                limits[key] = parse_size(given[key])
+            except ValueError as e:
+                check.report(check.line_of(given, key), f"artifact_limits.{key}", str(e))
+                continue
+            if limits[key] == 0:
+                check.report(check.line_of(given, key), f"artifact_limits.{key}",
+                             "must be above 0 (a task with no room for its files would "
+                             "always fail)")
+    return limits
+
+
+def _name_entry(check: _Checker, entry: dict[Any, Any], field: str, here: _Entry,
+                named: dict[str, _Entry]) -> None:
+    """Record an entry's ``name`` (what a later ``init: {from: NAME}`` names)."""
+    name = entry["name"]
+    line = check.line_of(entry, "name")
+    if not isinstance(name, str) or not ENTRY_NAME_RE.match(name):
+        raise check.fail(line, f"{field}.name", f"{yaml_repr(name)} must match "
+                         f"{ENTRY_NAME_RE.pattern} (letters, digits, '_', '-')")
+    if name in named:
+        raise check.fail(line, f"{field}.name", f"{name!r} names an earlier entry already")
+    named[name] = here
+
+
+def _entry_inits(check: _Checker, path: Path, entry: dict[Any, Any], field: str,
+                 here: _Entry, named: dict[str, _Entry]) -> list[Init | None]:
+    """The configuration each task of an entry starts from (``init``), checked as far as
+    the file alone allows."""
+    if "init" not in entry or entry["init"] is None:
+        return [None] * here.count
+    line, where = check.line_of(entry, "init"), f"{field}.init"
+    value = entry["init"]
+    loaded = here.loaded
+    if loaded is not None and loaded.kind.init is None:
+        raise check.fail(line, where, f"kind {loaded.name} cannot start from a configuration "
+                         "(it takes no init)")
+    if isinstance(value, str):
+        return _init_file(check, path, value, line, where, here)
+    if not isinstance(value, dict) or set(value) != {"from"} or not isinstance(
+            value["from"], str):
+        raise check.fail(line, where, "must be a file path (extended XYZ) or {from: NAME} "
+                         "(an earlier entry) or {from: RUN_ID.INDEX} (a task of an earlier "
+                         f"run), got {yaml_repr(value)}")
+    source = value["from"]
+    if source in named:
+        return _init_entry(check, source, named[source], line, where, here)
+    if TASK_ID_RE.match(source):
+        return [InitTask(source, line, where)] * here.count
+    earlier = ", ".join(named) or "none"
+    raise check.fail(line, where, f"from: {source!r} names no earlier entry (named: {earlier}) "
+                     "and is not a task id RUN_ID.INDEX")
+
+
+def _init_file(check: _Checker, path: Path, value: str, line: int | None, where: str,
+               here: _Entry) -> list[Init | None]:
+    folder = Path.cwd() if str(path) == STDIN_NAME else path.parent
+    file = (folder / value).resolve()
+    assert here.loaded is not None
+    try:
+        for params in here.params:
+            here.loaded.kind.check_init(params, file)
+        size, sha256 = hash_file(file)
+    except simkind.ParamError as e:
+        raise check.fail(line, where, str(e)) from e
+    except OSError as e:
+        raise check.fail(line, where, f"{file}: cannot read: {e.strerror or e}") from e
+    return [InitFile(file, size, sha256)] * here.count
+
+
+def _init_entry(check: _Checker, name: str, source: _Entry, line: int | None, where: str,
+                here: _Entry) -> list[Init | None]:
+    """Pair this entry's tasks with the tasks of entry ``name``: one source task for all,
+    or each source task for as many consecutive tasks here (the same sweep with replicas)."""
+    if source.count == 0 or here.count % source.count:
+        raise check.fail(line, where, f"from: {name!r}: that entry has {source.count} tasks "
+                         f"and this one {here.count}; give it one task, or a number of "
+                         f"tasks that {here.count} is a multiple of")
+    saves = source.loaded.kind.params.get("save_final") if source.loaded else None
+    if saves is not None and not all(p.get("save_final") for p in source.params):
+        raise check.fail(line, where, f"from: {name!r}: that entry saves no final "
+                         "configuration (save_final: false)")
+    per_source = here.count // source.count
+    return [InitEntry(source.start + j // per_source) for j in range(here.count)]
 
 
 def _or(fallback: Any, get: Any) -> Any:
