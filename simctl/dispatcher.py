@@ -124,7 +124,7 @@ class Dispatcher:
         subs = [
             (self.topics.all_workers(c), 1)
             for c in (Channel.STATUS, Channel.HEARTBEAT, Channel.RESULT, Channel.EVENT)
-        ]
+        ] + [(self.topics.all_workers(c), 0) for c in (Channel.CHUNK, Channel.FETCH)]
         self.client = open_client(
             self.settings,
             client_id(self.settings, f"dispatcher-{self.ledger.ledger_id[:16]}"),
@@ -213,6 +213,9 @@ class Dispatcher:
         for worker_id, item in decided.acks:
             self._acks.setdefault(worker_id, []).append(item)
             self._ack_count += 1
+        for worker_id, channel, message in decided.transfers:
+            # QoS 0: a lost request or chunk is asked for again, never queued in the broker.
+            self.client.publish(self.topic(worker_id, channel), message.encode(), qos=0)
         self._publish_progress(decided.progress)
 
     def flush(self, now: float, force: bool = False) -> None:

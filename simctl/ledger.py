@@ -852,6 +852,7 @@ class Ledger:
             " AND attempt = ?",
             (now, outcome, detail, task_id, attempt),
         )
+        self.db.execute("DELETE FROM staged WHERE task_id = ?", (task_id,))
         counts = f"tries = tries - {1 if refund else 0}, lost = lost + {1 if lost else 0}"
         if fail:
             self.db.execute(
@@ -877,6 +878,7 @@ class Ledger:
         self.record_attempt_end(result, "duplicate" if cur.rowcount == 0 else result.state, now)
         if cur.rowcount == 0:
             return False
+        self.db.execute("DELETE FROM staged WHERE task_id = ?", (result.task_id,))
         self.db.execute(
             "INSERT OR REPLACE INTO results (task_id, run_id, attempt, worker_id, state,"
             " started_at, finished_at, stored_at, summary, observables, metadata, error)"
@@ -1050,6 +1052,36 @@ class Ledger:
             "INSERT OR REPLACE INTO artifacts (task_id, name, run_id, size, sha256)"
             " VALUES (?, ?, ?, ?, ?)",
             [(task_id, ref.name, run_id, ref.size, ref.sha256) for ref in refs])
+
+    def stage_result(self, result: Result) -> None:
+        """Keep a done result whose artifacts are being pulled (its task stays assigned):
+        a restarted dispatcher resumes the pull from here."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO staged (task_id, attempt, result, staged_at)"
+            " VALUES (?, ?, ?, ?)", (result.task_id, result.attempt, result.encode(), time.time()))
+
+    def staged_results(self, run_id: str) -> dict[str, Result]:
+        """The staged results of a run's tasks, by task id (undecodable ones are dropped:
+        their attempts end as their workers' leases do)."""
+        staged = {}
+        for task_id, blob in self.db.execute(
+                "SELECT s.task_id, s.result FROM staged s JOIN tasks t ON t.task_id = s.task_id"
+                f" WHERE t.run_id = ? AND t.state = {ASSIGNED} AND s.attempt = t.attempt",
+                (run_id,)):
+            with contextlib.suppress(ValueError):
+                staged[task_id] = Result.decode(bytes(blob))
+        return staged
+
+    def set_inputs(self, task_id: str, refs: Iterable[FileRef]) -> None:
+        """Give a waiting task its input files (its init task is done)."""
+        self.db.execute("UPDATE tasks SET inputs = ? WHERE task_id = ?",
+                        (json.dumps([ref.to_json() for ref in refs]), task_id))
+
+    def fail_task(self, task_id: str, error: str, now: float) -> None:
+        """Fail a pending task that cannot run (the task it starts from failed)."""
+        self.db.execute(
+            f"UPDATE tasks SET state = {FAILED}, error = ?, finished_at = ?"
+            f" WHERE task_id = ? AND state = {PENDING}", (error, now, task_id))
 
     def run_artifact_bytes(self, run_id: str) -> int:
         """Bytes of the artifacts stored for a run (each task's files counted)."""

@@ -23,13 +23,20 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+import simkind
 from simctl.errors import LedgerWriteError
 from simctl.ledger import FINISHED, Ledger, LiveTask, RunInfo, TaskState
 from simctl.mqtt import payload_of
 from simctl.routing import Need, can_run, need_of, unrunnable
+from simctl.store import ArtifactStore
+from simctl.transfers import Failure, Staged, Transfers
 from simproto.protocol import (
     Assignment,
+    Channel,
+    Chunk,
+    ChunkRequest,
     DecodeError,
+    FileRef,
     Event,
     EventKind,
     Heartbeat,
@@ -43,6 +50,7 @@ from simproto.protocol import (
     decode_worker,
 )
 from simproto.ratelimit import RateLimit
+from simproto.sizes import format_size
 
 log = logging.getLogger("simctl.dispatcher")
 
@@ -176,6 +184,9 @@ class Decisions:
     """(worker id, [task id, attempt]) of results stored or dropped as duplicates."""
     progress: list[RunProgress] = field(default_factory=list)
     """Run progress to publish (retained)."""
+    transfers: list[tuple[str, Channel, Chunk | ChunkRequest]] = field(default_factory=list)
+    """(worker id, channel, message) of file transfers: requests for chunks of artifacts
+    (``pull``) and chunks of inputs (``download``), QoS 0."""
 
 @dataclass
 class Lease:
@@ -247,6 +258,15 @@ class RunView:
     """Pending tasks counted by what they need."""
     assigned: int = 0
     finished: dict[str, int] = field(default_factory=dict)
+    waiting_for: dict[str, list[LiveTask]] = field(default_factory=dict)
+    """Task id -> the pending tasks of this run that start from its final configuration
+    (they are not queued until it is done)."""
+    blocked: int = 0
+    """Tasks in ``waiting_for``."""
+    task_artifact_limit: int = 0
+    run_artifact_limit: int = 0
+    artifact_bytes: int = 0
+    """Bytes of the artifacts stored for this run so far."""
     dirty: bool = True
     published_at: float = 0.0
     waited: dict[str, int] = field(default_factory=dict)
@@ -254,7 +274,17 @@ class RunView:
 
     @property
     def live(self) -> int:
-        return len(self.pending) + self.assigned
+        return len(self.pending) + self.assigned + self.blocked
+
+    def wait_for(self, source: str, task: LiveTask) -> None:
+        self.waiting_for.setdefault(source, []).append(task)
+        self.blocked += 1
+
+    def release_waiting(self, source: str) -> list[LiveTask]:
+        """The tasks that waited for ``source`` (no longer counted as blocked)."""
+        tasks = self.waiting_for.pop(source, [])
+        self.blocked -= len(tasks)
+        return tasks
 
     def enqueue(self, task: LiveTask, first: bool = False) -> None:
         self.pending[task.task_id] = task
@@ -299,6 +329,7 @@ class Scheduler:
                  broker: tuple[str, str, str] | None = None) -> None:
         self.ledger = ledger
         self.topics = topics
+        self.transfers = Transfers(ArtifactStore.beside(ledger.path))
         self.broker = broker
         """(broker id, topic prefix, address) of the broker connected to; runs submitted to
         another id or prefix are not served. None: serve every run (tests)."""
@@ -343,8 +374,10 @@ class Scheduler:
             if now >= self._next_refresh:
                 self._next_refresh = now + RUNS_REFRESH_S
                 self.refresh_runs(now)
+            self.transfers.due(now)
             self.assign(now)
             self.finish_runs()
+        decided.transfers = self.transfers.take_outbox()
         return decided
 
     # ------------------------------------------------------------------ runs
@@ -364,6 +397,7 @@ class Scheduler:
         for worker in self.workers.values():
             worker.leases.clear()
         self.leases.clear()
+        self.transfers.clear()
         self.runs.clear()
         self.refresh_runs(now)
 
@@ -402,9 +436,20 @@ class Scheduler:
             info.total,
             {},
             finished={s: info.counts.get(s, 0) for s in ("done", "failed", "cancelled")},
+            task_artifact_limit=info.task_artifact_limit,
+            run_artifact_limit=info.run_artifact_limit,
+            artifact_bytes=self.ledger.run_artifact_bytes(run_id),
         )
-        for task in self.ledger.live_tasks(run_id):
+        live = self.ledger.live_tasks(run_id)
+        unfinished = {task.task_id for task in live}
+        for task in live:
             if task.worker_id is None:
+                if task.init_from is not None and task.inputs is None:
+                    if task.init_from in unfinished:
+                        view.wait_for(task.init_from, task)
+                    else:  # its init task ended while no dispatcher served the run
+                        self._start_waiting(view, task.init_from, [task], None, now)
+                    continue
                 view.enqueue(task)
                 continue
             # Assigned by an earlier dispatcher: keep the lease until the worker says otherwise.
@@ -422,11 +467,16 @@ class Scheduler:
             worker.leases.add(task.task_id)
             view.assigned += 1
         self.runs[run_id] = view
+        for result in self.ledger.staged_results(run_id).values():
+            if result.task_id in self.leases:  # its pull resumes where it was
+                self.transfers.stage(result, now)
         log.info("serving run %s (%d unfinished of %d)", run_id, view.live, view.total)
 
     def drop_run(self, run_id: str) -> None:
         view = self.runs.pop(run_id)
-        for task_id in [t for t, lease in self.leases.items() if lease.task.run_id == run_id]:
+        dropped = [t for t, lease in self.leases.items() if lease.task.run_id == run_id]
+        self.transfers.drop(dropped)
+        for task_id in dropped:
             lease = self.leases.pop(task_id)
             self.worker(lease.worker_id).leases.discard(task_id)
         state = self.finished_runs[run_id] = self.ledger.run_state(run_id)
@@ -483,6 +533,7 @@ class Scheduler:
                     lease.renewed_at = now
             case Disconnected():
                 self.connected = False
+                self.transfers.connection_lost()
             case _:
                 try:
                     decoded = decode_worker(self.topics, item.topic, payload_of(item))
@@ -501,6 +552,10 @@ class Scheduler:
                         self.on_result(result, now)
                     case Event() as event:
                         self.on_event(event, now)
+                    case Chunk() as chunk:
+                        self.on_chunk(decoded.worker_id, chunk, now)
+                    case ChunkRequest() as request if decoded.channel is Channel.FETCH:
+                        self.on_fetch(decoded.worker_id, request)
                     case None:
                         pass  # a retained status cleared
 
@@ -600,8 +655,9 @@ class Scheduler:
 
     def _check_overdue(self, lease: Lease, progress: float, worker: WorkerView, now: float) -> None:
         """A result the worker holds but never reached us (lost while we were resubscribing
-        after a broker restart, say) would renew the lease forever: give up on it."""
-        if progress < 1.0:
+        after a broker restart, say) would renew the lease forever: give up on it. A result
+        whose artifacts are being pulled has reached us."""
+        if progress < 1.0 or self.transfers.is_staged(lease.task.task_id):
             lease.finished_seen_at = None
         elif lease.finished_seen_at is None:
             lease.finished_seen_at = now
@@ -703,9 +759,26 @@ class Scheduler:
 
     def _win(self, result: Result, state: TaskState, lease: Lease | None) -> None:
         run = self.runs[result.run_id]
+        refs = result.artifact_refs if state is TaskState.DONE else ()
+        if refs:
+            over = self._over_limit(run, result, refs)
+            if over is not None:
+                self._win(replace(result, state=ResultState.FAILED.value, error=over,
+                                  retryable=False, artifacts=[]), TaskState.FAILED, lease)
+                return
+            if self.transfers.is_staged(result.task_id):
+                return  # a re-sent copy while its files are pulled: the worker keeps them
+            if self.transfers.stage(result, time.monotonic()):
+                self.ledger.stage_result(result)
+                return  # stored once its files are (see on_chunk); the lease stays
         if not self.ledger.store_result(result, state.value):
             self.end_attempt(result.task_id, result.attempt, Outcome.DUPLICATE, "", 0.0, result)
             return
+        if refs:
+            self.ledger.add_artifacts(result.run_id, result.task_id, refs)
+            run.artifact_bytes += sum(ref.size for ref in refs)
+        self._start_waiting(run, result.task_id, run.release_waiting(result.task_id),
+                            result if state is TaskState.DONE else None, time.monotonic())
         if lease is not None:
             self.leases.pop(result.task_id)
             self.worker(lease.worker_id).leases.discard(result.task_id)
@@ -742,13 +815,101 @@ class Scheduler:
             fail=fail,
             now=time.time(),
         )
+        if lease.task.task_id in self.transfers.staged:
+            self.transfers.drop([lease.task.task_id])
         if fail:
             run.finished[TaskState.FAILED.value] = run.finished.get(TaskState.FAILED.value, 0) + 1
+            self._start_waiting(run, task.task_id, run.release_waiting(task.task_id), None,
+                                time.monotonic())
             return
         # First in line again: it has waited longest, and a late result of the lost attempt
         # then meets the new attempt early rather than at the end of the run.
         run.enqueue(replace(task, attempt=lease.attempt, tries=tries, lost=lost_count,
                             worker_id=None, session=None), first=True)
+
+    # ------------------------------------------------------------ artifacts
+
+    def _over_limit(self, run: RunView, result: Result, refs: tuple[FileRef, ...]) -> str | None:
+        """Why a done result's artifacts may not be stored (a limit), or None."""
+        total = sum(ref.size for ref in refs)
+        if total > run.task_artifact_limit:
+            return (f"artifacts take {format_size(total)} ({_largest(refs)}), over the task "
+                    f"limit of {format_size(run.task_artifact_limit)} (artifact_limits.task "
+                    "in the task file)")
+        promised = run.artifact_bytes + self.transfers.pending_bytes(run.run_id)
+        if promised + total > run.run_artifact_limit:
+            return (f"artifacts take {format_size(total)}; with the run's "
+                    f"{format_size(promised)} so far that is over its limit of "
+                    f"{format_size(run.run_artifact_limit)} (artifact_limits.run in the task "
+                    "file)")
+        return None
+
+    def on_chunk(self, worker_id: str, chunk: Chunk, now: float) -> None:
+        """A chunk of a worker's artifact: results whose files are now all stored win; those
+        whose file cannot be had end their attempt (retryable: another attempt makes it anew)."""
+        completed, failed = self.transfers.on_chunk(worker_id, chunk, now)
+        for staged in completed:
+            self._store_staged(staged)
+        for failure in failed:
+            self._fail_staged(failure, now)
+
+    def _store_staged(self, staged: Staged) -> None:
+        result = staged.result
+        lease = self.leases.get(result.task_id)
+        if lease is None or (lease.attempt, lease.worker_id) != (result.attempt,
+                                                                 result.worker_id):
+            return  # its attempt ended meanwhile
+        self._win(result, TaskState.DONE, lease)
+
+    def _fail_staged(self, failure: Failure, now: float) -> None:
+        result = failure.result
+        log.warning("task %s attempt %d: its artifacts cannot be pulled: %s",
+                    result.task_id, result.attempt, failure.error)
+        self.end_attempt(result.task_id, result.attempt, Outcome.RETRYABLE,
+                         f"artifacts not pulled: {failure.error}", now)
+        self.ack(result)  # the worker may drop the files: this attempt is over
+
+    def on_fetch(self, worker_id: str, request: ChunkRequest) -> None:
+        """A worker asks for a chunk of an input of a task it holds now."""
+        inputs = (ref for task_id in self.worker(worker_id).leases
+                  for ref in _inputs_of(self.leases[task_id].task))
+        self.transfers.serve_input(worker_id, request, inputs)
+
+    def _start_waiting(self, run: RunView, source: str, tasks: list[LiveTask],
+                       result: Result | None, now: float) -> None:
+        """The tasks that waited for ``source`` (its attempt just ended, or ended earlier:
+        ``result`` None then, read from the ledger): queued with its final configuration as
+        their ``init``, or failed when it has none."""
+        if not tasks:
+            return
+        if result is None and self.ledger.task_state(source) == (run.run_id,
+                                                                 TaskState.DONE.value):
+            final = [a for a in self.ledger.artifacts(run.run_id, source)
+                     if a.name == simkind.FINAL_CONFIGURATION]
+            ref = FileRef(simkind.INIT_INPUT, final[0].size, final[0].sha256) if final else None
+        elif result is not None:
+            ref = next((FileRef(simkind.INIT_INPUT, r.size, r.sha256)
+                        for r in result.artifact_refs
+                        if r.name == simkind.FINAL_CONFIGURATION), None)
+        else:
+            ref = None
+        for task in tasks:
+            if ref is None:
+                state = self.ledger.task_state(source)
+                why = (f"its init task {source} saved no {simkind.FINAL_CONFIGURATION}"
+                       if state and state[1] == TaskState.DONE.value
+                       else f"its init task {source} did not finish (it "
+                            f"{state[1] if state else 'is gone'})")
+                self.ledger.fail_task(task.task_id, why, time.time())
+                run.finished[TaskState.FAILED.value] = \
+                    run.finished.get(TaskState.FAILED.value, 0) + 1
+                run.dirty = True
+                self._start_waiting(run, task.task_id, run.release_waiting(task.task_id), None,
+                                    now)
+                continue
+            self.ledger.set_inputs(task.task_id, [ref])
+            run.enqueue(replace(task, inputs=json.dumps([ref.to_json()])))
+            run.dirty = True
 
     def ack(self, result: Result) -> None:
         """Acknowledge a result (sent after the pass that stored it is committed)."""
@@ -844,6 +1005,8 @@ class Scheduler:
             seed=task.seed,
             assigned_at=wall,
             kind_version=task.kind_version,
+            inputs=json.loads(task.inputs) if task.inputs else [],
+            max_artifact_bytes=run.task_artifact_limit,
         )
         self._decided.assignments.append((worker.worker_id, message))
 
@@ -885,3 +1048,14 @@ class Scheduler:
             updated_at=time.time(),
             waiting=waiting,
         )
+
+
+def _inputs_of(task: LiveTask) -> list[FileRef]:
+    return [FileRef.from_json(ref) for ref in json.loads(task.inputs)] if task.inputs else []
+
+
+def _largest(refs: tuple[FileRef, ...]) -> str:
+    """The largest few files, for a message: ``trajectory.xyz 1.1 GiB, final.xyz 60 KiB``."""
+    top = sorted(refs, key=lambda r: -r.size)[:3]
+    more = f", and {len(refs) - 3} more" if len(refs) > 3 else ""
+    return ", ".join(f"{r.name} {format_size(r.size)}" for r in top) + more
