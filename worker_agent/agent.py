@@ -44,10 +44,13 @@ from simproto.protocol import (
     Assignment,
     Cancel,
     Channel,
+    Chunk,
+    ChunkRequest,
     DecodeError,
     Drain,
     Event,
     EventKind,
+    FileRef,
     Heartbeat,
     Message,
     Ping,
@@ -58,9 +61,11 @@ from simproto.protocol import (
     WorkerStatus,
     decode_control,
     decode_worker,
+    file_refs,
     package_version,
 )
 from simproto.ratelimit import RateLimit
+from simproto.transfer import serve_chunk
 from worker_agent.config import AgentConfig
 from worker_agent.errors import (
     AgentError,
@@ -80,7 +85,9 @@ from worker_agent.events import (
     Subscribed,
 )
 from worker_agent.http import HealthServer, View
+from worker_agent.inputs import Fetcher, Outcomes
 from worker_agent.pool import ChildPool, Job
+from worker_agent.spool import Spool, describe_files, format_bytes
 from worker_agent.startup import check_worker_id, discard_old_session
 
 log = logging.getLogger("worker_agent")
@@ -175,10 +182,15 @@ class Agent:
         self._control_topic = self._topic[Channel.CONTROL]
         self._replies_topic = self.topics.replies(wid)
         self._status_topic = self._topic[Channel.STATUS]
+        self._pull_topic = self._topic[Channel.PULL]
+        self._download_topic = self._topic[Channel.DOWNLOAD]
         self.held: dict[tuple[str, int], Held] = {}
+        self.spool = Spool(config.spool_dir, config.spool_max_bytes)
+        self.fetcher = Fetcher(self.spool)
+        """Assignments holding a slot while their input files arrive."""
         self.counters = dict.fromkeys(
             ("tasks_done", "tasks_failed", "tasks_cancelled", "tasks_rejected",
-             "child_restarts", "invalid_messages"), 0)
+             "child_restarts", "invalid_messages", "artifact_bytes_served"), 0)
         self.connected = False
         self._error_reports = RateLimit(ERROR_REPORTS_PER_S, ERROR_REPORT_BURST)
         self.http: HealthServer | None = None
@@ -240,6 +252,7 @@ class Agent:
         self.pool.start()  # children import the kernels while the id check runs
         if not check_worker_id(self.config, stopping=lambda: self._stop_mode is not None):
             return False
+        self._open_spool()  # after the id check: a live agent's attempts are not ours to remove
         try:
             self.http = HealthServer(self.config.http_port, self._view())
         except OSError as e:
@@ -257,6 +270,18 @@ class Agent:
         self._open_connection(lambda: connect(client, settings, session_expiry_s=SESSION_EXPIRY_S,
                                               resume_session=resume, asynchronous=False))
         return True
+
+    def _open_spool(self) -> None:
+        spool = self.spool
+        try:
+            stale = spool.open()
+        except OSError as e:
+            raise ConfigError(f"cannot use the spool {spool.root}: {e}") from e
+        if stale:
+            log.info("spool %s: removed %d attempt folders an earlier agent process left (their "
+                     "results went with its session; simctl runs those tasks again)",
+                     spool.root, stale)
+        log.info("spool %s", spool.describe_use())
 
     def _supervise_children(self) -> None:
         """Wait for the MQTT socket, a child message or death, a signal or the next timer;
@@ -301,10 +326,10 @@ class Agent:
         if not self.connected:
             return
         progress = {key[0]: 1.0 for key in self.held}
-        progress.update({job.assignment.task_id: job.progress for job in self.pool.jobs()})
+        progress.update({job.assignment.task_id: job.progress for job in self._jobs()})
         self._heartbeat_seq += 1
         beat = Heartbeat(self.config.worker_id, self.session, self._heartbeat_seq, time.time(),
-                         self.pool.free, progress)
+                         self._free_slots(), progress)
         self._publish(Channel.HEARTBEAT, beat, qos=0)
         for held in self.held.values():  # unsent (queue full) or unacknowledged for long
             if held.resend_at <= now:
@@ -316,14 +341,19 @@ class Agent:
             deadline_passed = (self._stop_deadline is not None
                                and time.monotonic() >= self._stop_deadline)
             if self._stop_mode is StopMode.COLD or deadline_passed:
-                for slot in [s for s in self.pool.slots if s.job is not None]:
-                    job, started_at = self.pool.kill(slot, "agent stopping")
+                handed_back = [self.pool.kill(slot, "agent stopping")
+                               for slot in self.pool.slots if slot.job is not None]
+                handed_back += [(fetch.job, fetch.started_at)
+                                for fetch in self.fetcher.remove_all()]
+                for job, started_at in handed_back:
                     self._finish(job, ResultState.FAILED, started_at, time.time(),
                                  error="handed back: agent stopping", retryable=True,
                                  handed_back=True)
-            if not self.pool.jobs():
+            if not self._jobs():
                 self._done = True
         now = time.monotonic()
+        if self.connected and self.fetcher.downloads:
+            self._send_fetch_requests()  # those that timed out
         if self._status_due is not None and self._status_due <= now and self.connected:
             self._status_due = None
             self._status_sent_at = now
@@ -427,6 +457,10 @@ class Agent:
                 self.handle_drain(drain)
             case Received(message=WorkerStatus() as status):
                 self.handle_own_status(status)
+            case Received(message=ChunkRequest() as request):
+                self.handle_pull(request)
+            case Received(message=Chunk() as chunk):
+                self.handle_download(chunk)
             case Delivered(connection=connection, mid=mid):
                 self._acknowledge(connection, mid)
             case PingRequest(ping=ping, response_topic=topic, correlation=correlation):
@@ -445,6 +479,7 @@ class Agent:
         self._view_stale = True
         for held in self.held.values():
             held.resend_at = 0.0  # re-sent on the next connect
+        self.fetcher.forget_requests()  # asked again on the next connect
         self._watch_socket()
         if not self._done:
             delay = self._redial.lost(time.monotonic())
@@ -466,6 +501,7 @@ class Agent:
             self._fatal = error  # worker_agent.cli logs it as it exits
         for slot in [s for s in self.pool.slots if s.job is not None]:
             self.pool.kill(slot, "agent exiting")
+        self.fetcher.remove_all()
         self._done = True
 
     def handle_own_status(self, status: WorkerStatus) -> None:
@@ -498,26 +534,33 @@ class Agent:
             self._send_result(held)
         if self.held:
             log.info("re-sent %d unacknowledged results", len(self.held))
+        self._send_fetch_requests()
         self._status_changed(urgent=True)
 
     def handle_assignment(self, a: Assignment) -> None:
         """Run an assignment, or reject it (no free slot, draining), or fail it (bad params)."""
         key = (a.task_id, a.attempt)
-        if key in self.held or any(job.key == key for job in self.pool.jobs()):
+        if key in self.held or any(job.key == key for job in self._jobs()):
             log.debug("ignoring duplicate assignment %s attempt %d", *key)
             return
         refusal = None
         installed = self.kinds.kinds.get(a.kind)
+        refs = a.input_refs
+        inputs = {ref.name: path for ref in refs if (path := self.spool.cached_input(ref))}
+        missing = [ref for ref in refs if ref.name not in inputs]
         if self.state is not WorkerState.ONLINE:
             refusal = f"worker {self.config.worker_id} is {self.state.value}"
-        elif self.pool.free == 0:
+        elif self._free_slots() == 0:
             refusal = f"no free slot: all {self.config.slots} slots are busy"
+        elif not self._spool_room(max(1, self.fetcher.receiving_bytes(missing)), refs):
+            refusal = (f"spool full: {self.spool.describe_use()}; raise --spool-max-bytes (or "
+                       "let simctl fetch what it holds)")
         elif installed is None:
             refusal = f"kind {a.kind!r} is not installed on {self.config.worker_id}"
         elif a.kind_version not in (None, installed.version):
             refusal = (f"kind {a.kind} {a.kind_version} is wanted, {self.config.worker_id} has "
                        f"{installed.version}")
-        if refusal is not None:
+        if refusal:
             self.counters["tasks_rejected"] += 1
             self._view_stale = True
             log.info("rejected %s attempt %d: %s", a.task_id, a.attempt, refusal)
@@ -526,31 +569,85 @@ class Agent:
                                                attempt=a.attempt))
             return
         assert installed is not None
+        job = Job(a, self.spool.attempt_dir(key), inputs)
         try:
             installed.kind.validate(a.params)
         except (simkind.ParamError, TypeError, ValueError) as e:
             now = time.time()
-            self._finish(Job(a), ResultState.FAILED, now, now, error=str(e),
-                         retryable=False)
+            self._finish(job, ResultState.FAILED, now, now, error=str(e), retryable=False)
             return
-        self.pool.submit(a)
+        if missing:
+            self._fetched(self.fetcher.add(job, refs, inputs, missing))
+            self._send_fetch_requests()
+        else:
+            self.pool.submit(job)
         self._status_changed()
 
+    def _spool_room(self, needed: int, keep: tuple[FileRef, ...] = ()) -> bool:
+        """Whether ``needed`` more bytes fit in the spool, once cached inputs no task uses
+        (nor ``keep``) are dropped as needed. An assignment needs at least one byte free: a
+        full spool starts nothing."""
+        in_use = self.fetcher.in_use() | {ref.sha256 for job in self.pool.jobs()
+                                          for ref in job.assignment.input_refs}
+        return self.spool.make_room(needed, in_use | {ref.sha256 for ref in keep})
+
+    def _fetched(self, outcomes: Outcomes) -> None:
+        """Run the assignments whose inputs are all here; fail those whose inputs cannot be
+        had (retryably: another attempt, or another worker, may get them)."""
+        for fetch in outcomes.ready:
+            fetch.job.inputs = fetch.paths
+            self.pool.submit(fetch.job)
+        for fetch, error in outcomes.failed:
+            self._finish(fetch.job, ResultState.FAILED, fetch.started_at, time.time(),
+                         error=error, retryable=True)
+        if outcomes.ready:
+            self._status_changed()
+
+    def _send_fetch_requests(self) -> None:
+        if not self.connected:
+            return  # asked on the next connect (Download.forget_requests on disconnect)
+        for request in self.fetcher.requests(time.monotonic()):
+            self._publish(Channel.FETCH, request, qos=0)
+
+    def handle_download(self, chunk: Chunk) -> None:
+        """A chunk of an input: on to its download; run what it completed."""
+        self._fetched(self.fetcher.take(chunk))
+        self._send_fetch_requests()
+        self._view_stale = True
+
+    def handle_pull(self, request: ChunkRequest) -> None:
+        """Serve a chunk of an artifact of a held result (or refuse: not held here)."""
+        held = self.spool.artifact(request.sha256)
+        chunk = serve_chunk(held.path if held else None, held.size if held else 0, request,
+                            f"worker {self.config.worker_id} holds no file "
+                            f"{request.sha256[:12]}")
+        self.counters["artifact_bytes_served"] += len(chunk.data)
+        self._view_stale = True
+        self._publish(Channel.CHUNK, chunk, qos=0)
+
     def handle_cancel(self, cancel: Cancel) -> None:
-        """Terminate the children running these tasks; report them cancelled."""
+        """Terminate the children running these tasks (or stop fetching their inputs);
+        report them cancelled."""
         for task_id in cancel.task_ids:
             slot = self.pool.find(task_id)
-            if slot is None:
+            fetch = self.fetcher.find(task_id)
+            if slot is not None:
+                job, started_at = self.pool.kill(slot, "cancelled")
+            elif fetch is not None:
+                self.fetcher.remove(fetch.job.key)
+                job, started_at = fetch.job, fetch.started_at
+            else:
                 log.debug("cancel: %s is not running here", task_id)
                 continue
-            job, started_at = self.pool.kill(slot, "cancelled")
             self._finish(job, ResultState.CANCELLED, started_at, time.time(),
                          error="cancelled on request", retryable=False)
 
     def handle_ack(self, ack: Ack) -> None:
-        """Forget results the dispatcher has stored."""
+        """Forget results the dispatcher has stored, and delete their artifacts."""
         for task_id, attempt in ack.results:
-            self.held.pop((task_id, attempt), None)
+            if self.held.pop((task_id, attempt), None) is not None:
+                self.spool.release((task_id, attempt))
+                self._view_stale = True
 
     def handle_drain(self, drain: Drain) -> None:
         """Take no new tasks; with ``exit_when_idle``, stop once the running ones are done."""
@@ -563,8 +660,8 @@ class Agent:
     def handle_ping(self, ping: Ping, response_topic: str, correlation: bytes | None) -> None:
         """Answer on the asker's response topic with its correlation data."""
         pong = Pong(self.config.worker_id, self.state.value, self.session, time.time(),
-                    self.config.slots, self.pool.free, self.version,
-                    [job.assignment.task_id for job in self.pool.jobs()])
+                    self.config.slots, self._free_slots(), self.version,
+                    [job.assignment.task_id for job in self._jobs()])
         props = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             props.CorrelationData = correlation
@@ -576,9 +673,13 @@ class Agent:
     def _finish(self, job: Job, state: ResultState, started_at: float, finished_at: float, *,
                 payload: dict[str, Any] | None = None, error: str | None = None,
                 retryable: bool = False, handed_back: bool = False) -> None:
-        """The one way every task ends: build the result, keep it until acked, send it."""
+        """The one way every task ends: build the result, keep it (and its artifacts) until
+        acked, send it."""
         a = job.assignment
         payload = payload or {}
+        if state is ResultState.DONE and (refusal := self._refuse_artifacts(a, payload)):
+            state, error, retryable = ResultState.FAILED, *refusal
+            payload = {k: v for k, v in payload.items() if k != "artifacts"}
         if self.image:
             payload = {**payload, "metadata": {**payload.get("metadata", {}), "image": self.image}}
 
@@ -595,6 +696,10 @@ class Agent:
             state, error = ResultState.FAILED, f"result not encodable: {e}"
             message = result(state, error, False, {})
             encoded = message.encode()
+        if message.artifacts:
+            self.spool.hold(message.key, message.artifact_refs)
+        else:
+            self.spool.discard_attempt(message.key)  # failed, cancelled, or no files
         counter = {ResultState.DONE: "tasks_done", ResultState.FAILED: "tasks_failed",
                    ResultState.CANCELLED: "tasks_cancelled"}[state]
         self.counters[counter] += 1
@@ -604,6 +709,25 @@ class Agent:
         self.held[message.key] = held
         self._send_result(held)
         self._status_changed()
+
+    def _refuse_artifacts(self, a: Assignment, payload: dict[str, Any]
+                          ) -> tuple[str, bool] | None:
+        """Why a finished attempt's artifacts cannot be kept, and whether another attempt
+        may do better (the task's limit: no; a full spool: yes), or None."""
+        try:
+            refs = file_refs(payload.get("artifacts", []), "artifacts")
+        except ValueError as e:
+            return f"the task's files cannot be reported: {e}", False
+        total = sum(ref.size for ref in refs)
+        if a.max_artifact_bytes is not None and total > a.max_artifact_bytes:
+            return (f"artifacts take {format_bytes(total)} ({describe_files(refs)}), over the "
+                    f"task limit of {format_bytes(a.max_artifact_bytes)} "
+                    "(artifact_limits.task in the task file)"), False
+        if total and not self._spool_room(total):
+            return (f"spool full: this attempt's artifacts take {format_bytes(total)} "
+                    f"({describe_files(refs)}), and {self.spool.describe_use()}; raise "
+                    "--spool-max-bytes"), True
+        return None
 
     def _send_result(self, held: Held) -> None:
         if not self.connected or self.client is None:
@@ -628,13 +752,20 @@ class Agent:
 
     # ===================================================================== helpers
 
+    def _jobs(self) -> list[Job]:
+        """Every attempt holding a slot: on a child, or fetching its inputs."""
+        return self.pool.jobs() + self.fetcher.jobs()
+
+    def _free_slots(self) -> int:
+        return self.pool.free - len(self.fetcher.fetches)
+
     def _status(self, state: WorkerState) -> WorkerStatus:
         """The retained status; with state offline it is also the Last Will."""
         return WorkerStatus(
             worker_id=self.config.worker_id, state=state.value, session=self.session,
             ts=time.time(), host=self.host, version=self.version, slots=self.config.slots,
-            free_slots=self.pool.free,
-            running=[job.assignment.task_id for job in self.pool.jobs()],
+            free_slots=self._free_slots(),
+            running=[job.assignment.task_id for job in self._jobs()],
             started_at=self.started_at,
             http_port=self.http.port if self.http is not None else None,
             heartbeat_s=self.config.heartbeat_s,
@@ -658,12 +789,15 @@ class Agent:
     def _view(self) -> View:
         return View(
             worker_id=self.config.worker_id, state=self.state.value,
-            running=tuple(job.assignment.task_id for job in self.pool.jobs()),
+            running=tuple(job.assignment.task_id for job in self._jobs()),
             slots=self.config.slots, connected=self.connected,
             children=tuple((s.index, s.pid, s.job.assignment.task_id if s.job else None)
                            for s in self.pool.slots),
             counters={**self.counters, "results_unacked": len(self.held),
-                      "child_restarts": sum(s.restarts for s in self.pool.slots)},
+                      "child_restarts": sum(s.restarts for s in self.pool.slots),
+                      "input_bytes_fetched": self.fetcher.fetched_bytes,
+                      "spool_bytes": self.spool.used_bytes,
+                      "spool_max_bytes": self.spool.max_bytes},
         )
 
     def _publish(self, channel: Channel, message: Message, *, qos: int = 1,
@@ -776,7 +910,8 @@ class Agent:
         self._enqueue(Connected(bool(flags.session_present)))
         _, self._subscribe_mid = client.subscribe([
             (self._assign_topic, 1), (self._control_topic, 1), (self.topics.ping, 0),
-            (self._replies_topic, 0), (self._status_topic, 0)])
+            (self._replies_topic, 0), (self._status_topic, 0), (self._pull_topic, 0),
+            (self._download_topic, 0)])
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, _codes: Any,
                       _props: Any) -> None:
@@ -795,6 +930,10 @@ class Agent:
                 self._enqueue(Received(Assignment.decode(payload)))
             elif topic == self._control_topic:
                 self._enqueue(Received(decode_control(payload)))
+            elif topic == self._pull_topic:
+                self._enqueue(Received(ChunkRequest.decode(payload)))
+            elif topic == self._download_topic:
+                self._enqueue(Received(Chunk.decode(payload)))
             elif topic == self.topics.ping:
                 ping = Ping.decode(payload)
                 props = msg.properties

@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import simkind
@@ -28,12 +29,15 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class Run:
-    """Agent -> child: run one kernel call."""
+    """Agent -> child: run one kernel call; the task writes its files into ``artifact_dir``
+    (its attempt's folder in the spool) and reads its input files from ``inputs``."""
 
     task_id: str
     kind: str
     params: dict[str, Any]
     seed: int
+    artifact_dir: Path
+    inputs: dict[str, Path]
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ class Progress:
 
 @dataclass(frozen=True)
 class Done:
-    """Child -> agent: the task finished; ``payload`` holds summary, observables, metadata."""
+    """Child -> agent: the task finished; ``payload`` holds summary, observables, metadata
+    and artifacts (the manifest of the files it left in its artifact folder)."""
 
     task_id: str
     started_at: float
@@ -137,11 +142,14 @@ def _run(conn: Connection, kinds: simkind.Registry, request: Run) -> Done | Fail
     started_at = time.time()
     try:
         output = simkind.execute(kinds.get(request.kind), request.params, request.seed,
-                                 simkind.Context(task_id, progress))
+                                 simkind.Context(task_id, progress,
+                                                 artifact_dir=request.artifact_dir,
+                                                 inputs=request.inputs))
     except (simkind.ParamError, simkind.SimulationError) as e:
         # Deterministic for these parameters and this seed: another attempt fails the same way.
         return Failed(task_id, started_at, time.time(), str(e), False)
     except Exception as e:
         return Failed(task_id, started_at, time.time(), f"{type(e).__name__}: {e}", True)
-    payload = {name: output[name] for name in ("summary", "observables", "metadata")}
+    payload = {name: output[name]
+               for name in ("summary", "observables", "metadata", "artifacts")}
     return Done(task_id, started_at, time.time(), payload)

@@ -24,12 +24,14 @@ from worker_agent.config import (
     DEFAULT_GRACE_S,
     DEFAULT_HEARTBEAT_S,
     DEFAULT_HTTP_PORT,
+    DEFAULT_SPOOL_MAX_BYTES,
     LOG_LEVELS,
     AgentConfig,
     check_broker,
     read_config_file,
 )
 from worker_agent.errors import AgentError
+from worker_agent.spool import format_bytes
 
 PROG = "worker-agent"
 """The program name in messages."""
@@ -109,6 +111,13 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
 @click.option("--grace", envvar="WORKER_GRACE", type=float, default=DEFAULT_GRACE_S,
               show_default=True,
               help="Seconds running tasks get to finish after SIGTERM before being handed back.")
+@click.option("--spool", envvar="WORKER_SPOOL", default=None,
+              help="Folder of the artifacts until simctl has them, and of the inputs cache.  "
+                   "[default: $XDG_STATE_HOME/particle-sim/spool/WORKER_ID]")
+@click.option("--spool-max-bytes", envvar="WORKER_SPOOL_MAX_BYTES", type=str,
+              default=str(DEFAULT_SPOOL_MAX_BYTES),
+              show_default=format_bytes(DEFAULT_SPOOL_MAX_BYTES),
+              help="Bound of the spool: bytes, or a size such as 500MB or 20GiB.")
 @click.option("--keepalive", type=int, default=DEFAULT_KEEPALIVE_S, show_default=True,
               help="MQTT keepalive in whole seconds; the Last Will fires ~1.5x after silence.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),

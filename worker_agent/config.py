@@ -16,6 +16,7 @@ from simproto.connection import DEFAULT_KEEPALIVE_S, BrokerAddress, ConnectionSe
 from simproto.protocol import DEFAULT_TOPIC_PREFIX, Topics, check_id
 from simproto.settings_file import read_settings_file
 from worker_agent.errors import ConfigError
+from worker_agent.spool import parse_size
 
 DEFAULT_BROKER = "127.0.0.1:1883"
 """Broker used when none is configured: the local quick-start broker."""
@@ -32,22 +33,33 @@ DEFAULT_GRACE_S = 30.0
 DEFAULT_HTTP_PORT = 8000
 """Port of the HTTP health endpoint (``/ping``, ``/metrics``); 0 picks any free port."""
 
+DEFAULT_SPOOL_MAX_BYTES = 20 << 30
+"""Bound of the spool (artifacts simctl has not fetched yet, and cached inputs): 20 GiB."""
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 """Accepted ``--log-level`` values."""
 
 CONFIG_KEYS = (
     "broker", "worker_id", "slots", "http_port", "topic_prefix", "username", "password_file",
-    "tls_ca", "tls_cert", "tls_key", "heartbeat", "grace", "keepalive", "log_level",
+    "tls_ca", "tls_cert", "tls_key", "heartbeat", "grace", "keepalive", "log_level", "spool",
+    "spool_max_bytes",
 )
 """Keys a YAML config file may set (the long flag names; '-' and '_' are interchangeable)."""
 
-PATH_KEYS = ("password_file", "tls_ca", "tls_cert", "tls_key")
+PATH_KEYS = ("password_file", "tls_ca", "tls_cert", "tls_key", "spool")
 """Settings that name files; in a config file they are relative to the file's folder."""
 
 
 def default_worker_id() -> str:
     """The host name, which is what a machine's single agent is naturally called."""
     return socket.gethostname().split(".", 1)[0] or "worker"
+
+
+def default_spool(worker_id: str) -> Path:
+    """``$XDG_STATE_HOME/particle-sim/spool/<worker_id>`` (``~/.local/state`` without it)."""
+    state = os.environ.get("XDG_STATE_HOME")
+    return (Path(state) if state else Path.home() / ".local/state") / "particle-sim/spool" / \
+        worker_id
 
 
 def default_slots() -> int:
@@ -68,6 +80,13 @@ class AgentConfig:
     http_port: int
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     grace_s: float = DEFAULT_GRACE_S
+    spool: Path | None = None
+    """The spool folder (None: :func:`default_spool`; see :attr:`spool_dir`)."""
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.spool or default_spool(self.worker_id)
 
     @property
     def topics(self) -> Topics:
@@ -89,7 +108,8 @@ class AgentConfig:
                 ("password_file", c.password_file), ("tls_ca", c.tls_ca),
                 ("tls_cert", c.tls_cert), ("tls_key", c.tls_key))},
             "heartbeat": self.heartbeat_s, "grace": self.grace_s, "keepalive": c.keepalive_s,
-            "client_id": self.client_id,
+            "client_id": self.client_id, "spool": str(self.spool_dir),
+            "spool_max_bytes": self.spool_max_bytes,
         }
 
     @classmethod
@@ -109,12 +129,15 @@ class AgentConfig:
         heartbeat: float = DEFAULT_HEARTBEAT_S,
         grace: float = DEFAULT_GRACE_S,
         keepalive: int = DEFAULT_KEEPALIVE_S,
+        spool: str | Path | None = None,
+        spool_max_bytes: int | str = DEFAULT_SPOOL_MAX_BYTES,
     ) -> AgentConfig:
         """Check every value and build the config; raises ConfigError naming the bad one."""
         try:
             address = BrokerAddress.parse(broker)
             Topics(topic_prefix)
             wid = check_id(worker_id or default_worker_id(), "worker id")
+            max_bytes = parse_size(spool_max_bytes, "--spool-max-bytes")
         except ValueError as e:
             raise ConfigError(str(e)) from e
         n_slots = default_slots() if slots is None else slots
@@ -148,7 +171,10 @@ class AgentConfig:
             connection.read_password()
         except ValueError as e:
             raise ConfigError(str(e)) from e
-        return cls(connection, wid, n_slots, http_port, heartbeat, grace)
+        if spool is not None and Path(spool).exists() and not Path(spool).is_dir():
+            raise ConfigError(f"--spool: {spool} is not a folder")
+        return cls(connection, wid, n_slots, http_port, heartbeat, grace,
+                   Path(spool) if spool else None, max_bytes)
 
 
 

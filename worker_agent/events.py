@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simproto.protocol import Ack, Assignment, Cancel, Drain, Ping, WorkerStatus
+from simproto.protocol import (
+    Ack,
+    Assignment,
+    Cancel,
+    Chunk,
+    ChunkRequest,
+    Drain,
+    Ping,
+    WorkerStatus,
+)
 
 
 @dataclass(frozen=True)
@@ -39,9 +48,10 @@ class Refused:
 
 @dataclass(frozen=True)
 class Received:
-    """A valid message of the agent's topics: its orders, or its own retained status."""
+    """A valid message of the agent's topics: its orders, its own retained status, a request
+    for a chunk of its artifacts, or a chunk of its inputs."""
 
-    message: Assignment | Cancel | Ack | Drain | WorkerStatus
+    message: Assignment | Cancel | Ack | Drain | WorkerStatus | ChunkRequest | Chunk
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,7 @@ class View:
     children: tuple[tuple[int, int | None, str | None], ...] = ()
     """(slot, child pid, task id) per slot."""
     counters: dict[str, int] = field(default_factory=dict)
-    """tasks_done, tasks_failed, tasks_cancelled, tasks_rejected, results_unacked,
-    child_restarts, invalid_messages."""
+    """The values of :data:`METRICS`, by name."""
 
 
 METRICS: tuple[tuple[str, str, str], ...] = (
@@ -41,6 +40,10 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("results_unacked", "gauge", "Results kept until the dispatcher acknowledges them."),
     ("child_restarts", "counter", "Task child processes replaced (died, cancelled, handed back)."),
     ("invalid_messages", "counter", "Received messages rejected as invalid."),
+    ("artifact_bytes_served", "counter", "Bytes of artifacts sent to simctl (re-sent included)."),
+    ("input_bytes_fetched", "counter", "Bytes of input files received from simctl."),
+    ("spool_bytes", "gauge", "Bytes the spool holds: unacknowledged artifacts and inputs."),
+    ("spool_max_bytes", "gauge", "Bound of the spool (--spool-max-bytes)."),
 )
 """The counters of :class:`View`, with their Prometheus type and help text."""
 

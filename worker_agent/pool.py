@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from simproto.protocol import Assignment, ResultState
@@ -37,9 +38,13 @@ otherwise respawn in a tight loop)."""
 
 @dataclass
 class Job:
-    """One attempt of one task while it is on a slot."""
+    """One attempt of one task while it is on a slot (or fetching its inputs for one)."""
 
     assignment: Assignment
+    artifact_dir: Path
+    """Its attempt's folder in the spool."""
+    inputs: dict[str, Path] = field(default_factory=dict)
+    """Input name -> its file in the spool's cache."""
     progress: float = 0.0
 
     @property
@@ -175,23 +180,24 @@ class ChildPool:
                 return slot
         return None
 
-    def submit(self, assignment: Assignment) -> Job:
-        """Put an assignment on a free slot (the caller checked :attr:`free`)."""
+    def submit(self, job: Job) -> None:
+        """Put a job on a free slot (the caller checked :attr:`free`)."""
         slot = next(s for s in self.slots if s.job is None)
-        slot.job = Job(assignment)
+        slot.job = job
         slot.job_sent = False
         slot.job_started_at = None
         if slot.ready:
             self._send_job(slot)
-        return slot.job
 
     def _send_job(self, slot: Slot) -> None:
         assert slot.job is not None and slot.conn is not None
-        a = slot.job.assignment
+        job = slot.job
+        a = job.assignment
         slot.job_started_at = time.time()
         slot.job_sent = True
         with contextlib.suppress(OSError):  # a dead child's sentinel reports it on the next poll
-            slot.conn.send(Run(a.task_id, a.kind, a.params, a.seed))
+            slot.conn.send(Run(a.task_id, a.kind, a.params, a.seed, job.artifact_dir,
+                               job.inputs))
 
     def kill(self, slot: Slot, reason: str) -> tuple[Job, float]:
         """Terminate the slot's child (cancel, hand back), start a fresh one.

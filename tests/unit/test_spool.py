@@ -1,0 +1,81 @@
+"""The agent's spool accounting (worker_agent.spool), on a real folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from simproto.protocol import FileRef
+from worker_agent.spool import Spool, format_bytes, parse_size
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("20GiB", 20 << 30), ("500MB", 500_000_000), ("1.5 kB", 1500), ("7", 7), (4096, 4096),
+    ("2 tib", 2 << 40), ("10b", 10),
+])
+def test_sizes_are_parsed(text: str | int, size: int) -> None:
+    assert parse_size(text, "--spool-max-bytes") == size
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("20 XB", "is not a size: give a number of bytes"), ("GiB", "is not a size"),
+    ("-5", "is not a size"), ("1e9", "is not a size"), ("", "is not a size"),
+    (True, "is not a size"), ("0", "must be at least 1 byte"),
+])
+def test_bad_sizes_are_refused_naming_the_setting(text: str | int, problem: str) -> None:
+    with pytest.raises(ValueError, match=r"^--spool-max-bytes: ") as caught:
+        parse_size(text, "--spool-max-bytes")
+    assert problem in str(caught.value)
+
+
+def test_sizes_are_shown_in_binary_units() -> None:
+    assert [format_bytes(n) for n in (0, 1023, 1024, 1536, 20 << 30, 3 << 50)] == \
+        ["0 B", "1023 B", "1.0 KiB", "1.5 KiB", "20.0 GiB", "3072.0 TiB"]
+
+
+def _input(spool: Spool, data: bytes) -> FileRef:
+    """Put a file into the inputs cache as a finished transfer does."""
+    ref = FileRef("init", len(data), hashlib.sha256(data).hexdigest())
+    spool.start_receiving(ref).write_bytes(data)
+    spool.received(ref.sha256)
+    return ref
+
+
+def test_start_up_clears_attempts_and_keeps_the_inputs_cache_in_lru_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1000)
+    spool.open()
+    old, new = _input(spool, b"a" * 300), _input(spool, b"b" * 300)
+    os.utime(spool.inputs / old.sha256, (1, 1))  # used long ago
+    (spool.attempts / "t-1").mkdir()
+    (spool.attempts / "t-1" / "data.bin").write_bytes(b"x")
+    (spool.inputs / "notes.txt").write_text("not the agent's")
+
+    again = Spool(tmp_path, 1000)
+    assert again.open() == 1
+    assert list(again.attempts.iterdir()) == []
+    assert again.used_bytes == 600  # notes.txt is not counted
+    # 500 more bytes: the least recently used input goes, the other stays.
+    assert again.make_room(500, in_use=set())
+    assert again.cached_input(old) is None and again.cached_input(new) is not None
+    assert (tmp_path / "inputs/notes.txt").exists()
+
+
+def test_held_artifacts_are_never_dropped_for_room(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1000)
+    spool.open()
+    used = _input(spool, b"c" * 400)
+    folder = spool.attempt_dir(("t", 1))
+    folder.mkdir()
+    (folder / "data.bin").write_bytes(b"d" * 500)
+    artifact = FileRef("data.bin", 500, hashlib.sha256(b"d" * 500).hexdigest())
+    spool.hold(("t", 1), (artifact,))
+    assert not spool.make_room(200, in_use={used.sha256})  # the input is in use
+    assert spool.cached_input(used) is not None
+    held = spool.artifact(artifact.sha256)
+    assert held is not None and held.path == folder / "data.bin" and held.size == 500
+    spool.release(("t", 1))
+    assert spool.artifact(artifact.sha256) is None and not folder.exists()
+    assert spool.make_room(200, in_use={used.sha256}) and spool.used_bytes == 400
