@@ -328,6 +328,19 @@ class LiveTask:
     """The task whose final configuration this one starts from (it waits for it)."""
 
 
+@dataclass(frozen=True)
+class PendingTask:
+    """A pending task as stored: what validating it again needs."""
+
+    task_id: str
+    kind: str
+    params: dict[str, Any]
+    seed: int
+    kind_version: str | None
+    input_digests: tuple[str, ...]
+    init_from: str | None
+
+
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus 6 random hex digits."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -764,18 +777,20 @@ class Ledger:
             )
         ]
 
-    def pending_tasks(self, run_id: str) -> list[tuple[str, str, dict[str, Any], int, str | None]]:
-        """(task id, kind, params, seed, kind version) of a run's pending tasks, in order."""
+    def pending_tasks(self, run_id: str) -> list[PendingTask]:
+        """The pending tasks of a run, in order (what ``--revalidate`` checks again)."""
         return [
-            (task_id, kind, json.loads(params), seed, version)
-            for task_id, kind, params, seed, version in self.db.execute(
-                "SELECT task_id, kind, params, seed, kind_version FROM tasks"
+            PendingTask(task_id, kind, json.loads(params), seed, version,
+                        tuple(ref["sha256"] for ref in json.loads(inputs or "[]")),
+                        init_from)
+            for task_id, kind, params, seed, version, inputs, init_from in self.db.execute(
+                "SELECT task_id, kind, params, seed, kind_version, inputs, init_from FROM tasks"
                 f" WHERE run_id = ? AND state = {PENDING} ORDER BY idx",
                 (run_id,),
             )
         ]
 
-    def revalidate(self, updates: list[tuple[str, dict[str, Any], str, str]]) -> None:
+    def revalidate(self, updates: list[tuple[str, dict[str, Any], str, str | None]]) -> None:
         """Store (task id, params, kind version, reuse key) of pending tasks validated anew
         against the installed kinds; tasks no longer pending are left alone."""
         with self.batch():

@@ -92,7 +92,8 @@ def version_changes(ledger: Ledger, run_id: str,
     installed here: (kind, their version, installed version) -> count. Tasks whose kind is
     not installed here, or whose version was not recorded, are not counted."""
     changes: dict[tuple[str, str | None, str], int] = {}
-    for _task_id, kind, _params, _seed, version in ledger.pending_tasks(run_id):
+    for task in ledger.pending_tasks(run_id):
+        kind, version = task.kind, task.kind_version
         installed = kinds.kinds.get(kind)
         if installed is not None and version is not None and version != installed.version:
             key = (kind, version, installed.version)
@@ -105,14 +106,16 @@ def revalidate(ledger: Ledger, run_id: str, kinds: simkind.Registry) -> int:
     versions (params get the new defaults; seeds stay). Nothing changes if one fails:
     InputError names the task. Returns how many tasks were validated anew."""
     updates = []
-    for task_id, kind, params, seed, _version in ledger.pending_tasks(run_id):
+    for task in ledger.pending_tasks(run_id):
         try:
-            installed = kinds.get(kind)
-            validated = installed.kind.validate(params)
+            installed = kinds.get(task.kind)
+            validated = installed.kind.validate(task.params)
         except simkind.ParamError as e:
-            raise InputError(f"--revalidate: task {task_id}: {e}; nothing was changed") from e
-        updates.append((task_id, validated, installed.version,
-                        reuse_key(kind, installed.version, validated, seed)))
+            raise InputError(f"--revalidate: task {task.task_id}: {e}; nothing was "
+                             "changed") from e
+        key = None if task.init_from is not None else reuse_key(
+            task.kind, installed.version, validated, task.seed, task.input_digests)
+        updates.append((task.task_id, validated, installed.version, key))
     ledger.revalidate(updates)
     return len(updates)
 

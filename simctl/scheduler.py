@@ -36,9 +36,9 @@ from simproto.protocol import (
     Chunk,
     ChunkRequest,
     DecodeError,
-    FileRef,
     Event,
     EventKind,
+    FileRef,
     Heartbeat,
     Result,
     ResultState,
@@ -50,7 +50,7 @@ from simproto.protocol import (
     decode_worker,
 )
 from simproto.ratelimit import RateLimit
-from simproto.sizes import format_size
+from simproto.sizes import format_size, over_task_limit
 
 log = logging.getLogger("simctl.dispatcher")
 
@@ -831,11 +831,10 @@ class Scheduler:
 
     def _over_limit(self, run: RunView, result: Result, refs: tuple[FileRef, ...]) -> str | None:
         """Why a done result's artifacts may not be stored (a limit), or None."""
+        over = over_task_limit(refs, run.task_artifact_limit)
+        if over is not None:
+            return over
         total = sum(ref.size for ref in refs)
-        if total > run.task_artifact_limit:
-            return (f"artifacts take {format_size(total)} ({_largest(refs)}), over the task "
-                    f"limit of {format_size(run.task_artifact_limit)} (artifact_limits.task "
-                    "in the task file)")
         promised = run.artifact_bytes + self.transfers.pending_bytes(run.run_id)
         if promised + total > run.run_artifact_limit:
             return (f"artifacts take {format_size(total)}; with the run's "
@@ -1053,9 +1052,3 @@ class Scheduler:
 def _inputs_of(task: LiveTask) -> list[FileRef]:
     return [FileRef.from_json(ref) for ref in json.loads(task.inputs)] if task.inputs else []
 
-
-def _largest(refs: tuple[FileRef, ...]) -> str:
-    """The largest few files, for a message: ``trajectory.xyz 1.1 GiB, final.xyz 60 KiB``."""
-    top = sorted(refs, key=lambda r: -r.size)[:3]
-    more = f", and {len(refs) - 3} more" if len(refs) > 3 else ""
-    return ", ".join(f"{r.name} {format_size(r.size)}" for r in top) + more

@@ -13,6 +13,7 @@ the field; every error of a file (up to :data:`MAX_ERRORS`) is reported at once,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -495,10 +496,13 @@ def _parse(check: _Checker, text: str, path: Path) -> TaskFile:
         here = _Entry(len(specs), len(expanded), expanded[0][0] if expanded else None,
                       [params for _, params in expanded])
         specs.extend(expanded)
-        inits.extend(_or([None] * len(expanded), lambda: _entry_inits(
-            check, path, entry, f"tasks[{i}]", here, named)))
+        try:
+            inits.extend(_entry_inits(check, path, entry, f"tasks[{i}]", here, named))
+        except _Stop:
+            inits.extend([None] * len(expanded))
         if "name" in entry:
-            _or(None, lambda: _name_entry(check, entry, f"tasks[{i}]", here, named))
+            with contextlib.suppress(_Stop):
+                _name_entry(check, entry, f"tasks[{i}]", here, named)
     if check.problems:
         raise _Stop
     occurrences: dict[str, int] = {}

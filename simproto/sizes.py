@@ -7,6 +7,9 @@ One spelling everywhere a size is set (task files' ``artifact_limits``, the agen
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+
+from simproto.protocol import FileRef
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
@@ -47,3 +50,20 @@ def format_size(n: int) -> str:
             break
         value, unit = value / 1024.0, bigger
     return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+
+
+def describe_files(refs: Iterable[FileRef], limit: int = 3) -> str:
+    """``trajectory.xyz 1.1 GiB, final.xyz 2.0 MiB, ...``: the largest files first."""
+    ordered = sorted(refs, key=lambda ref: (-ref.size, ref.name))
+    named = ", ".join(f"{ref.name} {format_size(ref.size)}" for ref in ordered[:limit])
+    return named + (", ..." if len(ordered) > limit else "")
+
+
+def over_task_limit(refs: tuple[FileRef, ...], limit: int | None) -> str | None:
+    """Why a task's artifacts break its limit (``artifact_limits.task``), or None. The
+    agent checks it before it keeps the files, simctl again before it pulls them."""
+    total = sum(ref.size for ref in refs)
+    if limit is None or total <= limit:
+        return None
+    return (f"artifacts take {format_size(total)} ({describe_files(refs)}), over the task "
+            f"limit of {format_size(limit)} (artifact_limits.task in the task file)")

@@ -87,7 +87,8 @@ from worker_agent.events import (
 from worker_agent.http import HealthServer, View
 from worker_agent.inputs import Fetcher, Outcomes
 from worker_agent.pool import ChildPool, Job
-from worker_agent.spool import Spool, describe_files, format_bytes
+from simproto.sizes import describe_files, format_size, over_task_limit
+from worker_agent.spool import Spool
 from worker_agent.startup import check_worker_id, discard_old_session
 
 log = logging.getLogger("worker_agent")
@@ -719,12 +720,11 @@ class Agent:
         except ValueError as e:
             return f"the task's files cannot be reported: {e}", False
         total = sum(ref.size for ref in refs)
-        if a.max_artifact_bytes is not None and total > a.max_artifact_bytes:
-            return (f"artifacts take {format_bytes(total)} ({describe_files(refs)}), over the "
-                    f"task limit of {format_bytes(a.max_artifact_bytes)} "
-                    "(artifact_limits.task in the task file)"), False
+        over = over_task_limit(refs, a.max_artifact_bytes)
+        if over is not None:
+            return over, False
         if total and not self._spool_room(total):
-            return (f"spool full: this attempt's artifacts take {format_bytes(total)} "
+            return (f"spool full: this attempt's artifacts take {format_size(total)} "
                     f"({describe_files(refs)}), and {self.spool.describe_use()}; raise "
                     "--spool-max-bytes"), True
         return None

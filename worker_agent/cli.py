@@ -31,7 +31,7 @@ from worker_agent.config import (
     read_config_file,
 )
 from worker_agent.errors import AgentError
-from worker_agent.spool import format_bytes
+from simproto.sizes import format_size
 
 PROG = "worker-agent"
 """The program name in messages."""
@@ -116,7 +116,7 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
                    "[default: $XDG_STATE_HOME/particle-sim/spool/WORKER_ID]")
 @click.option("--spool-max-bytes", envvar="WORKER_SPOOL_MAX_BYTES", type=str,
               default=str(DEFAULT_SPOOL_MAX_BYTES),
-              show_default=format_bytes(DEFAULT_SPOOL_MAX_BYTES),
+              show_default=format_size(DEFAULT_SPOOL_MAX_BYTES),
               help="Bound of the spool: bytes, or a size such as 500MB or 20GiB.")
 @click.option("--keepalive", type=int, default=DEFAULT_KEEPALIVE_S, show_default=True,
               help="MQTT keepalive in whole seconds; the Last Will fires ~1.5x after silence.")

@@ -16,7 +16,7 @@ from simproto.connection import DEFAULT_KEEPALIVE_S, BrokerAddress, ConnectionSe
 from simproto.protocol import DEFAULT_TOPIC_PREFIX, Topics, check_id
 from simproto.settings_file import read_settings_file
 from worker_agent.errors import ConfigError
-from worker_agent.spool import parse_size
+from simproto.sizes import parse_size
 
 DEFAULT_BROKER = "127.0.0.1:1883"
 """Broker used when none is configured: the local quick-start broker."""
@@ -137,9 +137,15 @@ class AgentConfig:
             address = BrokerAddress.parse(broker)
             Topics(topic_prefix)
             wid = check_id(worker_id or default_worker_id(), "worker id")
-            max_bytes = parse_size(spool_max_bytes, "--spool-max-bytes")
         except ValueError as e:
             raise ConfigError(str(e)) from e
+        try:
+            max_bytes = parse_size(spool_max_bytes)
+        except ValueError as e:
+            raise ConfigError(f"--spool-max-bytes: {e}") from e
+        if max_bytes < 1:
+            raise ConfigError(f"--spool-max-bytes: must be at least 1 byte, got "
+                              f"{spool_max_bytes!r}")
         n_slots = default_slots() if slots is None else slots
         checks = [
             (n_slots >= 1, f"--slots must be at least 1, got {n_slots}"),

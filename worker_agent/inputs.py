@@ -16,7 +16,8 @@ from pathlib import Path
 from simproto.protocol import Chunk, ChunkRequest, FileRef
 from simproto.transfer import Download, TransferError
 from worker_agent.pool import Job
-from worker_agent.spool import Key, Spool, format_bytes
+from simproto.sizes import format_size
+from worker_agent.spool import Key, Spool
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ class Fetcher:
                 self._fail(ref.sha256, f"cannot write it to the spool: {e}", outcomes)
                 return outcomes  # this assignment failed: its other inputs are not wanted
             log.info("fetching input %s of %s (%s, %s)%s", ref.sha256[:12],
-                     job.assignment.task_id, ref.name, format_bytes(ref.size),
-                     f", resumed from {format_bytes(download.resumed_from)}"
+                     job.assignment.task_id, ref.name, format_size(ref.size),
+                     f", resumed from {format_size(download.resumed_from)}"
                      if download.resumed_from else "")
             if download.complete:  # a part file an earlier process finished
                 self._arrived(ref.sha256, outcomes)

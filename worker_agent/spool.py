@@ -24,14 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simproto.protocol import FileRef
+from simproto.sizes import format_size
 
-UNITS = {"B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-         "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
-"""Units ``--spool-max-bytes`` accepts (in any case): SI and binary multiples."""
-
-_UNIT_BYTES = {unit.lower(): size for unit, size in UNITS.items()}
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 _SHA256_NAME_RE = re.compile(r"^[0-9a-f]{64}$")
 
 PART_SUFFIX = ".part"
@@ -39,43 +33,6 @@ PART_SUFFIX = ".part"
 
 Key = tuple[str, int]
 """(task id, attempt)."""
-
-
-def parse_size(value: int | str, what: str) -> int:
-    """Bytes from ``20GiB``, ``500MB``, ``1.5 TB`` or a plain integer; ValueError naming
-    ``what`` and the accepted forms otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what}: {value!r} is not a size")
-    if isinstance(value, int):
-        size = value
-    else:
-        match = _SIZE_RE.match(str(value))
-        unit = _UNIT_BYTES.get(match.group(2).lower() or "b") if match else None
-        if match is None or unit is None:
-            raise ValueError(
-                f"{what}: {value!r} is not a size: give a number of bytes (21474836480) or a "
-                f"number with a unit ({', '.join(UNITS)}; e.g. 20GiB or 500MB)")
-        size = int(float(match.group(1)) * unit)
-    if size < 1:
-        raise ValueError(f"{what}: must be at least 1 byte, got {value!r}")
-    return size
-
-
-def format_bytes(size: int) -> str:
-    """``512 B``, ``3.4 KiB``, ``1.2 GiB``: a size for people (binary units)."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def describe_files(refs: Iterable[FileRef], limit: int = 3) -> str:
-    """``trajectory.xyz 1.1 GiB, final.xyz 2.0 MiB, ...``: the largest files first."""
-    ordered = sorted(refs, key=lambda ref: (-ref.size, ref.name))
-    named = ", ".join(f"{ref.name} {format_bytes(ref.size)}" for ref in ordered[:limit])
-    return named + (", ..." if len(ordered) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -157,10 +114,10 @@ class Spool:
     def describe_use(self) -> str:
         """``/spool holds 19.9 GiB of its 20.0 GiB (the artifacts of 12 results simctl has not
         fetched yet: 19.5 GiB; inputs: 0.4 GiB)``."""
-        return (f"{self.root} holds {format_bytes(self.used_bytes)} of its "
-                f"{format_bytes(self.max_bytes)} (the artifacts of {len(self._held)} results "
-                f"simctl has not fetched yet: {format_bytes(self.held_bytes)}; inputs: "
-                f"{format_bytes(self.cached_bytes + sum(self._receiving.values()))})")
+        return (f"{self.root} holds {format_size(self.used_bytes)} of its "
+                f"{format_size(self.max_bytes)} (the artifacts of {len(self._held)} results "
+                f"simctl has not fetched yet: {format_size(self.held_bytes)}; inputs: "
+                f"{format_size(self.cached_bytes + sum(self._receiving.values()))})")
 
     # -------------------------------------------------------------------- attempts
 

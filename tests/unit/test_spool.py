@@ -9,31 +9,7 @@ from pathlib import Path
 import pytest
 
 from simproto.protocol import FileRef
-from worker_agent.spool import Spool, format_bytes, parse_size
-
-
-@pytest.mark.parametrize(("text", "size"), [
-    ("20GiB", 20 << 30), ("500MB", 500_000_000), ("1.5 kB", 1500), ("7", 7), (4096, 4096),
-    ("2 tib", 2 << 40), ("10b", 10),
-])
-def test_sizes_are_parsed(text: str | int, size: int) -> None:
-    assert parse_size(text, "--spool-max-bytes") == size
-
-
-@pytest.mark.parametrize(("text", "problem"), [
-    ("20 XB", "is not a size: give a number of bytes"), ("GiB", "is not a size"),
-    ("-5", "is not a size"), ("1e9", "is not a size"), ("", "is not a size"),
-    (True, "is not a size"), ("0", "must be at least 1 byte"),
-])
-def test_bad_sizes_are_refused_naming_the_setting(text: str | int, problem: str) -> None:
-    with pytest.raises(ValueError, match=r"^--spool-max-bytes: ") as caught:
-        parse_size(text, "--spool-max-bytes")
-    assert problem in str(caught.value)
-
-
-def test_sizes_are_shown_in_binary_units() -> None:
-    assert [format_bytes(n) for n in (0, 1023, 1024, 1536, 20 << 30, 3 << 50)] == \
-        ["0 B", "1023 B", "1.0 KiB", "1.5 KiB", "20.0 GiB", "3072.0 TiB"]
+from worker_agent.spool import Spool
 
 
 def _input(spool: Spool, data: bytes) -> FileRef:
