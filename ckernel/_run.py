@@ -6,11 +6,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
-from ckernel.errors import SimulationError
+import simkind
+from ckernel import extxyz
+from ckernel.errors import ParamError, SimulationError
+from simkind.extxyz import FINAL_CONFIGURATION, INIT_INPUT, TRAJECTORY, read_last_header
 
 PROGRESS_CALLS = 100
 """progress(fraction) is called at most this many times (plus once at the end)."""
@@ -106,3 +109,71 @@ def mean_and_sem(summary: dict[str, float], samples: Samples, *names: str,
         values = samples.array(name, from_step)
         summary[f"mean_{name}"] = float(values.mean())
         summary[f"sem_{name}"] = sem(values)
+
+
+class Files:
+    """The files a driver reads and writes: the configuration it starts from (``start``),
+    frames of ``trajectory.xyz`` every ``every`` steps (0: none) and ``final.xyz`` (when
+    ``save_final``), through ``context``. ``Files()`` reads and writes nothing; the driver
+    sets ``box`` (lj) and ``masses`` (nbody) for the frames. Writing only reads the driver's
+    arrays, so it cannot change the dynamics."""
+
+    def __init__(self, context: simkind.Context | None = None, every: int = 0,
+                 save_final: bool = False,
+                 start: extxyz.Configuration | None = None) -> None:
+        self.context = context
+        self.every = every
+        self.save_final = save_final
+        self.start = start
+        self.box: float | None = None
+        self.masses: np.ndarray | None = None
+        self._trajectory: TextIO | None = None
+
+    @classmethod
+    def of_task(cls, kind: simkind.Kind, params: dict[str, Any],
+                context: simkind.Context | None) -> Files:
+        """The files of a task of ``kind``: written only where ``context`` collects them;
+        the start read from its ``init`` input, if any, once the kind's init check passed."""
+        collected = context is not None and context.wants_artifacts
+        start = None
+        path = None if context is None else context.inputs.get(INIT_INPUT)
+        if path is not None:
+            header = read_last_header(path)  # its errors name the file and the line
+            if kind.init is None:
+                raise ParamError(f"{kind.name}: this kind cannot start from a configuration")
+            try:
+                kind.init(params, header)
+            except ParamError as e:
+                raise ParamError(f"{path}: {e}") from None
+            start = extxyz.read_configuration(path, header)
+        return cls(context, params["trajectory_every"] if collected else 0,
+                   collected and params["save_final"], start)
+
+    def due(self, step: int) -> bool:
+        """Whether step ``step`` gets a trajectory frame."""
+        return self.every > 0 and step % self.every == 0
+
+    def frame(self, step: int, t: float, positions: np.ndarray,
+              velocities: np.ndarray | None) -> None:
+        """Append the frame of ``step`` to the trajectory."""
+        assert self.context is not None
+        if self._trajectory is None:
+            self._trajectory = extxyz.open_text(self.context.artifact(TRAJECTORY))
+        extxyz.write_frame(self._trajectory, positions, step=step, time=t, box=self.box,
+                           velocities=velocities, masses=self.masses)
+
+    def final(self, step: int, t: float, positions: np.ndarray,
+              velocities: np.ndarray | None) -> None:
+        """Write ``final.xyz`` (when ``save_final``) and close the trajectory."""
+        self.close()
+        if self.save_final:
+            assert self.context is not None
+            with extxyz.open_text(self.context.artifact(FINAL_CONFIGURATION)) as f:
+                extxyz.write_frame(f, positions, step=step, time=t, box=self.box,
+                                   velocities=velocities, masses=self.masses)
+
+    def close(self) -> None:
+        """Close the trajectory (also when the run failed)."""
+        if self._trajectory is not None:
+            self._trajectory.close()
+            self._trajectory = None

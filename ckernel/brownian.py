@@ -11,24 +11,38 @@ from typing import Any
 import numpy as np
 
 from ckernel._backend import Kernels
-from ckernel._run import Progress, Run, Samples, mean_and_sem, require_finite, slope
+from ckernel._run import Files, Progress, Run, Samples, mean_and_sem, require_finite, slope
 
 FIT_START_GAMMA_TIMES = 10.0
 """The diffusion fit uses samples after this many friction times 1/gamma."""
 
 
 def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | None,
-        kernels: Kernels) -> Run:
+        kernels: Kernels, files: Files | None = None) -> Run:
     """Integrate validated ``params``; free particles start at the origin, trapped ones in
-    the equilibrium distribution, velocities from Maxwell-Boltzmann."""
+    the equilibrium distribution, velocities from Maxwell-Boltzmann (or positions and
+    velocities from an init configuration)."""
     p = params
+    files = files or Files()  # a direct call writes nothing
     rng = np.random.default_rng(seed)
     n, kT, m, gamma, k = p["n_particles"], p["temperature"], p["mass"], p["gamma"], p["trap_k"]
     dt, steps = p["dt"], p["steps"]
     overdamped = p["overdamped"]
-    x = (rng.standard_normal((n, 3)) * math.sqrt(kT / k) if k > 0.0 else np.zeros((n, 3)))
+    given_v = None
+    if (configuration := files.start) is not None:
+        x, given_v = configuration.positions.copy(), configuration.velocities
+        n = len(x)
+    else:
+        x = (rng.standard_normal((n, 3)) * math.sqrt(kT / k) if k > 0.0 else np.zeros((n, 3)))
     start = x.copy()
-    v = np.zeros((0, 3)) if overdamped else rng.standard_normal((n, 3)) * math.sqrt(kT / m)
+    if overdamped:
+        v = np.zeros((0, 3))
+    elif given_v is not None:
+        v = given_v.copy()
+    else:
+        v = rng.standard_normal((n, 3)) * math.sqrt(kT / m)
+    # The frames' velocities: none without inertia.
+    frame_v = None if overdamped else v
     mobility = 1.0 / (m * gamma)
     c1 = math.exp(-gamma * dt)
     c2 = math.sqrt((1.0 - c1 * c1) * kT / m)
@@ -44,6 +58,8 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
         samples.add(step, step * dt, **values)
 
     sample(0)
+    if files.due(0):
+        files.frame(0, 0.0, x, frame_v)
     tick = Progress(progress, steps)
     # One noise buffer refilled in place: the same numbers as a fresh array per step, without
     # allocating (and page-faulting) 24 bytes per particle every step.
@@ -57,9 +73,12 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
             kernels.baoab_harmonic(x, v, k / m, dt, c1, c2, noise)
         if step % p["sample_every"] == 0:
             sample(step)
+        if files.due(step):
+            files.frame(step, step * dt, x, frame_v)
         tick(step)
     loop_s = time.perf_counter() - loop_started
     require_finite("brownian", "positions", x, steps, steps * dt)
+    files.final(steps, steps * dt, x, frame_v)
 
     summary: dict[str, float] = {"n_particles": float(n)}
     settled = p["equilibration_steps"]

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import simkind
 from ckernel import _backend, brownian, lj, nbody
-from ckernel._run import PROGRESS_CALLS, Run
+from ckernel._run import PROGRESS_CALLS, Files, Run
 from ckernel.errors import ParamError, SimulationError
 from ckernel.params import BUILT_IN, validate
+from simkind.extxyz import INIT_INPUT
 
 _DRIVERS = {"lj": lj.run, "nbody": nbody.run, "brownian": brownian.run}
 
@@ -79,7 +81,11 @@ def _run_validated(kind: str, params: dict[str, Any], seed: int,
     name, kernels = _backend.select(backend)
     if kind == "sleep":
         return _sleep(params, seed, progress, context), "python"
-    return _DRIVERS[kind](params, seed, progress, kernels), name
+    files = Files.of_task(BUILT_IN[kind], params, context)
+    try:
+        return _DRIVERS[kind](params, seed, progress, kernels, files), name
+    finally:
+        files.close()
 
 
 def _output(kind: str, params: dict[str, Any], seed: int, context: simkind.Context,
@@ -108,14 +114,28 @@ sleep_kind = functools.partial(_output, "sleep")
 
 def simulate(kind: str, params: dict[str, Any], seed: int,
              progress: Callable[[float], None] | None = None,
-             backend: str = "auto") -> dict[str, Any]:
+             backend: str = "auto", artifact_dir: Path | str | None = None,
+             inputs: Mapping[str, Path | str] | None = None) -> dict[str, Any]:
     """Run one built-in simulation through the kind registry and return its
     JSON-serialisable result, as a worker does (see :func:`simkind.execute`); ``backend``
-    picks the kernels. Raises ParamError for bad input, SimulationError when the
-    simulation blows up."""
+    picks the kernels. ``artifact_dir``: the folder to write the task's files to
+    (``trajectory.xyz``, ``final.xyz``; None: none are written), listed in the result's
+    ``artifacts``; ``inputs``: the files it starts from (``{"init": path}``: an extended XYZ
+    configuration). Raises ParamError for bad input, SimulationError when the simulation
+    blows up."""
     if kind not in BUILT_IN:
         validate(kind, params)  # the error naming the built-in kinds
     _backend.select(backend)  # an unknown backend name is refused before anything runs
+    given = dict(inputs or {})
+    if unknown := sorted(set(given) - {INIT_INPUT}):
+        raise ParamError(f"{kind}: unknown input {unknown[0]!r}: the only input is "
+                         f"{INIT_INPUT!r} (a configuration to start from)")
+    if given and BUILT_IN[kind].init is None:
+        raise ParamError(f"{kind}: this kind cannot start from a configuration (it takes no "
+                         f"{INIT_INPUT})")
+    context = simkind.Context(report=progress,
+                              artifact_dir=None if artifact_dir is None else Path(artifact_dir),
+                              inputs={name: Path(path) for name, path in given.items()})
     loaded = simkind.installed().get(kind)
-    return simkind.execute(loaded, params, seed, simkind.Context(report=progress),
+    return simkind.execute(loaded, params, seed, context,
                            function=functools.partial(_output, kind, backend=backend))

@@ -16,7 +16,7 @@ import numpy as np
 
 from ckernel import _backend
 from ckernel._backend import Kernels
-from ckernel._run import Progress, Run, Samples, blow_up, mean_and_sem, require_finite, slope
+from ckernel._run import Files, Progress, Run, Samples, blow_up, mean_and_sem, require_finite, slope
 from ckernel.errors import ParamError
 from ckernel.reference import FORCE_SHIFTED, SHIFTED, TRUNCATED
 
@@ -96,20 +96,27 @@ def energy_virial(positions: Any, box: float, rc: float, potential: str = "trunc
 
 
 def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | None,
-        kernels: Kernels) -> Run:
+        kernels: Kernels, files: Files | None = None) -> Run:
     """Integrate validated ``params``: velocity Verlet (nve) or Langevin BAOAB (nvt)."""
     p = params
+    files = files or Files()  # a direct call writes nothing
     rng = np.random.default_rng(seed)
-    if p["positions"] is None:
+    start = files.start
+    given_v = p["velocities"]
+    if start is not None:
+        x, given_v = start.positions.copy(), start.velocities
+        box = float(start.header.cubic_box or 0.0)  # the init check requires a cubic box
+    elif p["positions"] is None:
         x, box = fcc_lattice(p["n_cells"], p["density"])
     else:
         x, box = np.array(p["positions"], dtype=np.float64), float(p["box"])
+    files.box = box
     n = len(x)
     nvt = p["ensemble"] == "nvt"
     # Langevin exchanges momentum with the bath, so only NVE loses the 3 centre-of-mass dofs.
     dof = 3 * n if nvt else 3 * n - 3
-    if p["velocities"] is not None:
-        v = np.array(p["velocities"], dtype=np.float64)
+    if given_v is not None:
+        v = np.array(given_v, dtype=np.float64)
     else:
         v = rng.standard_normal((n, 3))
         v -= v.mean(axis=0)
@@ -160,7 +167,16 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
                     pressure=(2.0 * kinetic + w) / (3.0 * volume),
                     momentum=float(np.linalg.norm(v.sum(axis=0))))
 
+    def record(step: int) -> None:
+        # Frames hold positions wrapped into the box, as final.xyz does (the driver's own
+        # stay unwrapped between rebuilds); a copy, so the dynamics do not see it.
+        wrapped = x.copy()
+        kernels.wrap(wrapped, box)
+        files.frame(step, step * dt, wrapped, v)
+
     sample(0)
+    if files.due(0):
+        record(0)
     tick = Progress(progress, steps)
     noise = np.empty((n, 3))  # refilled in place: the same numbers as a fresh array each step
     # The loop alone is timed too (metadata loop_s), like LAMMPS's "Loop time", which
@@ -190,11 +206,14 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
         kernels.kick(v, f, 0.5 * dt)
         if sampled:
             sample(step)
+        if files.due(step):
+            record(step)
         tick(step)
     loop_s = time.perf_counter() - loop_started
     require_finite("lj", "positions", x, steps, steps * dt)
     require_finite("lj", "velocities", v, steps, steps * dt)
     kernels.wrap(x, box)
+    files.final(steps, steps * dt, x, v)
 
     summary: dict[str, float] = {"n_atoms": float(n), "box": box, "density": n / volume}
     settled = p["equilibration_steps"]

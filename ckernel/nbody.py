@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ckernel._backend import Kernels
-from ckernel._run import Progress, Run, Samples, mean_and_sem, require_finite
+from ckernel._run import Files, Progress, Run, Samples, mean_and_sem, require_finite
 
 OBSERVABLES = ("kinetic_energy", "potential_energy", "total_energy", "relative_energy_error",
                "angular_momentum", "virial_ratio")
@@ -58,18 +58,27 @@ def plummer_sphere(n: int, rng: np.random.Generator,
 
 
 def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | None,
-        kernels: Kernels) -> Run:
+        kernels: Kernels, files: Files | None = None) -> Run:
     """Integrate validated ``params`` with kick-drift-kick leapfrog."""
     p = params
+    files = files or Files()  # a direct call writes nothing
     G, eps, dt, steps = p["G"], p["softening"], p["dt"], p["steps"]
-    if p["bodies"] is None:
+    if (start := files.start) is not None:
+        x = start.positions.copy()
+        n = len(x)
+        # Without masses, equal ones of total mass 1 (as the Plummer sphere's); without
+        # velocities, at rest.
+        m = start.masses.copy() if start.masses is not None else np.full(n, 1.0 / n)
+        v = start.velocities.copy() if start.velocities is not None else np.zeros((n, 3))
+    elif p["bodies"] is None:
         m, x, v = plummer_sphere(p["n_bodies"], np.random.default_rng(seed), G)
     else:
         m = np.array([b["mass"] for b in p["bodies"]])
         x = np.array([b["position"] for b in p["bodies"]])
         v = np.array([b["velocity"] for b in p["bodies"]])
     n = len(m)
-    start = x.copy()
+    files.masses = m
+    origin = x.copy()
     a = np.empty_like(x)
     u = kernels.gravity(x, m, G, eps, a)
     samples = Samples("nbody", (*OBSERVABLES, "lx", "ly", "lz"))
@@ -91,6 +100,8 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
                     lx=lx, ly=ly, lz=lz)
 
     sample(0)
+    if files.due(0):
+        files.frame(0, 0.0, x, v)
     tick = Progress(progress, steps)
     loop_started = time.perf_counter()  # the step loop alone, as metadata loop_s
     for step in range(1, steps + 1):
@@ -102,10 +113,13 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
         kernels.kick(v, a, 0.5 * dt)
         if sampled:
             sample(step)
+        if files.due(step):
+            files.frame(step, step * dt, x, v)
         tick(step)
     loop_s = time.perf_counter() - loop_started
     require_finite("nbody", "positions", x, steps, steps * dt)
     require_finite("nbody", "velocities", v, steps, steps * dt)
+    files.final(steps, steps * dt, x, v)
 
     error = samples.array("relative_energy_error")
     angular = np.column_stack([samples.array(name) for name in ("lx", "ly", "lz")])
@@ -117,7 +131,7 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
         "final_relative_energy_error": float(error[-1]),
         "angular_momentum_initial": samples.series["angular_momentum"][0],
         "max_angular_momentum_change": float(np.linalg.norm(angular - angular[0], axis=1).max()),
-        "return_distance": float(np.linalg.norm(x - start, axis=1).max()),
+        "return_distance": float(np.linalg.norm(x - origin, axis=1).max()),
     }
     mean_and_sem(summary, samples, "virial_ratio", from_step=p["equilibration_steps"])
     observables = {name: samples.series[name] for name in ("t", *OBSERVABLES)}

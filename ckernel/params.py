@@ -20,6 +20,7 @@ from typing import Any
 
 from simkind import Field, Kind, Plot
 from simkind.errors import ParamError
+from simkind.extxyz import FINAL_CONFIGURATION, TRAJECTORY, Frame
 from simkind.fields import number, triple, yaml_repr
 
 KINDS: tuple[str, ...] = ("lj", "nbody", "brownian", "sleep")
@@ -35,6 +36,8 @@ MAX_STEPS = 100_000_000
 """Most time steps in one task."""
 MAX_SAMPLES = 10_001
 """Most samples per observable (steps // sample_every + 1); bounds the result payload."""
+MAX_FRAMES = 10_001
+"""Most frames in one trajectory (steps // trajectory_every + 1), as many as samples."""
 MAX_SLEEP_SECONDS = 86_400.0
 """Longest diagnostic sleep."""
 MAX_SLEEP_ARTIFACT_BYTES = 16 << 30
@@ -58,6 +61,12 @@ def _steps_fields(dt_default: float, dt_high: float, steps_default: int,
         "equilibration_steps": Field("int", 0, "steps at the start left out of the summary's "
                                      "means, errors and fits (the observables keep every "
                                      "sample)", 0, MAX_STEPS),
+        # What a task writes, not what it simulates: left out of the seed (output=True).
+        "trajectory_every": Field("int", 0, f"write a frame to {TRAJECTORY} at step 0 and "
+                                  "every k steps (0: no trajectory)", 0, MAX_STEPS,
+                                  output=True),
+        "save_final": Field("bool", True, "write the last configuration to "
+                            f"{FINAL_CONFIGURATION}", output=True),
     }
 
 
@@ -132,12 +141,27 @@ RULES: dict[str, str] = {
           "carry `n_cells: null, density: null`); `velocities` only with `positions` and with "
           "as many rows; `rc` <= box/2; the expected neighbour list N/2 rho (4/3) pi "
           f"(rc + skin)^3 at most {MAX_NEIGHBOUR_PAIRS:,} pairs "
-          f"({MAX_NEIGHBOUR_PAIRS * 4 // 1_000_000} MB of int32 indices).",
+          f"({MAX_NEIGHBOUR_PAIRS * 4 // 1_000_000} MB of int32 indices). A task's `init` "
+          "(an extended XYZ file, or another task's final.xyz) gives N, the box and maybe the "
+          "velocities instead: its last frame needs a cubic "
+          '`Lattice="L 0 0 0 L 0 0 0 L"` (and `pbc` "T T T" or none), `pos:R:3`, maybe '
+          f"`vel:R:3` (else velocities are drawn from `temperature` and the seed), 2 to "
+          f"{MAX_LJ_ATOMS:,} atoms and the same density, cutoff and neighbour-list bounds; "
+          "not with `positions`. `n_cells` and `density` are then unused (but still checked "
+          "as a lattice: leave them at their defaults).",
     "nbody": "with `bodies`, `n_bodies` may be left out or must equal their count (validation "
-             "fills it in).",
+             "fills it in). An `init` configuration (last frame: `pos:R:3`, maybe `vel:R:3` "
+             "and `masses:R:1`, 2 to "
+             f"{MAX_BODIES:,} bodies; not with `bodies`) gives the bodies instead: without "
+             "masses each body has mass 1/N (total mass 1, as the Plummer sphere), without "
+             "velocities they start at rest; a Lattice is ignored (open boundaries).",
     "brownian": "in a trap (`trap_k` > 0) `dt` must be below 2 sqrt(`mass` / `trap_k`) "
                 "(underdamped, BAOAB) or 2 `mass` `gamma` / `trap_k` (`overdamped`, "
-                "Euler-Maruyama), beyond which the schemes diverge.",
+                "Euler-Maruyama), beyond which the schemes diverge. An `init` configuration "
+                f"(last frame: `pos:R:3`, maybe `vel:R:3`, 1 to {MAX_PARTICLES:,} particles) "
+                "gives the start positions (the msd is measured from them) and, unless "
+                "`overdamped`, the velocities (without `vel` they are drawn from "
+                "Maxwell-Boltzmann and the seed); `n_particles` is then unused.",
     "sleep": "",
 }
 """The cross-field rules of each kind (the ``_*_cross`` checks below) in words, for the docs."""
@@ -145,7 +169,8 @@ RULES: dict[str, str] = {
 SAMPLES_RULE = (f"For every physical kind, `steps // sample_every + 1` must be at most "
                 f"{MAX_SAMPLES:,} samples, which bounds a result's size (the error says which "
                 "`sample_every` would do), and at least one sample must be taken at or after "
-                "`equilibration_steps`.")
+                "`equilibration_steps`. A trajectory (`trajectory_every` = k > 0) holds "
+                f"`steps // k + 1` frames, at most {MAX_FRAMES:,}.")
 """The sampling rule of every physical kind (:func:`_check_samples`) in words."""
 
 
@@ -240,6 +265,36 @@ def _check_samples(kind: str, p: dict[str, Any]) -> None:
         raise ParamError(f"{kind}.equilibration_steps = {skip} leaves none of the samples "
                          f"(taken every {every} of {steps} steps) for the summary: lower "
                          "equilibration_steps or sample_every, or raise steps")
+    every = p["trajectory_every"]
+    if every and steps // every + 1 > MAX_FRAMES:
+        raise ParamError(f"{kind}.trajectory_every = {every} gives {steps // every + 1} frames "
+                         f"for steps = {steps}; at most {MAX_FRAMES} are allowed: use "
+                         f"trajectory_every >= {math.ceil(steps / (MAX_FRAMES - 1))}")
+
+
+def _check_lj_system(where: str, n_atoms: int, box: float, p: dict[str, Any],
+                     box_of: str = "") -> None:
+    """The rules on a Lennard-Jones system of ``n_atoms`` in a cubic ``box`` (of the lattice,
+    of the positions or, ``box_of`` says, of an init configuration); ``where`` names it."""
+    pairs = n_atoms / 2.0 * n_atoms / box**3 * 4.0 / 3.0 * math.pi * (p["rc"] + p["skin"]) ** 3
+    if pairs > MAX_NEIGHBOUR_PAIRS:
+        raise ParamError(f"{where}: {n_atoms} atoms with rc + skin = {p['rc'] + p['skin']:g} "
+                         f"need about {pairs:.3g} neighbour pairs, above the bound of "
+                         f"{MAX_NEIGHBOUR_PAIRS:.3g}: reduce n_cells, rc or skin")
+    if p["rc"] > box / 2.0:
+        raise ParamError(f"lj.rc = {yaml_repr(p['rc'])} out of range: must be at most half the "
+                         f"box side ({box / 2.0:.6g}){box_of} for the minimum-image "
+                         "convention")
+
+
+def _check_lj_atoms(where: str, n_atoms: int, box: float) -> None:
+    """Atom count and density of explicit Lennard-Jones positions (``where``: their source)."""
+    if not 2 <= n_atoms <= MAX_LJ_ATOMS:
+        raise ParamError(f"{where}: {n_atoms} atoms, allowed 2 to {MAX_LJ_ATOMS}")
+    density = n_atoms / box**3
+    if density > MAX_DENSITY:
+        raise ParamError(f"{where}: density N/box^3 = {density:.4g} out of range: must be at "
+                         f"most {MAX_DENSITY:g}")
 
 
 def _lj_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
@@ -248,6 +303,7 @@ def _lj_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
             if p[name] is not None:
                 raise ParamError(f"lj.{name}: only allowed together with lj.positions")
         n_atoms = 4 * p["n_cells"] ** 3
+        box = (n_atoms / p["density"]) ** (1.0 / 3.0)
         p["box"] = None
     else:
         if p["box"] is None:
@@ -256,29 +312,70 @@ def _lj_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
             if name in given:
                 raise ParamError(f"lj.{name}: not allowed with lj.positions "
                                  "(N and the density follow from positions and box)")
-        n_atoms = len(p["positions"])
-        if not 2 <= n_atoms <= MAX_LJ_ATOMS:
-            raise ParamError(f"lj.positions: {n_atoms} atoms, allowed 2 to {MAX_LJ_ATOMS}")
+        n_atoms, box = len(p["positions"]), p["box"]
+        _check_lj_atoms("lj.positions", n_atoms, box)
         if p["velocities"] is not None and len(p["velocities"]) != n_atoms:
             raise ParamError(f"lj.velocities: {len(p['velocities'])} rows, must match the "
                              f"{n_atoms} positions")
-        density = n_atoms / p["box"] ** 3
-        if density > MAX_DENSITY:
-            raise ParamError(f"lj.positions: density N/box^3 = {density:.4g} out of "
-                             f"range: must be at most {MAX_DENSITY:g}")
         # In this mode N and the density follow from positions and box.
         p["n_cells"] = None
         p["density"] = None
-    box = p["box"] if p["box"] is not None else (n_atoms / p["density"]) ** (1.0 / 3.0)
-    pairs = n_atoms / 2.0 * n_atoms / box**3 * 4.0 / 3.0 * math.pi * (p["rc"] + p["skin"]) ** 3
-    if pairs > MAX_NEIGHBOUR_PAIRS:
-        raise ParamError(f"lj: {n_atoms} atoms with rc + skin = {p['rc'] + p['skin']:g} need "
-                         f"about {pairs:.3g} neighbour pairs, above the bound of "
-                         f"{MAX_NEIGHBOUR_PAIRS:.3g}: reduce n_cells, rc or skin")
-    if p["rc"] > box / 2.0:
-        raise ParamError(f"lj.rc = {yaml_repr(p['rc'])} out of range: must be at most half the box "
-                         f"side ({box / 2.0:.6g}) for the minimum-image convention")
+    _check_lj_system("lj", n_atoms, box, p)
     _check_samples("lj", p)
+
+
+COLUMNS = {"pos": 3, "vel": 3, "masses": 1}
+"""The per-atom columns of a configuration the built-in kinds read (real numbers, this many
+each); any other column (``species``, ...) is ignored."""
+
+
+def configuration_columns(frame: Frame) -> dict[str, int]:
+    """Where each column of :data:`COLUMNS` that ``frame`` has starts in an atom line (``pos``
+    always: the header reader requires it); ParamError when one is not real or has another
+    count."""
+    offsets: dict[str, int] = {}
+    at = 0
+    for name, kind, count in frame.properties:
+        if name in COLUMNS:
+            if (kind, count) != ("R", COLUMNS[name]):
+                raise ParamError(f"init: Properties column {name}:{kind}:{count} must be "
+                                 f"{name}:R:{COLUMNS[name]} (real numbers)")
+            offsets[name] = at
+        at += count
+    return offsets
+
+
+def _init_atoms(kind: str, frame: Frame, most: int, least: int) -> None:
+    configuration_columns(frame)
+    if not least <= frame.n_atoms <= most:
+        raise ParamError(f"{kind}.init: the configuration has {frame.n_atoms} atoms, allowed "
+                         f"{least} to {most}")
+
+
+def _lj_init(p: dict[str, Any], frame: Frame) -> None:
+    if p["positions"] is not None:
+        raise ParamError("lj.init: not allowed with lj.positions (give one start configuration)")
+    box = frame.cubic_box
+    if box is None:
+        raise ParamError(f"lj.init: the configuration's Lattice {list(frame.lattice or ())} is "
+                         'not a cubic box: lj needs Lattice="L 0 0 0 L 0 0 0 L" with L > 0')
+    if "pbc" in frame.info and frame.info["pbc"].split() != ["T", "T", "T"]:
+        raise ParamError(f'lj.init: pbc="{frame.info["pbc"]}": lj is periodic in x, y and z '
+                         '(pbc="T T T" or none)')
+    _init_atoms("lj", frame, MAX_LJ_ATOMS, 2)
+    _check_lj_atoms("lj.init", frame.n_atoms, box)
+    _check_lj_system("lj.init", frame.n_atoms, box, p, " of the init configuration")
+
+
+def _nbody_init(p: dict[str, Any], frame: Frame) -> None:
+    if p["bodies"] is not None:
+        raise ParamError("nbody.init: not allowed with nbody.bodies (give one start "
+                         "configuration)")
+    _init_atoms("nbody", frame, MAX_BODIES, 2)
+
+
+def _brownian_init(p: dict[str, Any], frame: Frame) -> None:
+    _init_atoms("brownian", frame, MAX_PARTICLES, 1)
 
 
 def _nbody_cross(p: dict[str, Any], given: dict[str, Any]) -> None:
@@ -313,16 +410,18 @@ def _lj_cost(p: dict[str, Any]) -> float:
 BUILT_IN: dict[str, Kind] = {
     "lj": Kind("lj", "Lennard-Jones molecular dynamics in a periodic cubic box (NVE or "
                "Langevin NVT)", SPECS["lj"], "ckernel.drivers:lj_kind", check=_lj_cross,
-               rules=RULES["lj"], cost=_lj_cost, units=UNITS["lj"], plots=PLOTS["lj"]),
+               rules=RULES["lj"], cost=_lj_cost, units=UNITS["lj"], plots=PLOTS["lj"],
+               init=_lj_init),
     "nbody": Kind("nbody", "gravitational N-body: a softened Plummer sphere or given bodies, "
                   "leapfrog", SPECS["nbody"], "ckernel.drivers:nbody_kind", check=_nbody_cross,
                   rules=RULES["nbody"], cost=lambda p: p["n_bodies"] ** 2 * p["steps"] / 2e8,
-                  units=UNITS["nbody"], plots=PLOTS["nbody"]),
+                  units=UNITS["nbody"], plots=PLOTS["nbody"], init=_nbody_init),
     "brownian": Kind("brownian", "Langevin (BAOAB) or overdamped Brownian particles, free or "
                      "in a harmonic trap", SPECS["brownian"], "ckernel.drivers:brownian_kind",
                      check=_brownian_cross, rules=RULES["brownian"],
                      cost=lambda p: p["n_particles"] * p["steps"] / 5e7,
-                     units=UNITS["brownian"], plots=PLOTS["brownian"]),
+                     units=UNITS["brownian"], plots=PLOTS["brownian"],
+                     init=_brownian_init),
     "sleep": Kind("sleep", "diagnostic: wait a given time, maybe fail (runtime tests and "
                   "benchmarks)", SPECS["sleep"], "ckernel.drivers:sleep_kind",
                   cost=lambda p: p["seconds"], units=UNITS["sleep"]),

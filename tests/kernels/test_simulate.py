@@ -31,7 +31,9 @@ def test_kinds_are_the_documented_ones() -> None:
 def test_result_is_json_with_the_documented_keys(kind: str, backend: str) -> None:
     result = ckernel.simulate(kind, SMALL[kind], 12, backend=backend)
     assert json.loads(json.dumps(result, allow_nan=False)) == result
-    assert set(result) == {"kind", "params", "seed", "observables", "summary", "metadata"}
+    assert set(result) == {"kind", "params", "seed", "artifacts", "observables", "summary",
+                           "metadata"}
+    assert result["artifacts"] == []  # no artifact folder: nothing written
     assert result["params"] == ckernel.validate(kind, SMALL[kind])
     assert result["seed"] == 12
     times = result["observables"]["t"]
