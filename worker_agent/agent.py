@@ -65,6 +65,7 @@ from simproto.protocol import (
     package_version,
 )
 from simproto.ratelimit import RateLimit
+from simproto.sizes import describe_files, format_size, over_task_limit
 from simproto.transfer import serve_chunk
 from worker_agent.config import AgentConfig
 from worker_agent.errors import (
@@ -87,7 +88,6 @@ from worker_agent.events import (
 from worker_agent.http import HealthServer, View
 from worker_agent.inputs import Fetcher, Outcomes
 from worker_agent.pool import ChildPool, Job
-from simproto.sizes import describe_files, format_size, over_task_limit
 from worker_agent.spool import Spool
 from worker_agent.startup import check_worker_id, discard_old_session
 

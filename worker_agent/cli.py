@@ -19,6 +19,7 @@ import click
 from simproto.connection import DEFAULT_KEEPALIVE_S
 from simproto.console import ErrorStyle, version_option
 from simproto.protocol import DEFAULT_TOPIC_PREFIX
+from simproto.sizes import format_size
 from worker_agent.config import (
     DEFAULT_BROKER,
     DEFAULT_GRACE_S,
@@ -31,7 +32,6 @@ from worker_agent.config import (
     read_config_file,
 )
 from worker_agent.errors import AgentError
-from simproto.sizes import format_size
 
 PROG = "worker-agent"
 """The program name in messages."""

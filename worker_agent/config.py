@@ -15,8 +15,8 @@ from typing import Any
 from simproto.connection import DEFAULT_KEEPALIVE_S, BrokerAddress, ConnectionSettings
 from simproto.protocol import DEFAULT_TOPIC_PREFIX, Topics, check_id
 from simproto.settings_file import read_settings_file
-from worker_agent.errors import ConfigError
 from simproto.sizes import parse_size
+from worker_agent.errors import ConfigError
 
 DEFAULT_BROKER = "127.0.0.1:1883"
 """Broker used when none is configured: the local quick-start broker."""

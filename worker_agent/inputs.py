@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simproto.protocol import Chunk, ChunkRequest, FileRef
+from simproto.sizes import format_size
 from simproto.transfer import Download, TransferError
 from worker_agent.pool import Job
-from simproto.sizes import format_size
 from worker_agent.spool import Key, Spool
 
 log = logging.getLogger(__name__)

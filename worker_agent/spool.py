@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 from collections import OrderedDict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -6,8 +6,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import pytest
-
 from simproto.protocol import FileRef
 from worker_agent.spool import Spool
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ckernel.params import LJ
 from simctl.errors import TaskFileError
 from simctl.taskfile import DEFAULT_MAX_ATTEMPTS, load, parse_text, task_seed
+from simkind.fields import simulated
 
 ISSUE_EXAMPLE = """\
 name: example-sweep
@@ -82,7 +84,11 @@ def test_seeds_come_from_the_run_seed_and_the_task_content_and_are_reproducible(
     assert all(0 <= s < 2**63 for s in seeds)
     first = tf.tasks[0]
     assert first.seed == task_seed(20261127, first.kind, first.params, 0)
-    digest = hashlib.sha256(json.dumps({"kind": first.kind, "params": first.params},
+    # The seed's content leaves out the fields that say what to write (trajectory_every,
+    # save_final): turning a trajectory on must not change the dynamics it records.
+    simulated_params = simulated(LJ.params, first.params)
+    assert "save_final" in first.params and "save_final" not in simulated_params
+    digest = hashlib.sha256(json.dumps({"kind": first.kind, "params": simulated_params},
                                        sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     state = np.random.SeedSequence(20261127, spawn_key=(
         *(int(digest[i:i + 8], 16) for i in (0, 8, 16, 24)), 0))
