@@ -7,6 +7,7 @@
     df = load_results("last")            # one row per task
     points = load_aggregates("last")     # one row per sweep point: mean, sem, n
     obs = load_observables("last")       # long format: task_id, name, i, value
+    files = artifacts("last")            # the tasks' files: one dict each, with its path
 
 Every function opens the ledger read-only (never created, migrated or written; a
 dispatcher may be writing it meanwhile) and reads one consistent snapshot of it. RUN is
@@ -15,7 +16,8 @@ what the command line accepts: a full run id, a unique prefix of one, or ``last`
 config file, else the local cluster's or the default one). The columns are those of
 ``simctl results --format csv`` (``--metadata``) and ``--aggregate --format csv``.
 
-Needs the ``analysis`` extra (``pip install 'particle-sim[analysis]'``).
+The DataFrames need the ``analysis`` extra (``pip install 'particle-sim[analysis]'``);
+:func:`artifacts` and :func:`artifact_path` do not.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from simctl.results import ANALYSIS_EXTRA, JSON_FIELDS
 if TYPE_CHECKING:
     import pandas
 
+    from simctl.artifacts import StoredFile
     from simctl.ledger import Ledger
 
-__all__ = ["TASK_COLUMNS", "load_aggregates", "load_observables", "load_results",
-           "resolve_store"]
+__all__ = ["TASK_COLUMNS", "artifact_path", "artifacts", "load_aggregates", "load_observables",
+           "load_results", "resolve_store"]
 
 TASK_COLUMNS = tuple(f for f in JSON_FIELDS if f not in ("params", "summary", "metadata"))
 """The first columns of :func:`load_results` (the fields of ``simctl results --json``);
@@ -134,3 +137,37 @@ def load_observables(run_id: str, store: str | os.PathLike[str] | None = None,
         return frame.astype({"i": "int64", "value": "float64"})
 
     return _read(run_id, store, read)
+
+
+def _stored_files(run_id: str, store: str | os.PathLike[str] | None,
+                  task: str | None) -> list[StoredFile]:
+    from simctl.artifacts import stored_files
+    from simctl.store import ArtifactStore
+
+    with _reading(store) as ledger:
+        return stored_files(ledger, ArtifactStore.beside(ledger.path),
+                            ledger.resolve_run(run_id), task)
+
+
+def artifacts(run_id: str, store: str | os.PathLike[str] | None = None,
+              task: str | None = None) -> list[dict[str, Any]]:
+    """Every artifact of the run (``task``: of that task only, its full id or its index as
+    ``"3"``), by task index and name: one dict per file with ``task_id``, ``name``, ``size``,
+    ``sha256``, ``index``, ``kind``, ``point`` (the task's values of the params that vary
+    across the run), ``replica`` (None when its point has one task) and ``path`` (a
+    :class:`~pathlib.Path`: the file in the store; read it, never write it)."""
+    return [{**f.to_json(), "path": f.path} for f in _stored_files(run_id, store, task)]
+
+
+def artifact_path(run_id: str, task: str, name: str,
+                  store: str | os.PathLike[str] | None = None) -> Path:
+    """The file in the store of the artifact ``name`` of ``task`` (its full id or its
+    index): read it in place, never write it. InputError (a
+    :class:`~simctl.errors.SimctlError`) when the task or file is unknown,
+    :class:`~simctl.artifacts.ArtifactUnavailable` when the store lacks the file."""
+    from simctl.artifacts import ArtifactUnavailable, find_file
+
+    found = find_file(_stored_files(run_id, store, task), name)
+    if not found.path.is_file():
+        raise ArtifactUnavailable(found.missing())
+    return found.path

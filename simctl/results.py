@@ -131,7 +131,8 @@ def point_table(points: list[Point]) -> tuple[list[str], list[dict[str, Any]]]:
     return columns, flat
 
 
-def _csv(columns: list[str], flat: list[dict[str, Any]]) -> str:
+def csv_text(columns: list[str], flat: list[dict[str, Any]]) -> str:
+    """A flat table (of :func:`task_table` or :func:`point_table`) as CSV text."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
@@ -188,7 +189,7 @@ def render(
                 t["observables"] = series.get(t["task_id"], {})
         return json.dumps({"run_id": run_id, "tasks": tasks}, indent=2) + "\n"
     if fmt == "csv":
-        return _csv(*task_table(rows, metadata))
+        return csv_text(*task_table(rows, metadata))
     from simctl.display import table
 
     return (
@@ -220,7 +221,9 @@ def _cut(text: str, wide: bool) -> str:
     return text[: SUMMARY_WIDTH - 3] + "..."
 
 
-def _param_text(value: Any) -> str:
+def param_text(value: Any) -> str:
+    """A param's value in a table cell or a folder name: floats to 6 significant digits,
+    nested values as JSON, None as ``-``."""
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(_cell(value)) if value is not None else "-"
@@ -231,7 +234,7 @@ def _render_points(run_id: str, points: list[Point], fmt: str, wide: bool) -> st
         return json.dumps({"run_id": run_id, "points": [p.to_json() for p in points]},
                           indent=2) + "\n"
     if fmt == "csv":
-        return _csv(*point_table(points))
+        return csv_text(*point_table(points))
     from simctl.display import table
 
     axes = swept(points)
@@ -243,7 +246,7 @@ def _render_points(run_id: str, points: list[Point], fmt: str, wide: bool) -> st
         )
 
     return table(
-        [[p.kind, *(_param_text(p.params.get(a)) for a in axes), f"{p.done}/{len(p.tasks)}",
+        [[p.kind, *(param_text(p.params.get(a)) for a in axes), f"{p.done}/{len(p.tasks)}",
           _cut(summary_text(p), wide)] for p in points],
         ["kind", *axes, "n", "summary (mean ± sem)"],
     ) + "\n"

@@ -39,6 +39,11 @@ from simctl.config import Settings
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write to this file instead of stdout.",
 )
+@click.option("--artifacts", "artifacts_dir", type=click.Path(path_type=Path, file_okay=False),
+              metavar="DIR", help="Also export the tasks' files into DIR: a folder per task "
+              "named by its sweep point, and index.csv.")
+@click.option("--force", is_flag=True,
+              help="With --artifacts: replace files in DIR that differ from the run's.")
 @pass_settings
 def results(
     settings: Settings,
@@ -51,12 +56,20 @@ def results(
     kinds: tuple[str, ...],
     wide: bool,
     output: Path | None,
+    artifacts_dir: Path | None,
+    force: bool,
 ) -> None:
     """Results of a run (also while it is in progress), per task or per sweep point.
 
-    RUN is a run id, a unique prefix of one, or `last` (the newest run).
+    RUN is a run id, a unique prefix of one, or `last` (the newest run). With --artifacts,
+    the files of the tasks shown are exported first (again: only what is new); a file in DIR
+    that differs from the run's is an error unless --force.
     """
     fmt = "json" if as_json else fmt
+    if force and artifacts_dir is None:
+        raise click.UsageError("--force goes with --artifacts DIR")
+    if artifacts_dir is not None:
+        _export(settings, run_id, artifacts_dir, kinds, force)
     if fmt == "parquet":
         from simctl.results import parquet_table, write_parquet
 
@@ -78,3 +91,14 @@ def results(
     else:
         output.write_text(text)
         click.echo(f"wrote {output}", err=True)
+
+
+def _export(settings: Settings, run_id: str, dest: Path, kinds: tuple[str, ...],
+            force: bool) -> None:
+    from simctl.artifacts import export
+    from simctl.store import ArtifactStore
+
+    ledger = open_ledger(settings)
+    done = export(ledger, ArtifactStore.beside(settings.store), ledger.resolve_run(run_id),
+                  dest, kinds=kinds or None, force=force)
+    click.echo(done.text(dest), err=True)
