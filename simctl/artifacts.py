@@ -373,7 +373,7 @@ def deletion(ledger: Ledger, run_id: str) -> Deletion:
     """What deleting ``run_id`` removes (before it is done, for the question asked)."""
     with ledger.snapshot():
         own = ledger.artifacts(run_id)
-        elsewhere = {a.sha256 for info in ledger.runs() if info.run_id != run_id
-                     for a in ledger.artifacts(info.run_id)}
-    sizes = {a.sha256: a.size for a in own if a.sha256 not in elsewhere}
-    return Deletion(run_id, len(own), sum(a.size for a in own), sum(sizes.values()))
+        only_here = ledger.digests_only_in(run_id)
+    store = ArtifactStore.beside(ledger.path)
+    freed = sum(store.path(sha).stat().st_size for sha in only_here if store.has(sha))
+    return Deletion(run_id, len(own), sum(a.size for a in own), freed)

@@ -84,6 +84,10 @@ class LedgerWriteError(LedgerError):
     exit_code = 5
 
 
+class RunActive(InputError):
+    """An operation that needs a finished run (delete) was asked of an active one."""
+
+
 class BrokerChanged(InputError):
     """A run is resumed against another broker (or topic prefix) than it was submitted to."""
 

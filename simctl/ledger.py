@@ -25,7 +25,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simctl.errors import InputError, LedgerError, LedgerWriteError, UnknownRun
+from simctl.errors import InputError, LedgerError, LedgerWriteError, RunActive, UnknownRun
 from simproto.protocol import FileRef, Result, encode_series
 
 if TYPE_CHECKING:
@@ -1104,38 +1104,50 @@ class Ledger:
                               (run_id,)).fetchone()
         return int(row[0])
 
-    def referenced_digests(self, digests: Collection[str]) -> set[str]:
-        """Which of ``digests`` an artifact row or a task's inputs still name."""
+    def referenced_digests(self, digests: Collection[str],
+                           excluding_run: str | None = None) -> set[str]:
+        """Which of ``digests`` an artifact row or a task's inputs still name (those of
+        ``excluding_run`` left out)."""
+        other = " AND run_id != ?" if excluding_run is not None else ""
+        extra = (excluding_run,) if excluding_run is not None else ()
         found = set()
         for sha256 in digests:
-            if self.db.execute("SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1",
-                               (sha256,)).fetchone() or self.db.execute(
-                    "SELECT 1 FROM tasks WHERE inputs LIKE ? LIMIT 1",
-                    (f'%"{sha256}"%',)).fetchone():
+            if self.db.execute(f"SELECT 1 FROM artifacts WHERE sha256 = ?{other} LIMIT 1",
+                               (sha256, *extra)).fetchone() or self.db.execute(
+                    f"SELECT 1 FROM tasks WHERE inputs LIKE ?{other} LIMIT 1",
+                    (f'%"{sha256}"%', *extra)).fetchone():
                 found.add(sha256)
         return found
+
+    def run_digests(self, run_id: str) -> set[str]:
+        """The files a run names: its artifacts and its tasks' inputs."""
+        digests = {sha for (sha,) in self.db.execute(
+            "SELECT DISTINCT sha256 FROM artifacts WHERE run_id = ?", (run_id,))}
+        for (inputs,) in self.db.execute(
+                "SELECT inputs FROM tasks WHERE run_id = ? AND inputs IS NOT NULL", (run_id,)):
+            digests.update(ref["sha256"] for ref in json.loads(inputs))
+        return digests
+
+    def digests_only_in(self, run_id: str) -> set[str]:
+        """The files only this run names (what deleting it removes from the store)."""
+        digests = self.run_digests(run_id)
+        return digests - self.referenced_digests(digests, excluding_run=run_id)
 
     def delete_run(self, run_id: str) -> set[str]:
         """Remove a run that is not active, with its tasks, attempts, results and artifact
         rows, in one transaction; the digests of its files that nothing else names now (the
-        caller removes those from the store, after this commits). LedgerError if active."""
+        caller removes those from the store, after this commits). RunActive if active."""
         info = self.run(run_id)
         if info.state == RunState.ACTIVE.value:
-            raise LedgerError(f"run {run_id} is active: cancel it first (simctl cancel "
-                              f"{run_id}), then delete it")
+            raise RunActive(f"run {run_id} is active: cancel it first (simctl cancel "
+                            f"{run_id}), then delete it")
         with self.batch():
-            digests = {sha for (sha,) in self.db.execute(
-                "SELECT DISTINCT sha256 FROM artifacts WHERE run_id = ?", (run_id,))}
-            for (inputs,) in self.db.execute(
-                    "SELECT inputs FROM tasks WHERE run_id = ? AND inputs IS NOT NULL",
-                    (run_id,)):
-                digests.update(ref["sha256"] for ref in json.loads(inputs))
+            unreferenced = self.digests_only_in(run_id)
             task_ids = "SELECT task_id FROM tasks WHERE run_id = ?"
             for table in ("attempts", "staged"):
                 self.db.execute(f"DELETE FROM {table} WHERE task_id IN ({task_ids})", (run_id,))
             for table in ("artifacts", "results", "tasks", "runs"):
                 self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-            unreferenced = digests - self.referenced_digests(digests)
         return unreferenced
 
     def attempts(self, task_id: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from simctl.commands import open_ledger, run_argument
 from simctl.config import Settings
 
 if TYPE_CHECKING:
-    from simctl.ledger import Ledger
+    pass
 
 
 @click.command()
@@ -36,7 +36,7 @@ def delete(settings: Settings, run_id: str, yes: bool, as_json: bool) -> None:
     run_id = ledger.resolve_run(run_id)
     info = ledger.run(run_id)
     if info.state == RunState.ACTIVE.value:
-        _delete_run(ledger, run_id)  # refuses, saying how to stop the run: before asking
+        ledger.delete_run(run_id)  # refuses (RunActive), saying how to stop it: before asking
     plan = deletion(ledger, run_id)
     if not yes:
         click.echo(
@@ -50,7 +50,7 @@ def delete(settings: Settings, run_id: str, yes: bool, as_json: bool) -> None:
             else:
                 click.echo(f"kept run {run_id}", err=True)
             return
-    digests = _delete_run(ledger, run_id)
+    digests = ledger.delete_run(run_id)
     # After the ledger's commit: a file is gone from the store only once nothing names it.
     freed = ArtifactStore.beside(settings.store).remove(digests)
     if as_json:
@@ -62,14 +62,3 @@ def delete(settings: Settings, run_id: str, yes: bool, as_json: bool) -> None:
                    f"artifacts; {len(digests)} files removed from the store, "
                    f"{format_size(freed)} freed")
 
-
-def _delete_run(ledger: Ledger, run_id: str) -> set[str]:
-    """:meth:`Ledger.delete_run`, its refusal of an active run an input error (exit 2)."""
-    from simctl.errors import InputError, LedgerError, LedgerWriteError
-
-    try:
-        return ledger.delete_run(run_id)
-    except LedgerWriteError:
-        raise
-    except LedgerError as e:
-        raise InputError(str(e)) from e

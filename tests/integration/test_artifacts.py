@@ -82,7 +82,7 @@ def test_tasks_start_from_final_configurations_within_a_run_and_across_runs(
                                          "init": {"from": f"{run_id}.3"}}])
     again = cluster.simctl_json("run", str(later), "--json")
     assert again["done"] == 1
-    [(task_id, names)] = stored(cluster, again["run_id"]).items()
+    [names] = stored(cluster, again["run_id"]).values()
     start = ase.io.read(names["trajectory.xyz"], index=0)
     np.testing.assert_array_equal(start.positions,
                                   ase.io.read(files[f"{run_id}.3"]["final.xyz"]).positions)
