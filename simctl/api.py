@@ -140,26 +140,26 @@ def load_observables(run_id: str, store: str | os.PathLike[str] | None = None,
 
 
 def _stored_files(run_id: str, store: str | os.PathLike[str] | None,
-                  task: str | None) -> list[StoredFile]:
+                  task: str | int | None) -> list[StoredFile]:
     from simctl.artifacts import stored_files
     from simctl.store import ArtifactStore
 
     with _reading(store) as ledger:
         return stored_files(ledger, ArtifactStore.beside(ledger.path),
-                            ledger.resolve_run(run_id), task)
+                            ledger.resolve_run(run_id), None if task is None else str(task))
 
 
 def artifacts(run_id: str, store: str | os.PathLike[str] | None = None,
-              task: str | None = None) -> list[dict[str, Any]]:
-    """Every artifact of the run (``task``: of that task only, its full id or its index as
-    ``"3"``), by task index and name: one dict per file with ``task_id``, ``name``, ``size``,
+              task: str | int | None = None) -> list[dict[str, Any]]:
+    """Every artifact of the run (``task``: of that task only, its full id or its index,
+    ``3`` or ``"3"``), by task index and name: one dict per file with ``task_id``, ``name``, ``size``,
     ``sha256``, ``index``, ``kind``, ``point`` (the task's values of the params that vary
     across the run), ``replica`` (None when its point has one task) and ``path`` (a
     :class:`~pathlib.Path`: the file in the store; read it, never write it)."""
     return [{**f.to_json(), "path": f.path} for f in _stored_files(run_id, store, task)]
 
 
-def artifact_path(run_id: str, task: str, name: str,
+def artifact_path(run_id: str, task: str | int, name: str,
                   store: str | os.PathLike[str] | None = None) -> Path:
     """The file in the store of the artifact ``name`` of ``task`` (its full id or its
     index): read it in place, never write it. InputError (a
