@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from simctl.store import ArtifactStore
 from simproto.protocol import Channel, Chunk, ChunkRequest, FileRef, Result
+from simproto.sizes import describe_files, format_size
 from simproto.transfer import Download, TransferError, serve_chunk
 
 log = logging.getLogger("simctl.dispatcher")
@@ -31,6 +32,10 @@ class Staged:
 
     result: Result
     missing: set[str]
+    staged_at: float
+    """Monotonic time it was staged (for the log line once its files are stored)."""
+    pulled_bytes: int
+    """Bytes of the files it was missing when staged."""
 
     @property
     def worker_id(self) -> str:
@@ -72,7 +77,10 @@ class Transfers:
                    if not self.store.has(ref.sha256)}
         if not missing:
             return False
-        self.staged[result.task_id] = Staged(result, set(missing))
+        size = sum(ref.size for ref in missing.values())
+        self.staged[result.task_id] = Staged(result, set(missing), now, size)
+        log.info("task %s: pulling %s from %s (%s)", result.task_id,
+                 describe_files(missing.values()), result.worker_id, format_size(size))
         for sha256, ref in missing.items():
             if sha256 not in self.downloads:  # else pulled already, for another result
                 self._open(ref, result.worker_id, now)
@@ -125,6 +133,10 @@ class Transfers:
             staged.missing.discard(sha256)
             if not staged.missing:
                 done.append(self.staged.pop(task_id))
+                took = max(now - staged.staged_at, 1e-9)
+                log.info("task %s: its files are stored (%s pulled in %.2f s, %.0f MB/s)",
+                         task_id, format_size(staged.pulled_bytes), took,
+                         staged.pulled_bytes / took / 1e6)
         return done, []
 
     def serve_input(self, worker_id: str, request: ChunkRequest,
