@@ -152,9 +152,9 @@ def _stored_files(run_id: str, store: str | os.PathLike[str] | None,
 def artifacts(run_id: str, store: str | os.PathLike[str] | None = None,
               task: str | int | None = None) -> list[dict[str, Any]]:
     """Every artifact of the run (``task``: of that task only, its full id or its index,
-    ``3`` or ``"3"``), by task index and name: one dict per file with ``task_id``, ``name``, ``size``,
-    ``sha256``, ``index``, ``kind``, ``point`` (the task's values of the params that vary
-    across the run), ``replica`` (None when its point has one task) and ``path`` (a
+    ``3`` or ``"3"``), by task index and name: one dict per file with ``task_id``, ``name``,
+    ``size``, ``sha256``, ``index``, ``kind``, ``point`` (the task's values of the params
+    that vary across the run), ``replica`` (None when its point has one task) and ``path`` (a
     :class:`~pathlib.Path`: the file in the store; read it, never write it)."""
     return [{**f.to_json(), "path": f.path} for f in _stored_files(run_id, store, task)]
 

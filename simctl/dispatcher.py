@@ -29,6 +29,7 @@ from simctl.scheduler import (
     Inbound,
     Scheduler,
 )
+from simproto.allocator import keep_large_buffers
 from simproto.connection import ConnectionSettings, exchange
 from simproto.protocol import Ack, Channel, Message, RunProgress
 
@@ -121,6 +122,7 @@ class Dispatcher:
 
     def connect(self) -> None:
         """Open the persistent session; queued results of an earlier dispatcher arrive now."""
+        keep_large_buffers()  # it pulls 256 KiB chunks of artifacts: see simproto.allocator
         subs = [
             (self.topics.all_workers(c), 1)
             for c in (Channel.STATUS, Channel.HEARTBEAT, Channel.RESULT, Channel.EVENT)
@@ -213,9 +215,9 @@ class Dispatcher:
         for worker_id, item in decided.acks:
             self._acks.setdefault(worker_id, []).append(item)
             self._ack_count += 1
-        for worker_id, channel, message in decided.transfers:
+        for worker_id, channel, payload in decided.transfers:
             # QoS 0: a lost request or chunk is asked for again, never queued in the broker.
-            self.client.publish(self.topic(worker_id, channel), message.encode(), qos=0)
+            self.client.publish(self.topic(worker_id, channel), payload, qos=0)
         self._publish_progress(decided.progress)
 
     def flush(self, now: float, force: bool = False) -> None:

@@ -184,9 +184,9 @@ class Decisions:
     """(worker id, [task id, attempt]) of results stored or dropped as duplicates."""
     progress: list[RunProgress] = field(default_factory=list)
     """Run progress to publish (retained)."""
-    transfers: list[tuple[str, Channel, Chunk | ChunkRequest]] = field(default_factory=list)
-    """(worker id, channel, message) of file transfers: requests for chunks of artifacts
-    (``pull``) and chunks of inputs (``download``), QoS 0."""
+    transfers: list[tuple[str, Channel, bytes | bytearray]] = field(default_factory=list)
+    """(worker id, channel, encoded message) of file transfers: requests for chunks of
+    artifacts (``pull``) and chunks of inputs (``download``), QoS 0."""
 
 @dataclass
 class Lease:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from simctl.store import ArtifactStore
 from simproto.protocol import Channel, Chunk, ChunkRequest, FileRef, Result
 from simproto.sizes import describe_files, format_size
-from simproto.transfer import Download, TransferError, serve_chunk
+from simproto.transfer import Download, TransferError, chunk_payload
 
 log = logging.getLogger("simctl.dispatcher")
 
@@ -62,8 +62,8 @@ class Transfers:
     source: dict[str, str] = field(default_factory=dict)
     """Digest -> the worker it is pulled from (any worker whose staged result lists it: the
     bytes are the same by their hash)."""
-    outbox: list[tuple[str, Channel, Chunk | ChunkRequest]] = field(default_factory=list)
-    """What to publish after this pass: (worker id, channel, message)."""
+    outbox: list[tuple[str, Channel, bytes | bytearray]] = field(default_factory=list)
+    """What to publish after this pass: (worker id, channel, encoded message)."""
     bytes_pulled: int = 0
 
     # ----------------------------------------------------------------- staging
@@ -149,8 +149,8 @@ class Transfers:
             path = None
         refusal = (f"no task of {worker_id} has input {request.sha256[:12]}" if ref is None
                    else f"input {request.sha256[:12]} is missing from the store")
-        self.outbox.append((worker_id, Channel.DOWNLOAD, serve_chunk(
-            path, ref.size if ref is not None else 0, request, refusal)))
+        payload, _ = chunk_payload(path, ref.size if ref is not None else 0, request, refusal)
+        self.outbox.append((worker_id, Channel.DOWNLOAD, payload))
 
     def due(self, now: float) -> None:
         """Ask again for chunks whose requests went unanswered too long."""
@@ -162,7 +162,7 @@ class Transfers:
         for download in self.downloads.values():
             download.forget_requests()
 
-    def take_outbox(self) -> list[tuple[str, Channel, Chunk | ChunkRequest]]:
+    def take_outbox(self) -> list[tuple[str, Channel, bytes | bytearray]]:
         out, self.outbox = self.outbox, []
         return out
 
@@ -184,7 +184,7 @@ class Transfers:
     def _ask(self, sha256: str, now: float) -> None:
         worker_id = self.source[sha256]
         for request in self.downloads[sha256].requests(now):
-            self.outbox.append((worker_id, Channel.PULL, request))
+            self.outbox.append((worker_id, Channel.PULL, request.encode()))
 
     def _fail(self, sha256: str, error: str, now: float) -> list[Failure]:
         """A file that cannot be had from its worker: every staged result of that worker

@@ -314,6 +314,7 @@ _BASE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "list": lambda value: isinstance(value, list),
     "dict": lambda value: isinstance(value, dict),
     "bytes": lambda value: isinstance(value, bytes),
+    "memoryview": lambda value: isinstance(value, memoryview),
     "Any": lambda value: True,
 }
 
@@ -718,7 +719,8 @@ class Chunk(Message):
     sha256: str
     offset: int
     size: int
-    data: bytes = b""
+    data: bytes | memoryview = b""
+    """The bytes (a decoded chunk's are a view into its payload: no copy)."""
     error: str | None = None
 
     def __post_init__(self) -> None:
@@ -735,12 +737,19 @@ class Chunk(Message):
             raise ValueError("a chunk with an error carries no data")
 
     def encode(self) -> bytes:
-        header = _dumps({"v": PROTOCOL_VERSION, "type": self.TYPE, "sha256": self.sha256,
-                         "offset": self.offset, "size": self.size, "error": self.error})
+        return b"".join((self.header(self.sha256, self.offset, self.size, self.error),
+                         self.data))
+
+    @classmethod
+    def header(cls, sha256: str, offset: int, size: int, error: str | None = None) -> bytes:
+        """A chunk's payload up to its data: the JSON header and its newline (a sender may
+        read the file's bytes straight after it: ``simproto.transfer.chunk_payload``)."""
+        header = _dumps({"v": PROTOCOL_VERSION, "type": cls.TYPE, "sha256": sha256,
+                         "offset": offset, "size": size, "error": error})
         if len(header) > MAX_CHUNK_HEADER_BYTES:
             raise ValueError(f"chunk header of {len(header)} bytes exceeds "
                              f"{MAX_CHUNK_HEADER_BYTES}")
-        return b"".join((header, b"\n", self.data))
+        return header + b"\n"
 
     @classmethod
     @only_decode_errors
@@ -757,7 +766,7 @@ class Chunk(Message):
         obj = parse_envelope(bytes(payload[:end]))
         if obj["type"] != cls.TYPE:
             raise DecodeError(f"expected a {cls.TYPE!r} message, got {obj['type']!r}")
-        return cls.from_dict({**obj, "data": bytes(payload[end + 1 :])})
+        return cls.from_dict({**obj, "data": memoryview(payload)[end + 1 :]})
 
 
 CONTROL_MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Cancel, Ack, Drain)}

@@ -166,7 +166,7 @@ class Download:
             while self._hashed_to in self._early:
                 self._advance(self._early.pop(self._hashed_to))
         elif chunk.offset > self._hashed_to:
-            self._early[chunk.offset] = bytes(chunk.data)
+            self._early[chunk.offset] = bytes(chunk.data)  # a view: its payload goes away
         return self._finish_if_whole()
 
     # ------------------------------------------------------------------ helpers
@@ -174,7 +174,7 @@ class Download:
     def _request(self, offset: int) -> ChunkRequest:
         return ChunkRequest(self.sha256, offset, min(self.chunk_bytes, self.size - offset))
 
-    def _advance(self, data: bytes) -> None:
+    def _advance(self, data: bytes | memoryview) -> None:
         self._hasher.update(data)
         self._hashed_to += len(data)
 
@@ -200,25 +200,37 @@ class Download:
         return False
 
 
-def serve_chunk(path: Path | None, size: int, request: ChunkRequest,
-                refusal: str = "not held here") -> Chunk:
-    """The answer to ``request`` from the file at ``path`` (``size`` bytes, as its reference
-    says); a Chunk with ``refusal`` as its error when ``path`` is None or unreadable."""
+def chunk_payload(path: Path | None, size: int, request: ChunkRequest,
+                  refusal: str = "not held here") -> tuple[bytes | bytearray, int]:
+    """The encoded answer to ``request`` from the file at ``path`` (``size`` bytes, as its
+    reference says), and how many of the file's bytes it carries; a chunk with ``refusal``
+    as its error when ``path`` is None. The bytes are read straight into the payload, after
+    the header: a chunk is copied once fewer than by building a Chunk and encoding it."""
+    sha256, offset = request.sha256, request.offset
     if path is None:
-        return Chunk(request.sha256, request.offset, 0, error=refusal)
-    if request.offset > size:
-        return Chunk(request.sha256, request.offset, 0,
-                     error=f"offset {request.offset} is past the end ({size} bytes)")
+        return Chunk.header(sha256, offset, 0, refusal), 0
+    if offset > size:
+        return Chunk.header(sha256, offset, 0, f"offset {offset} is past the end ({size} "
+                            "bytes)"), 0
+    length = min(request.length, size - offset)
+    header = Chunk.header(sha256, offset, size)
+    payload = bytearray(len(header) + length)
+    payload[: len(header)] = header
     try:
         with path.open("rb") as f:
-            data = os.pread(f.fileno(), min(request.length, size - request.offset),
-                            request.offset)
+            got = os.preadv(f.fileno(), [memoryview(payload)[len(header) :]], offset)
     except OSError as e:
-        return Chunk(request.sha256, request.offset, 0, error=f"cannot read: {e.strerror}")
-    if request.offset + len(data) < min(size, request.offset + request.length):
-        return Chunk(request.sha256, request.offset, 0, error="the file is shorter than "
-                     f"its stated {size} bytes")
-    return Chunk(request.sha256, request.offset, size, data)
+        return Chunk.header(sha256, offset, 0, f"cannot read: {e.strerror}"), 0
+    if got < length:
+        return Chunk.header(sha256, offset, 0, f"the file is shorter than its stated {size} "
+                            "bytes"), 0
+    return payload, length
+
+
+def serve_chunk(path: Path | None, size: int, request: ChunkRequest,
+                refusal: str = "not held here") -> Chunk:
+    """:func:`chunk_payload` as a Chunk (for a receiver's tests, which play the sender)."""
+    return Chunk.decode(bytes(chunk_payload(path, size, request, refusal)[0]))
 
 
 def hash_file(path: Path) -> tuple[int, str]:

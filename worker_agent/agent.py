@@ -32,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import simkind
+from simproto.allocator import keep_large_buffers
 from simproto.connection import (
     Redial,
     connect,
@@ -66,7 +67,7 @@ from simproto.protocol import (
 )
 from simproto.ratelimit import RateLimit
 from simproto.sizes import describe_files, format_size, over_task_limit
-from simproto.transfer import serve_chunk
+from simproto.transfer import chunk_payload
 from worker_agent.config import AgentConfig
 from worker_agent.errors import (
     AgentError,
@@ -166,6 +167,7 @@ class Agent:
     """One worker agent process (see the module docstring)."""
 
     def __init__(self, config: AgentConfig) -> None:
+        keep_large_buffers()  # it serves 256 KiB chunks of artifacts: see simproto.allocator
         self.config = config
         self.topics = config.topics
         self.session = uuid.uuid4().hex
@@ -619,12 +621,13 @@ class Agent:
     def handle_pull(self, request: ChunkRequest) -> None:
         """Serve a chunk of an artifact of a held result (or refuse: not held here)."""
         held = self.spool.artifact(request.sha256)
-        chunk = serve_chunk(held.path if held else None, held.size if held else 0, request,
-                            f"worker {self.config.worker_id} holds no file "
-                            f"{request.sha256[:12]}")
-        self.counters["artifact_bytes_served"] += len(chunk.data)
+        payload, served = chunk_payload(held.path if held else None, held.size if held else 0,
+                                        request, f"worker {self.config.worker_id} holds no "
+                                        f"file {request.sha256[:12]}")
+        self.counters["artifact_bytes_served"] += served
         self._view_stale = True
-        self._publish(Channel.CHUNK, chunk, qos=0)
+        if self.client is not None:
+            self.client.publish(self._topic[Channel.CHUNK], payload, qos=0)
 
     def handle_cancel(self, cancel: Cancel) -> None:
         """Terminate the children running these tasks (or stop fetching their inputs);

@@ -69,12 +69,13 @@ def serve(d: Scheduler, decided: Decisions, files: dict[str, tuple[Path, dict[st
     until a pass asks for nothing more; the last pass's decisions."""
     by_sha = {ref["sha256"]: (path, ref) for path, ref in files.values()}
     while True:
-        asks = [(w, m) for w, ch, m in decided.transfers if ch is Channel.PULL]
+        asks = [(w, ChunkRequest.decode(m)) for w, ch, m in decided.transfers
+                if ch is Channel.PULL]
         if not asks:
             return decided
         answers = []
         for w, request in asks:
-            assert w == worker and isinstance(request, ChunkRequest)
+            assert w == worker
             path, ref = by_sha[request.sha256]
             chunk = serve_chunk(path, int(ref["size"]), request)  # type: ignore[arg-type]
             if corrupt:
