@@ -253,6 +253,15 @@ def test_workers_are_confined_to_their_own_topics(deployed_broker: DeployedBroke
         topics.run_progress("run1"): False,
         topics.ping: False,
         topics.replies("simctl-obs"): True,  # pong answers go to any asker
+        # Chunks of its own artifacts and requests for its own inputs; never bytes into
+        # another worker's transfer, nor requests or input chunks in simctl's name.
+        topics.worker("worker1", Channel.CHUNK): True,
+        topics.worker("worker1", Channel.FETCH): True,
+        topics.worker("worker2", Channel.CHUNK): False,
+        topics.worker("worker2", Channel.FETCH): False,
+        topics.worker("worker1", Channel.PULL): False,
+        topics.worker("worker1", Channel.DOWNLOAD): False,
+        topics.worker("worker2", Channel.DOWNLOAD): False,
     }
     verdicts = {t: _publish(worker, t, f"probe {t}".encode(), retain=t.endswith("status"))
                 for t in attempts}
@@ -268,10 +277,13 @@ def test_workers_are_confined_to_their_own_topics(deployed_broker: DeployedBroke
     worker.on_message = lambda _c, _u, msg: got.append(msg.topic)
     assert _subscribe(worker, topics.worker("worker1", Channel.STATUS))
     _wait(lambda: topics.worker("worker1", Channel.STATUS) in got, "worker1's own status")
-    own = [topics.worker("worker1", c) for c in (Channel.ASSIGN, Channel.CONTROL)]
+    own = [topics.worker("worker1", c)
+           for c in (Channel.ASSIGN, Channel.CONTROL, Channel.PULL, Channel.DOWNLOAD)]
     for topic in (*own, topics.ping, topics.replies("worker1")):
         assert _subscribe(worker, topic), topic
-    others = [topics.worker("worker2", c) for c in (Channel.ASSIGN, Channel.STATUS)]
+    others = [topics.worker("worker2", c)
+              for c in (Channel.ASSIGN, Channel.STATUS, Channel.PULL, Channel.DOWNLOAD,
+                        Channel.CHUNK)]
     for topic in (*others, topics.all_workers(Channel.ASSIGN),
                   topics.worker("worker1", Channel.RESULT), f"{b.topic_prefix}/#", "#"):
         assert not _subscribe(worker, topic), topic

@@ -136,3 +136,17 @@ def test_over_the_task_limit_the_task_fails_with_the_reason(tmp_path: Path) -> N
     assert "over the task limit of 97.7 KiB (artifact_limits.task" in row["error"]
     assert ("w1", [task, 1]) in decided.acks  # the worker may drop the files
     assert [m for _, ch, m in decided.transfers if ch is Channel.PULL] == []
+
+
+def test_the_default_limits_pass_a_10000_task_lj_sweep_with_final_configurations(
+        tmp_path: Path) -> None:
+    """docs/tasks.md: a 10,000-task lj sweep with final configurations of 4,000 atoms fits
+    the default limits (the run's and each task's), with room to spare."""
+    import ckernel
+    from simctl.ledger import DEFAULT_MAX_RUN_ARTIFACT_BYTES, DEFAULT_MAX_TASK_ARTIFACT_BYTES
+
+    result = ckernel.simulate("lj", {"n_cells": 10, "steps": 1}, 7, artifact_dir=tmp_path)
+    [final] = result["artifacts"]
+    assert final["name"] == "final.xyz" and 300_000 < final["size"] < 700_000
+    assert 10_000 * final["size"] < DEFAULT_MAX_RUN_ARTIFACT_BYTES / 50
+    assert final["size"] < DEFAULT_MAX_TASK_ARTIFACT_BYTES / 1000
