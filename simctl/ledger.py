@@ -867,7 +867,7 @@ class Ledger:
             " AND attempt = ?",
             (now, outcome, detail, task_id, attempt),
         )
-        self.db.execute("DELETE FROM staged WHERE task_id = ?", (task_id,))
+        self.unstage(task_id)  # rare: not every task's path
         counts = f"tries = tries - {1 if refund else 0}, lost = lost + {1 if lost else 0}"
         if fail:
             self.db.execute(
@@ -893,7 +893,6 @@ class Ledger:
         self.record_attempt_end(result, "duplicate" if cur.rowcount == 0 else result.state, now)
         if cur.rowcount == 0:
             return False
-        self.db.execute("DELETE FROM staged WHERE task_id = ?", (result.task_id,))
         self.db.execute(
             "INSERT OR REPLACE INTO results (task_id, run_id, attempt, worker_id, state,"
             " started_at, finished_at, stored_at, summary, observables, metadata, error)"
@@ -1074,6 +1073,10 @@ class Ledger:
         self.db.execute(
             "INSERT OR REPLACE INTO staged (task_id, attempt, result, staged_at)"
             " VALUES (?, ?, ?, ?)", (result.task_id, result.attempt, result.encode(), time.time()))
+
+    def unstage(self, task_id: str) -> None:
+        """Forget a staged result (its files are stored, or its attempt ended)."""
+        self.db.execute("DELETE FROM staged WHERE task_id = ?", (task_id,))
 
     def staged_results(self, run_id: str) -> dict[str, Result]:
         """The staged results of a run's tasks, by task id (undecodable ones are dropped:

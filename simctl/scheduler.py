@@ -858,6 +858,7 @@ class Scheduler:
         if lease is None or (lease.attempt, lease.worker_id) != (result.attempt,
                                                                  result.worker_id):
             return  # its attempt ended meanwhile
+        self.ledger.unstage(result.task_id)
         self._win(result, TaskState.DONE, lease)
 
     def _fail_staged(self, failure: Failure, now: float) -> None:

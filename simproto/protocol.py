@@ -256,6 +256,8 @@ class FileRef:
 
 def file_refs(items: Any, what: str) -> tuple[FileRef, ...]:
     """A list of file objects as FileRefs (names unique, at most MAX_ARTIFACTS); ValueError."""
+    if not items and isinstance(items, list | tuple):
+        return ()  # most tasks: checked on every result and assignment
     if not isinstance(items, list | tuple) or len(items) > MAX_ARTIFACTS:
         raise ValueError(f"{what} must be a list of at most {MAX_ARTIFACTS} files")
     refs = tuple(item if isinstance(item, FileRef) else FileRef.from_json(item)

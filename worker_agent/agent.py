@@ -590,6 +590,8 @@ class Agent:
         """Whether ``needed`` more bytes fit in the spool, once cached inputs no task uses
         (nor ``keep``) are dropped as needed. An assignment needs at least one byte free: a
         full spool starts nothing."""
+        if self.spool.fits(needed):
+            return True  # the common case, per assignment: no need to know what is in use
         in_use = self.fetcher.in_use() | {ref.sha256 for job in self.pool.jobs()
                                           for ref in job.assignment.input_refs}
         return self.spool.make_room(needed, in_use | {ref.sha256 for ref in keep})
@@ -718,6 +720,8 @@ class Agent:
                           ) -> tuple[str, bool] | None:
         """Why a finished attempt's artifacts cannot be kept, and whether another attempt
         may do better (the task's limit: no; a full spool: yes), or None."""
+        if not payload.get("artifacts"):
+            return None
         try:
             refs = file_refs(payload.get("artifacts", []), "artifacts")
         except ValueError as e:

@@ -50,6 +50,7 @@ class Spool:
         self.root = root
         self.max_bytes = max_bytes
         self.attempts = root / "attempts"
+        self._attempts_path = str(self.attempts)
         self.inputs = root / "inputs"
         self._held: dict[Key, tuple[FileRef, ...]] = {}
         self._by_sha: dict[str, list[HeldFile]] = {}
@@ -100,6 +101,10 @@ class Spool:
     def held_results(self) -> int:
         return len(self._held)
 
+    def fits(self, needed: int) -> bool:
+        """Whether ``needed`` more bytes fit as it is (nothing dropped)."""
+        return self.used_bytes + needed <= self.max_bytes
+
     def make_room(self, needed: int, in_use: Collection[str]) -> bool:
         """Drop cached inputs (least recently used first, none in ``in_use``, a set of
         sha256) until ``needed`` more bytes fit; whether they do."""
@@ -127,8 +132,12 @@ class Spool:
         return self.attempts / f"{task_id}-{attempt}"
 
     def discard_attempt(self, key: Key) -> None:
-        """Remove an attempt's files (it failed, was cancelled, or its result is stored)."""
-        shutil.rmtree(self.attempt_dir(key), ignore_errors=True)
+        """Remove an attempt's files (it failed, was cancelled, or its result is stored).
+        Most attempts write none: a string path and one lstat, not pathlib and rmtree, at
+        hundreds of tasks a second."""
+        folder = os.path.join(self._attempts_path, f"{key[0]}-{key[1]}")
+        if os.path.lexists(folder):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def hold(self, key: Key, artifacts: tuple[FileRef, ...]) -> None:
         """Keep an attempt's artifacts, to be served, until :meth:`release`."""
@@ -140,6 +149,8 @@ class Spool:
 
     def release(self, key: Key) -> None:
         """simctl has the attempt's result (and so its artifacts): delete them."""
+        if key not in self._held:
+            return  # it had no files (those of a failed attempt went at once)
         folder = self.attempt_dir(key)
         for ref in self._held.pop(key, ()):
             self.held_bytes -= ref.size
