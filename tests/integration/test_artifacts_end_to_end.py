@@ -86,8 +86,11 @@ def test_tasks_start_from_final_configurations_within_a_run_and_across_runs(
     start = ase.io.read(names["trajectory.xyz"], index=0)
     np.testing.assert_array_equal(start.positions,
                                   ase.io.read(files[f"{run_id}.3"]["final.xyz"]).positions)
+    assert "valid, 1 task" in cluster.simctl("validate", str(later)).stdout
     missing = cluster.task_file("missing", [{"kind": "lj", "params": LJ,
                                              "init": {"from": f"{run_id}.9"}}])
-    refused = cluster.simctl("run", str(missing))
-    assert refused.returncode == 2
-    assert f"tasks[0].init: from: {run_id}.9: no such task in this ledger" in refused.stderr
+    for command in ("validate", "run"):  # validate reads the ledger as run will, stores nothing
+        refused = cluster.simctl(command, str(missing))
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert f"tasks[0].init: from: {run_id}.9: no such task in this ledger" in \
+            refused.stderr, (command, refused.stderr)
