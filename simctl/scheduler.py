@@ -815,8 +815,7 @@ class Scheduler:
             fail=fail,
             now=time.time(),
         )
-        if lease.task.task_id in self.transfers.staged:
-            self.transfers.drop([lease.task.task_id])
+        self.transfers.drop([task.task_id])  # if its files were being pulled
         if fail:
             run.finished[TaskState.FAILED.value] = run.finished.get(TaskState.FAILED.value, 0) + 1
             self._start_waiting(run, task.task_id, run.release_waiting(task.task_id), None,

@@ -64,7 +64,6 @@ class Transfers:
     bytes are the same by their hash)."""
     outbox: list[tuple[str, Channel, bytes | bytearray]] = field(default_factory=list)
     """What to publish after this pass: (worker id, channel, encoded message)."""
-    bytes_pulled: int = 0
 
     # ----------------------------------------------------------------- staging
 
@@ -122,7 +121,6 @@ class Transfers:
             return [], self._fail(sha256, f"{e} (from {worker_id})", now)
         except OSError as e:
             raise self.store.write_error(e, f"cannot write artifact {sha256}") from e
-        self.bytes_pulled += len(chunk.data)
         if not complete:
             self._ask(sha256, now)
             return [], []

@@ -98,11 +98,6 @@ class Download:
         self._finish_if_whole()
 
     @property
-    def resumed_from(self) -> int:
-        """Where the transfer (re)started: bytes already on disk when it was opened."""
-        return self._hashed_to if not self.received_bytes else 0
-
-    @property
     def stored_bytes(self) -> int:
         """Bytes in order on disk so far."""
         return self._hashed_to

@@ -89,8 +89,8 @@ class Fetcher:
                 return outcomes  # this assignment failed: its other inputs are not wanted
             log.info("fetching input %s of %s (%s, %s)%s", ref.sha256[:12],
                      job.assignment.task_id, ref.name, format_size(ref.size),
-                     f", resumed from {format_size(download.resumed_from)}"
-                     if download.resumed_from else "")
+                     f", resumed from {format_size(download.stored_bytes)}"
+                     if download.stored_bytes else "")
             if download.complete:  # a part file an earlier process finished
                 self._arrived(ref.sha256, outcomes)
         return outcomes
