@@ -79,17 +79,15 @@ def _from_task(init: InitTask, ledger: Ledger | None,
     if ledger is None or store is None or state is None:
         return Problem(*where, f"from: {init.task_id}: no such task in this ledger (a task "
                        "id is RUN_ID.INDEX, as simctl status RUN lists them)")
-    run_id, task_state = state
+    _, task_state = state
     if task_state != TaskState.DONE.value:
         return Problem(*where, f"from: {init.task_id}: that task is {task_state}, not done; "
                        "start from a done task, or name an entry of this file to wait for it")
-    final = [a for a in ledger.artifacts(run_id, init.task_id)
-             if a.name == simkind.FINAL_CONFIGURATION]
-    if not final:
+    final = ledger.final_configuration(init.task_id)
+    if final is None:
         return Problem(*where, f"from: {init.task_id}: that task saved no final "
                        f"configuration ({simkind.FINAL_CONFIGURATION})")
-    if not store.has(final[0].sha256):
+    if not store.has(final.sha256):
         return Problem(*where, f"from: {init.task_id}: its {simkind.FINAL_CONFIGURATION} is "
                        f"missing from the store {store.root}")
-    return (FileRef(simkind.INIT_INPUT, final[0].size, final[0].sha256),
-            store.path(final[0].sha256))
+    return final, store.path(final.sha256)

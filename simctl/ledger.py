@@ -1101,6 +1101,15 @@ class Ledger:
             f"UPDATE tasks SET state = {FAILED}, error = ?, finished_at = ?"
             f" WHERE task_id = ? AND state = {PENDING}", (error, now, task_id))
 
+    def final_configuration(self, task_id: str) -> FileRef | None:
+        """The task's ``final.xyz`` as the ``init`` input of a task starting from it, or
+        None when it stored none."""
+        import simkind
+
+        row = self.db.execute("SELECT size, sha256 FROM artifacts WHERE task_id = ? AND"
+                              " name = ?", (task_id, simkind.FINAL_CONFIGURATION)).fetchone()
+        return FileRef(simkind.INIT_INPUT, row[0], row[1]) if row else None
+
     def run_artifact_bytes(self, run_id: str) -> int:
         """Bytes of the artifacts stored for a run (each task's files counted)."""
         row = self.db.execute("SELECT coalesce(sum(size), 0) FROM artifacts WHERE run_id = ?",

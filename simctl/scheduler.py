@@ -448,7 +448,7 @@ class Scheduler:
                     if task.init_from in unfinished:
                         view.wait_for(task.init_from, task)
                     else:  # its init task ended while no dispatcher served the run
-                        self._start_waiting(view, task.init_from, [task], None, now)
+                        self._start_waiting(view, task.init_from, [task], None)
                     continue
                 view.enqueue(task)
                 continue
@@ -778,7 +778,7 @@ class Scheduler:
             self.ledger.add_artifacts(result.run_id, result.task_id, refs)
             run.artifact_bytes += sum(ref.size for ref in refs)
         self._start_waiting(run, result.task_id, run.release_waiting(result.task_id),
-                            result if state is TaskState.DONE else None, time.monotonic())
+                            result if state is TaskState.DONE else None)
         if lease is not None:
             self.leases.pop(result.task_id)
             self.worker(lease.worker_id).leases.discard(result.task_id)
@@ -818,8 +818,7 @@ class Scheduler:
         self.transfers.drop([task.task_id])  # if its files were being pulled
         if fail:
             run.finished[TaskState.FAILED.value] = run.finished.get(TaskState.FAILED.value, 0) + 1
-            self._start_waiting(run, task.task_id, run.release_waiting(task.task_id), None,
-                                time.monotonic())
+            self._start_waiting(run, task.task_id, run.release_waiting(task.task_id), None)
             return
         # First in line again: it has waited longest, and a late result of the lost attempt
         # then meets the new attempt early rather than at the end of the run.
@@ -875,40 +874,35 @@ class Scheduler:
         self.transfers.serve_input(worker_id, request, inputs)
 
     def _start_waiting(self, run: RunView, source: str, tasks: list[LiveTask],
-                       result: Result | None, now: float) -> None:
+                       result: Result | None) -> None:
         """The tasks that waited for ``source`` (its attempt just ended, or ended earlier:
-        ``result`` None then, read from the ledger): queued with its final configuration as
-        their ``init``, or failed when it has none."""
+        ``result`` None then, and the ledger says how): queued with its final configuration
+        as their ``init``, or failed (and those waiting for them) when it has none."""
         if not tasks:
             return
-        if result is None and self.ledger.task_state(source) == (run.run_id,
-                                                                 TaskState.DONE.value):
-            final = [a for a in self.ledger.artifacts(run.run_id, source)
-                     if a.name == simkind.FINAL_CONFIGURATION]
-            ref = FileRef(simkind.INIT_INPUT, final[0].size, final[0].sha256) if final else None
-        elif result is not None:
+        if result is not None:
             ref = next((FileRef(simkind.INIT_INPUT, r.size, r.sha256)
                         for r in result.artifact_refs
                         if r.name == simkind.FINAL_CONFIGURATION), None)
         else:
-            ref = None
-        for task in tasks:
-            if ref is None:
-                state = self.ledger.task_state(source)
-                why = (f"its init task {source} saved no {simkind.FINAL_CONFIGURATION}"
-                       if state and state[1] == TaskState.DONE.value
-                       else f"its init task {source} did not finish (it "
-                            f"{state[1] if state else 'is gone'})")
-                self.ledger.fail_task(task.task_id, why, time.time())
-                run.finished[TaskState.FAILED.value] = \
-                    run.finished.get(TaskState.FAILED.value, 0) + 1
-                run.dirty = True
-                self._start_waiting(run, task.task_id, run.release_waiting(task.task_id), None,
-                                    now)
-                continue
-            self.ledger.set_inputs(task.task_id, [ref])
-            run.enqueue(replace(task, inputs=json.dumps([ref.to_json()])))
+            ref = self.ledger.final_configuration(source)
+        if ref is not None:
+            for task in tasks:
+                self.ledger.set_inputs(task.task_id, [ref])
+                run.enqueue(replace(task, inputs=json.dumps([ref.to_json()])))
             run.dirty = True
+            return
+        state = self.ledger.task_state(source)
+        why = (f"its init task {source} saved no {simkind.FINAL_CONFIGURATION}"
+               if state and state[1] == TaskState.DONE.value
+               else f"its init task {source} did not finish (it "
+                    f"{state[1] if state else 'is gone'})")
+        for task in tasks:
+            self.ledger.fail_task(task.task_id, why, time.time())
+            run.finished[TaskState.FAILED.value] = run.finished.get(TaskState.FAILED.value,
+                                                                    0) + 1
+            self._start_waiting(run, task.task_id, run.release_waiting(task.task_id), None)
+        run.dirty = True
 
     def ack(self, result: Result) -> None:
         """Acknowledge a result (sent after the pass that stored it is committed)."""
