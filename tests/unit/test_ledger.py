@@ -379,3 +379,28 @@ def test_a_schema_3_ledger_migrates_in_place_with_no_artifacts(tmp_path: Path) -
     live = ledger.live_tasks(info.run_id)
     assert [(t.inputs, t.init_from) for t in live] == [(None, None)] * 3
     assert ledger.task_rows(info.run_id)[0]["summary"] == {"seconds": 0.01}
+
+
+def test_deleting_a_run_keeps_the_files_another_run_still_names(tmp_path: Path) -> None:
+    """A file stays in the store while any other run has it as an artifact or as a task's
+    input (a chained task that starts from it)."""
+    from simctl.chains import Start
+    from simctl.ledger import RunActive
+    from simproto.protocol import FileRef
+
+    ledger = Ledger(tmp_path / "l.sqlite")
+    text = "seed: 3\ntasks:\n  - kind: sleep\n"
+    first = ledger.create_run(parse_text(text, Path("a.yaml")))
+    shared, own = "a" * 64, "b" * 64
+    with ledger.batch():
+        ledger.add_artifacts(first, f"{first}.0", [FileRef("final.xyz", 10, shared),
+                                                  FileRef("data.bin", 5, own)])
+    second = ledger.create_run(parse_text(text.replace("3", "4"), Path("b.yaml")),
+                               starts=[Start(inputs=(FileRef("init", 10, shared),))])
+    with pytest.raises(RunActive, match="cancel it first"):
+        ledger.delete_run(first)
+    for run_id in (first, second):
+        ledger.cancel_run(run_id)
+    assert ledger.digests_only_in(first) == {own}
+    assert ledger.delete_run(first) == {own}  # the input of the second run stays
+    assert ledger.delete_run(second) == {shared}
