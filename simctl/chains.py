@@ -17,6 +17,7 @@ import simkind
 from simctl.ledger import Ledger, TaskState
 from simctl.store import ArtifactStore
 from simctl.taskfile import InitEntry, InitFile, InitTask, Problem, TaskFile, TaskFileErrors
+from simkind.extxyz import Frame, read_last_header
 from simproto.protocol import FileRef
 
 
@@ -40,6 +41,7 @@ def resolve(taskfile: TaskFile, ledger: Ledger | None, store: ArtifactStore | No
     problems: list[Problem] = []
     starts: list[Start] = []
     copied: set[str] = set()
+    frames: dict[Path, Frame] = {}
     kinds = simkind.installed()
     for task in taskfile.tasks:
         init = task.init
@@ -48,10 +50,11 @@ def resolve(taskfile: TaskFile, ledger: Ledger | None, store: ArtifactStore | No
         elif isinstance(init, InitEntry):
             starts.append(Start(waits_for=init.index))
         elif isinstance(init, InitFile):
+            ref = FileRef(simkind.INIT_INPUT, init.size, init.sha256)
             if copy and store is not None and init.sha256 not in copied:
-                store.add_file(init.path)
+                store.add_file(init.path, ref)
                 copied.add(init.sha256)
-            starts.append(Start(inputs=(FileRef(simkind.INIT_INPUT, init.size, init.sha256),)))
+            starts.append(Start(inputs=(ref,)))
         else:
             found = _from_task(init, ledger, store)
             if isinstance(found, Problem):
@@ -60,7 +63,9 @@ def resolve(taskfile: TaskFile, ledger: Ledger | None, store: ArtifactStore | No
                 continue
             ref, path = found
             try:
-                kinds.get(task.kind).kind.check_init(task.params, path)
+                if path not in frames:  # many tasks may start from one task's file
+                    frames[path] = read_last_header(path)
+                kinds.get(task.kind).kind.fit_init(task.params, frames[path])
             except simkind.ParamError as e:
                 problems.append(Problem(init.line, init.field, str(e)))
             starts.append(Start(inputs=(ref,)))

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
-import shutil
 from pathlib import Path
 
-from simctl.errors import LedgerWriteError
+from simctl.errors import InputError, LedgerWriteError
 from simproto.protocol import FileRef, check_sha256
-from simproto.transfer import Download, hash_file
+from simproto.transfer import Download
 
 OBJECTS = "objects"
 PARTIAL = "partial"
+
+COPY_BLOCK_BYTES = 1 << 20
+"""A local file is copied into the store in blocks of this size, hashed on the way."""
 
 
 class StoreFull(LedgerWriteError):
@@ -62,23 +65,34 @@ class ArtifactStore:
         except OSError as e:
             raise self.write_error(e, f"cannot store artifact {download.sha256}") from e
 
-    def add_file(self, source: Path) -> FileRef:
-        """Copy a local file into the store (an ``init`` configuration given by path);
-        its reference, named as the file."""
-        size, sha256 = hash_file(source)
-        target = self.path(sha256)
-        if not target.is_file():
-            part = self.root / PARTIAL / f"{sha256}.copy"
-            try:
-                part.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, part)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(part, target)
-            except OSError as e:
-                with contextlib.suppress(OSError):
-                    part.unlink()
-                raise self.write_error(e, f"cannot copy {source} into the store") from e
-        return FileRef(_file_name(source.name), size, sha256)
+    def add_file(self, source: Path, ref: FileRef) -> None:
+        """Copy a local file into the store (an ``init`` configuration given by path), hashed
+        as it is copied: InputError if it is no longer the file ``ref`` was made from (it
+        changed after the task file was checked)."""
+        target = self.path(ref.sha256)
+        if target.is_file():
+            return
+        part = self.root / PARTIAL / f"{ref.sha256}.copy"
+        digest, size = hashlib.sha256(), 0
+        try:
+            part.parent.mkdir(parents=True, exist_ok=True)
+            with source.open("rb") as src, part.open("wb") as dst:
+                while block := src.read(COPY_BLOCK_BYTES):
+                    digest.update(block)
+                    size += len(block)
+                    dst.write(block)
+                dst.flush()
+                os.fsync(dst.fileno())
+            if (size, digest.hexdigest()) != (ref.size, ref.sha256):
+                raise InputError(f"{source} changed after the task file was checked "
+                                 f"({size} bytes now, {ref.size} then): run again")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, target)
+        except OSError as e:
+            raise self.write_error(e, f"cannot copy {source} into the store") from e
+        finally:
+            with contextlib.suppress(OSError):
+                part.unlink()
 
     def remove(self, digests: set[str]) -> int:
         """Delete these objects (and their partial files); the bytes freed."""
@@ -98,9 +112,3 @@ class ArtifactStore:
                              "continues the transfer where it stopped")
         return LedgerWriteError(where)
 
-
-def _file_name(name: str) -> str:
-    """A local file's name as an artifact name (characters outside the allowed set become
-    ``_``), so any file may be given."""
-    cleaned = "".join(c if c.isalnum() or c in "_.-" else "_" for c in name)
-    return cleaned.lstrip("._-")[:128] or "file"

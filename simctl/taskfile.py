@@ -30,6 +30,7 @@ import yaml
 
 import simkind
 from simctl.errors import InputError, TaskFileError
+from simkind.extxyz import read_last_header
 from simkind.fields import simulated, yaml_repr
 from simproto.protocol import MAX_CONTROL_BYTES
 from simproto.sizes import parse_size
@@ -594,8 +595,9 @@ def _init_file(check: _Checker, path: Path, value: str, line: int | None, where:
     file = (folder / value).resolve()
     assert here.loaded is not None
     try:
+        frame = read_last_header(file)  # once: every task of the entry starts from it
         for params in here.params:
-            here.loaded.kind.check_init(params, file)
+            here.loaded.kind.fit_init(params, frame)
         size, sha256 = hash_file(file)
     except simkind.ParamError as e:
         raise check.fail(line, where, str(e)) from e

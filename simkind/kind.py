@@ -153,12 +153,17 @@ class Kind:
     def check_init(self, params: dict[str, Any], path: Path) -> Frame:
         """Check that the configuration in ``path`` fits validated ``params`` (see ``init``);
         its last frame's header, or ParamError naming the file."""
+        frame = read_last_header(path)
+        self.fit_init(params, frame)
+        return frame
+
+    def fit_init(self, params: dict[str, Any], frame: Frame) -> None:
+        """Check that a configuration, by its last frame's header (read once for the many
+        tasks that start from one file), fits validated ``params``; ParamError if not."""
         if self.init is None:
             raise ParamError(f"{self.name}: this kind cannot start from a configuration "
                              "(it takes no init)")
-        frame = read_last_header(path)
         self.init(params, frame)
-        return frame
 
     def unit(self, name: str) -> str:
         """The unit of a summary value or observable (``""``: none declared), else of the

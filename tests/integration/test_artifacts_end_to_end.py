@@ -87,6 +87,19 @@ def test_tasks_start_from_final_configurations_within_a_run_and_across_runs(
     np.testing.assert_array_equal(start.positions,
                                   ase.io.read(files[f"{run_id}.3"]["final.xyz"]).positions)
     assert "valid, 1 task" in cluster.simctl("validate", str(later)).stdout
+    # From a file given by path (relative to the task file): copied into the store once.
+    start_file = cluster.workdir / "start.xyz"
+    start_file.write_bytes(files[f"{run_id}.1"]["final.xyz"].read_bytes())
+    from_file = cluster.task_file("from-file", [{"kind": "lj", "params": {**LJ, "steps": 10},
+                                                 "init": "start.xyz", "replicas": 2}])
+    by_path = cluster.simctl_json("run", str(from_file), "--json")
+    assert by_path["done"] == 2
+    for names in stored(cluster, by_path["run_id"]).values():
+        np.testing.assert_array_equal(ase.io.read(names["trajectory.xyz"], index=0).positions,
+                                      ase.io.read(start_file).positions)
+    start_file.write_text(start_file.read_text().replace("Lattice=", "Lattice=\"1 2 3\" X="))
+    misfit = cluster.simctl("validate", str(from_file))
+    assert misfit.returncode == 2 and "tasks[0].init:" in misfit.stderr, misfit.stderr
     missing = cluster.task_file("missing", [{"kind": "lj", "params": LJ,
                                              "init": {"from": f"{run_id}.9"}}])
     for command in ("validate", "run"):  # validate reads the ledger as run will, stores nothing

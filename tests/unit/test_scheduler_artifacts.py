@@ -150,3 +150,25 @@ def test_the_default_limits_pass_a_10000_task_lj_sweep_with_final_configurations
     assert final["name"] == "final.xyz" and 300_000 < final["size"] < 700_000
     assert 10_000 * final["size"] < DEFAULT_MAX_RUN_ARTIFACT_BYTES / 50
     assert final["size"] < DEFAULT_MAX_TASK_ARTIFACT_BYTES / 1000
+
+
+def test_a_local_file_is_copied_into_the_store_only_as_it_was_checked(tmp_path: Path) -> None:
+    """An init file given by path is hashed when the task file is checked and again as it is
+    copied: a file changed in between is refused, and nothing enters the store."""
+    import pytest
+
+    from simctl.errors import InputError
+    from simctl.store import ArtifactStore
+    from simproto.protocol import FileRef
+
+    store = ArtifactStore(tmp_path / "store")
+    source = tmp_path / "start.xyz"
+    source.write_bytes(FINAL)
+    ref = FileRef("init", len(FINAL), hashlib.sha256(FINAL).hexdigest())
+    source.write_bytes(FINAL + b"X 2 2 2\n")
+    with pytest.raises(InputError, match="changed after the task file was checked"):
+        store.add_file(source, ref)
+    assert not store.has(ref.sha256) and not any(store.root.rglob("*.*"))
+    source.write_bytes(FINAL)
+    store.add_file(source, ref)
+    assert store.path(ref.sha256).read_bytes() == FINAL
