@@ -3,8 +3,8 @@
 The receiver pulls: it asks for chunks (:class:`~simproto.protocol.ChunkRequest`) and keeps
 at most :data:`WINDOW` of them outstanding per file (its credit window), so the broker never
 holds more than a few chunks of a transfer, whoever is away. The sender only answers
-(:func:`serve_chunk`). simctl pulls a worker's artifacts; a worker pulls its inputs from
-simctl; both sides use :class:`Download` for the receiving and :func:`serve_chunk` for the
+(:func:`chunk_payload`). simctl pulls a worker's artifacts; a worker pulls its inputs from
+simctl; both sides use :class:`Download` for the receiving and :func:`chunk_payload` for the
 sending, so the guarantees are the same both ways:
 
 - every byte is written at its offset into a partial file, and hashed in order;
@@ -220,12 +220,6 @@ def chunk_payload(path: Path | None, size: int, request: ChunkRequest,
         return Chunk.header(sha256, offset, 0, f"the file is shorter than its stated {size} "
                             "bytes"), 0
     return payload, length
-
-
-def serve_chunk(path: Path | None, size: int, request: ChunkRequest,
-                refusal: str = "not held here") -> Chunk:
-    """:func:`chunk_payload` as a Chunk (for a receiver's tests, which play the sender)."""
-    return Chunk.decode(bytes(chunk_payload(path, size, request, refusal)[0]))
 
 
 def hash_file(path: Path) -> tuple[int, str]:

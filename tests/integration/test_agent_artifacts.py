@@ -2,7 +2,7 @@
 
 A real agent process and a real Mosquitto; the test plays simctl's side of the transfers
 with a :class:`FakeDispatcher` that also watches the agent's ``chunk`` and ``fetch`` topics
-and can serve input files the way simctl does (:func:`simproto.transfer.serve_chunk`).
+and can serve input files the way simctl does (:func:`tests.support.chunks.serve_chunk`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import pytest
 import simproto as p
 from ckernel.drivers import sleep_artifact_bytes
 from simctl.local_broker import LocalBroker
-from simproto.transfer import MAX_RESTARTS, serve_chunk
+from simproto.transfer import MAX_RESTARTS
 from tests.integration.test_agent import FakeDispatcher, metrics_with, start, wait_result
+from tests.support.chunks import serve_chunk
 from tests.support.procs import Cluster
 from tests.support.waiting import wait_for
 

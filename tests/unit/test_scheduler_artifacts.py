@@ -24,7 +24,7 @@ from simproto.protocol import (
     Result,
     Topics,
 )
-from simproto.transfer import serve_chunk
+from tests.support.chunks import serve_chunk
 from tests.unit.test_simctl_dispatch import Connected, decide, status, tick
 
 TRAJECTORY = os.urandom(700_000)
