@@ -391,7 +391,7 @@ class Ledger:
                 self.db = sqlite3.connect(
                     self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
                 )
-                self.db.execute("PRAGMA journal_mode=WAL")
+                self._switch_to_wal()
                 self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if read_only:
@@ -404,6 +404,21 @@ class Ledger:
             """Made when the ledger is created and kept with it (moving the file keeps it)."""
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"cannot open ledger {self.path}: {e}") from e
+
+    def _switch_to_wal(self) -> None:
+        """Put the ledger in WAL mode, waiting for another process doing the same: two
+        simctl started at once on a new ledger both switch it, and SQLite refuses the
+        second at once ("database is locked": its busy handler is not called for a lock it
+        would deadlock on), so the wait is here, up to the usual busy timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _connect_read_only(self) -> sqlite3.Connection:
         if not self.path.is_file():
