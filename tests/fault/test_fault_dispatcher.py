@@ -117,10 +117,12 @@ def test_poison_held_for_simctl_and_retained_never_stops_it(cluster: Cluster) ->
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs (root only, as CI runs): a file system that really fills up."""
+    """A 16 MiB tmpfs (root only, as CI runs): a file system that really fills up. Room for
+    the ledger and its write-ahead log (which grows to 4 MB before SQLite checkpoints it),
+    so it is the test's filler, not the first tasks, that fills it."""
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
                    check=True, capture_output=True)
     try:
         yield mount_point
