@@ -218,6 +218,8 @@ class Dispatcher:
         for worker_id, channel, payload in decided.transfers:
             # QoS 0: a lost request or chunk is asked for again, never queued in the broker.
             self.client.publish(self.topic(worker_id, channel), payload, qos=0)
+        if decided.unreferenced:  # committed: nothing names these objects any more
+            self.scheduler.transfers.store.remove(decided.unreferenced)
         self._publish_progress(decided.progress)
 
     def flush(self, now: float, force: bool = False) -> None:

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simctl.errors import InputError, LedgerError, LedgerWriteError, RunActive, UnknownRun
-from simproto.protocol import FileRef, Result, encode_series
+from simproto.protocol import CheckpointRef, FileRef, Result, encode_series
 
 if TYPE_CHECKING:
     from simctl.chains import Start
     from simctl.taskfile import TaskFile, TaskSpec
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Stored in ``PRAGMA user_version``; bumped on every schema change, each of which
 :data:`_MIGRATIONS` applies in place to a ledger of the version before."""
 
@@ -179,6 +179,23 @@ CREATE INDEX tasks_init_from ON tasks(init_from) WHERE init_from IS NOT NULL;
 ALTER TABLE runs ADD COLUMN max_task_artifact_bytes INTEGER;
 ALTER TABLE runs ADD COLUMN max_run_artifact_bytes INTEGER;
 """,
+    5: """
+CREATE TABLE checkpoints (
+    task_id  TEXT PRIMARY KEY,
+    run_id   TEXT NOT NULL,
+    attempt  INTEGER NOT NULL,
+    step     INTEGER NOT NULL,
+    name     TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    sha256   TEXT NOT NULL,
+    saved_at REAL NOT NULL
+);
+CREATE INDEX checkpoints_run ON checkpoints(run_id);
+CREATE INDEX checkpoints_sha ON checkpoints(sha256);
+ALTER TABLE attempts ADD COLUMN start_step INTEGER;
+ALTER TABLE tasks ADD COLUMN progress REAL;
+ALTER TABLE runs ADD COLUMN checkpoint_every_s REAL;
+""",
 }
 """Version -> the statements that turn a ledger of the version before into this one.
 Version 2: the ledger's id (the dispatcher's client id derives from it), the broker a run was
@@ -189,7 +206,10 @@ and the task a reused result was computed by.
 Version 4: artifacts (each task's files by name, size and SHA-256; the bytes are in the
 content-addressed store beside the ledger, simctl.store), staged results (done, waiting for
 their artifacts to be pulled), a task's inputs and the task whose final configuration it
-starts from, and a run's artifact limits (NULL: the defaults)."""
+starts from, and a run's artifact limits (NULL: the defaults).
+Version 5: checkpoints (the latest stored one of each unfinished task; the bytes are in the
+store), the step an attempt started from (NULL: not reported, or from the start), a running
+task's progress, and a run's checkpoint interval (NULL: the default)."""
 
 LAST_RUN = "last"
 """What names the newest run wherever a run id is asked for."""
@@ -199,6 +219,11 @@ AMBIGUOUS_SHOWN = 10
 
 MAX_REJECTION_DETAIL = 500
 """Longest stored detail of a rejection (hostile input is never kept in full)."""
+
+DEFAULT_CHECKPOINT_EVERY_S = 300.0
+"""Seconds between two checkpoints of a running task unless its task file says
+(``checkpoint_every_s``): a lost worker costs at most about this much of a task's work, and
+saving a 256,000-atom lj state every 5 minutes costs well under 1 % (docs/benchmarks.md)."""
 
 DEFAULT_MAX_TASK_ARTIFACT_BYTES = 4 << 30
 """Bytes one task's artifacts may take unless its task file says (``artifact_limits.task``):
@@ -244,6 +269,13 @@ class RunInfo:
     counts: dict[str, int]
     max_task_artifact_bytes: int | None = None
     max_run_artifact_bytes: int | None = None
+    checkpoint_every_s: float | None = None
+
+    @property
+    def checkpoint_interval(self) -> float:
+        """Seconds between a task's checkpoints (the task file's, else the default; 0: none)."""
+        return DEFAULT_CHECKPOINT_EVERY_S if self.checkpoint_every_s is None \
+            else self.checkpoint_every_s
 
     @property
     def task_artifact_limit(self) -> int:
@@ -300,6 +332,7 @@ class RunInfo:
             "seed": self.seed,
             "max_attempts": self.max_attempts,
             "max_lost": self.max_lost,
+            "checkpoint_every_s": self.checkpoint_interval,
             "taskfile": self.taskfile,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
@@ -549,8 +582,8 @@ class Ledger:
             self.db.execute(
                 "INSERT INTO runs (run_id, name, seed, max_attempts, max_lost, taskfile, spec,"
                 " total, state, created_at, broker_id, topic_prefix, broker,"
-                " max_task_artifact_bytes, max_run_artifact_bytes)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " max_task_artifact_bytes, max_run_artifact_bytes, checkpoint_every_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     taskfile.name,
@@ -565,6 +598,7 @@ class Ledger:
                     *(broker or (None, None, None)),
                     taskfile.max_task_artifact_bytes,
                     taskfile.max_run_artifact_bytes,
+                    taskfile.checkpoint_every_s,
                 ),
             )
             self.db.executemany(
@@ -631,7 +665,7 @@ class Ledger:
     _RUN_COLUMNS = (
         "run_id, name, seed, max_attempts, taskfile, total, state, created_at, finished_at,"
         " duplicates, max_lost, broker_id, topic_prefix, broker, max_task_artifact_bytes,"
-        " max_run_artifact_bytes"
+        " max_run_artifact_bytes, checkpoint_every_s"
     )
 
     def run(self, run_id: str) -> RunInfo:
@@ -851,7 +885,7 @@ class Ledger:
         """Record an assignment (inside a batch); ``attempt`` is the new attempt number."""
         self.db.execute(
             f"UPDATE tasks SET state = {ASSIGNED}, attempt = ?, tries = tries + 1, worker_id = ?,"
-            " session = ?, assigned_at = ? WHERE task_id = ?",
+            " session = ?, assigned_at = ?, progress = NULL WHERE task_id = ?",
             (attempt, worker_id, session, now, task_id),
         )
         self.db.execute(
@@ -1037,13 +1071,19 @@ class Ledger:
         order: those in ``states`` (None: all), the failed ones first with ``failed_first``,
         at most ``limit`` (None: all)."""
         self.run(run_id)
-        cols = ("task_id", "kind", "state", "worker_id", "attempts", "error")
-        sql = "SELECT task_id, kind, state, worker_id, attempt, error FROM tasks WHERE run_id = ?"
+        cols = ("task_id", "kind", "state", "worker_id", "attempts", "error", "progress",
+                "resumed_at_step")
+        # progress and the step resumed from are of the running attempt only.
+        sql = (f"SELECT t.task_id, t.kind, t.state, t.worker_id, t.attempt, t.error,"
+               f" CASE WHEN t.state = {ASSIGNED} THEN coalesce(t.progress, 0.0) END,"
+               f" CASE WHEN t.state = {ASSIGNED} THEN a.start_step END"
+               " FROM tasks t LEFT JOIN attempts a ON a.task_id = t.task_id"
+               " AND a.attempt = t.attempt WHERE t.run_id = ?")
         args: list[Any] = [run_id]
         if states is not None:
-            sql += f" AND state IN ({', '.join('?' for _ in states)})"
+            sql += f" AND t.state IN ({', '.join('?' for _ in states)})"
             args += list(states)
-        sql += f" ORDER BY {f'state = {FAILED} DESC, ' if failed_first else ''}idx"
+        sql += f" ORDER BY {f't.state = {FAILED} DESC, ' if failed_first else ''}t.idx"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
@@ -1133,14 +1173,14 @@ class Ledger:
 
     def referenced_digests(self, digests: Collection[str],
                            excluding_run: str | None = None) -> set[str]:
-        """Which of ``digests`` an artifact row or a task's inputs still name (those of
-        ``excluding_run`` left out). Artifacts are looked up by their index; inputs (few
-        tasks have any) are read in one pass, not searched once per digest."""
+        """Which of ``digests`` an artifact or checkpoint row or a task's inputs still name
+        (those of ``excluding_run`` left out). Rows are looked up by their indexes; inputs
+        (few tasks have any) are read in one pass, not searched once per digest."""
         other = " AND run_id != ?" if excluding_run is not None else ""
         extra = (excluding_run,) if excluding_run is not None else ()
-        found = {sha for sha in digests if self.db.execute(
-            f"SELECT 1 FROM artifacts WHERE sha256 = ?{other} LIMIT 1",
-            (sha, *extra)).fetchone()}
+        found = {sha for sha in digests if any(self.db.execute(
+            f"SELECT 1 FROM {table} WHERE sha256 = ?{other} LIMIT 1",
+            (sha, *extra)).fetchone() for table in ("artifacts", "checkpoints"))}
         rest = set(digests) - found
         if rest:
             for (inputs,) in self.db.execute(
@@ -1149,9 +1189,9 @@ class Ledger:
         return found
 
     def run_digests(self, run_id: str) -> set[str]:
-        """The files a run names: its artifacts and its tasks' inputs."""
-        digests = {sha for (sha,) in self.db.execute(
-            "SELECT DISTINCT sha256 FROM artifacts WHERE run_id = ?", (run_id,))}
+        """The files a run names: its artifacts, checkpoints and its tasks' inputs."""
+        digests = {sha for table in ("artifacts", "checkpoints") for (sha,) in self.db.execute(
+            f"SELECT DISTINCT sha256 FROM {table} WHERE run_id = ?", (run_id,))}
         for (inputs,) in self.db.execute(
                 "SELECT inputs FROM tasks WHERE run_id = ? AND inputs IS NOT NULL", (run_id,)):
             digests.update(ref["sha256"] for ref in json.loads(inputs))
@@ -1175,13 +1215,53 @@ class Ledger:
             task_ids = "SELECT task_id FROM tasks WHERE run_id = ?"
             for table in ("attempts", "staged"):
                 self.db.execute(f"DELETE FROM {table} WHERE task_id IN ({task_ids})", (run_id,))
-            for table in ("artifacts", "results", "tasks", "runs"):
+            for table in ("artifacts", "checkpoints", "results", "tasks", "runs"):
                 self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
         return unreferenced
 
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, run_id: str, task_id: str, attempt: int,
+                        checkpoint: CheckpointRef) -> str | None:
+        """Record the latest stored checkpoint of a task (its object is in the store); the
+        digest of the one it replaces, if another (the caller removes it once unnamed)."""
+        old = self.db.execute("SELECT sha256 FROM checkpoints WHERE task_id = ?",
+                              (task_id,)).fetchone()
+        ref = checkpoint.file
+        self.db.execute(
+            "INSERT OR REPLACE INTO checkpoints (task_id, run_id, attempt, step, name, size,"
+            " sha256, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (task_id, run_id, attempt, checkpoint.step, ref.name, ref.size, ref.sha256,
+             time.time()))
+        return old[0] if old is not None and old[0] != ref.sha256 else None
+
+    def checkpoints(self, run_id: str) -> dict[str, CheckpointRef]:
+        """Task id -> the latest stored checkpoint, of a run's tasks that have one."""
+        return {task_id: CheckpointRef(step, FileRef(name, size, sha256))
+                for task_id, step, name, size, sha256 in self.db.execute(
+                    "SELECT task_id, step, name, size, sha256 FROM checkpoints"
+                    " WHERE run_id = ?", (run_id,))}
+
+    def drop_checkpoint(self, task_id: str) -> str | None:
+        """Forget a finished task's checkpoint; its digest (None: it had none)."""
+        row = self.db.execute("DELETE FROM checkpoints WHERE task_id = ? RETURNING sha256",
+                              (task_id,)).fetchone()
+        return row[0] if row is not None else None
+
+    def set_start_step(self, task_id: str, attempt: int, step: int) -> None:
+        """Record the step an attempt resumed from."""
+        self.db.execute("UPDATE attempts SET start_step = ? WHERE task_id = ? AND attempt = ?",
+                        (step, task_id, attempt))
+
+    def set_progress(self, progress: Iterable[tuple[str, float]]) -> None:
+        """Record running tasks' progress fractions ((task id, fraction) pairs)."""
+        self.db.executemany("UPDATE tasks SET progress = ? WHERE task_id = ?",
+                            ((fraction, task_id) for task_id, fraction in progress))
+
     def attempts(self, task_id: str) -> list[dict[str, Any]]:
         """Every attempt of one task, in order."""
-        cols = ("attempt", "worker_id", "session", "assigned_at", "ended_at", "outcome", "detail")
+        cols = ("attempt", "worker_id", "session", "assigned_at", "ended_at", "outcome", "detail",
+                "start_step")
         return [
             dict(zip(cols, row, strict=False))
             for row in self.db.execute(

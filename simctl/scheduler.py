@@ -29,10 +29,11 @@ from simctl.ledger import FINISHED, Ledger, LiveTask, RunInfo, TaskState
 from simctl.mqtt import payload_of
 from simctl.routing import Need, can_run, need_of, unrunnable
 from simctl.store import ArtifactStore
-from simctl.transfers import Failure, Staged, Transfers
+from simctl.transfers import CheckpointPull, Failure, Staged, Transfers
 from simproto.protocol import (
     Assignment,
     Channel,
+    CheckpointRef,
     Chunk,
     ChunkRequest,
     DecodeError,
@@ -80,6 +81,9 @@ RUNS_REFRESH_S = 0.5
 
 NO_WORKER_WARNING_S = 10.0
 """Pending work with no online worker for this long is worth a warning (with what is known)."""
+
+PROGRESS_WRITE_EVERY_S = 2.0
+"""Running tasks' progress reaches the ledger (``simctl status RUN``) at most this often."""
 
 PROGRESS_EVERY_S = 0.5
 """Smallest interval between two retained RunProgress messages of one run."""
@@ -187,6 +191,9 @@ class Decisions:
     transfers: list[tuple[str, Channel, bytes | bytearray]] = field(default_factory=list)
     """(worker id, channel, encoded message) of file transfers: requests for chunks of
     artifacts (``pull``) and chunks of inputs (``download``), QoS 0."""
+    unreferenced: set[str] = field(default_factory=set)
+    """Digests of store objects the ledger no longer names (replaced or finished tasks'
+    checkpoints): removed once the pass is committed."""
 
 @dataclass
 class Lease:
@@ -202,6 +209,11 @@ class Lease:
     renewed_at: float
     finished_seen_at: float | None = None
     """When a heartbeat first reported this task finished (progress 1) with no result here."""
+    progress: float = 0.0
+    progress_written: float = 0.0
+    """The progress last written to the ledger."""
+    start_step: int | None = None
+    """The step the attempt resumed from, once its worker said (recorded in the ledger)."""
 
 
 @dataclass
@@ -267,6 +279,9 @@ class RunView:
     run_artifact_limit: int = 0
     artifact_bytes: int = 0
     """Bytes of the artifacts stored for this run so far."""
+    checkpoint_every_s: float = 0.0
+    checkpoints: dict[str, CheckpointRef] = field(default_factory=dict)
+    """Task id -> its latest stored checkpoint (what its next attempt resumes from)."""
     dirty: bool = True
     published_at: float = 0.0
     waited: dict[str, int] = field(default_factory=dict)
@@ -345,6 +360,7 @@ class Scheduler:
         self._rejection_logs = RateLimit(REJECTIONS_LOGGED_PER_S, int(REJECTIONS_LOGGED_PER_S))
         self._next_lease_check = 0.0
         self._next_refresh = 0.0
+        self._next_progress_write = 0.0
         self._idle_since = time.monotonic()
 
     # ------------------------------------------------------------------ one pass
@@ -377,6 +393,9 @@ class Scheduler:
             self.transfers.due(now)
             self.assign(now)
             self.finish_runs()
+            if now >= self._next_progress_write:
+                self._next_progress_write = now + PROGRESS_WRITE_EVERY_S
+                self.write_progress()
         decided.transfers = self.transfers.take_outbox()
         return decided
 
@@ -439,6 +458,8 @@ class Scheduler:
             task_artifact_limit=info.task_artifact_limit,
             run_artifact_limit=info.run_artifact_limit,
             artifact_bytes=self.ledger.run_artifact_bytes(run_id),
+            checkpoint_every_s=info.checkpoint_interval,
+            checkpoints=self.ledger.checkpoints(run_id),
         )
         live = self.ledger.live_tasks(run_id)
         unfinished = {task.task_id for task in live}
@@ -642,16 +663,61 @@ class Scheduler:
             )
             self._retire(worker, hb.session)
         worker.heard_at = now
+        checkpoints = hb.checkpoint_refs if hb.checkpoints else {}
         for task_id in list(worker.leases):
             lease = self.leases[task_id]
             if task_id in hb.progress:
                 lease.renewed_at = now
-                self._check_overdue(lease, hb.progress[task_id], worker, now)
+                lease.progress = hb.progress[task_id]
+                self._check_overdue(lease, lease.progress, worker, now)
+                if task_id in checkpoints and lease.session == hb.session:
+                    self._pull_checkpoint(lease, checkpoints[task_id], now)
+                if lease.start_step is None and task_id in hb.resumed:
+                    lease.start_step = hb.resumed[task_id]
+                    self.ledger.set_start_step(task_id, lease.attempt, lease.start_step)
             elif (
                 lease.session == hb.session
                 and now - lease.assigned_at > NOT_LISTED_GRACE * worker.heartbeat_s
             ):
                 self.lose(lease, f"worker {worker.worker_id} no longer holds the task", now)
+
+    def _pull_checkpoint(self, lease: Lease, checkpoint: CheckpointRef, now: float) -> None:
+        """A running attempt saved a checkpoint: pull it, unless it is the one stored."""
+        task = lease.task
+        stored = self.runs[task.run_id].checkpoints.get(task.task_id)
+        if stored is not None and stored.file.sha256 == checkpoint.file.sha256:
+            return
+        if self.transfers.pull_checkpoint(task.task_id, lease.attempt, lease.worker_id,
+                                          checkpoint, now):
+            self._keep_checkpoint(CheckpointPull(task.task_id, lease.attempt, checkpoint))
+
+    def _keep_checkpoint(self, pull: CheckpointPull) -> None:
+        """A checkpoint is in the store: the task's next attempt resumes from it (if its
+        attempt is still the one that saved it and the task is unfinished)."""
+        lease = self.leases.get(pull.task_id)
+        if lease is None or lease.attempt != pull.attempt:
+            return
+        run = self.runs[lease.task.run_id]
+        replaced = self.ledger.save_checkpoint(run.run_id, pull.task_id, pull.attempt,
+                                               pull.checkpoint)
+        run.checkpoints[pull.task_id] = pull.checkpoint
+        if replaced is not None:
+            self._forget_object(replaced)
+        log.info("task %s attempt %d: checkpoint of step %d stored", pull.task_id,
+                 pull.attempt, pull.checkpoint.step)
+
+    def _drop_checkpoint(self, run: RunView, task_id: str) -> None:
+        """A task finished: its checkpoint (stored, or being pulled) is of no more use."""
+        self.transfers.drop_checkpoints(task_id)
+        if run.checkpoints.pop(task_id, None) is not None:
+            digest = self.ledger.drop_checkpoint(task_id)
+            if digest is not None:
+                self._forget_object(digest)
+
+    def _forget_object(self, digest: str) -> None:
+        """Remove a store object after this pass commits, unless the ledger names it."""
+        if not self.ledger.referenced_digests([digest]):
+            self._decided.unreferenced.add(digest)
 
     def _check_overdue(self, lease: Lease, progress: float, worker: WorkerView, now: float) -> None:
         """A result the worker holds but never reached us (lost while we were resubscribing
@@ -751,6 +817,9 @@ class Scheduler:
             if result is not None:
                 self.ledger.record_attempt_end(result, outcome.recorded)
                 self.ack(result)
+        elif result is not None and result.handed_back and result.artifacts:
+            assert lease is not None
+            self._take_hand_back(result, lease)
         else:
             assert lease is not None
             self._retry_or_give_up(lease, outcome, detail)
@@ -779,6 +848,7 @@ class Scheduler:
             run.artifact_bytes += sum(ref.size for ref in refs)
         self._start_waiting(run, result.task_id, run.release_waiting(result.task_id),
                             result if state is TaskState.DONE else None)
+        self._drop_checkpoint(run, result.task_id)
         if lease is not None:
             self.leases.pop(result.task_id)
             self.worker(lease.worker_id).leases.discard(result.task_id)
@@ -817,6 +887,7 @@ class Scheduler:
         )
         self.transfers.drop([task.task_id])  # if its files were being pulled
         if fail:
+            self._drop_checkpoint(run, task.task_id)
             run.finished[TaskState.FAILED.value] = run.finished.get(TaskState.FAILED.value, 0) + 1
             self._start_waiting(run, task.task_id, run.release_waiting(task.task_id), None)
             return
@@ -844,10 +915,12 @@ class Scheduler:
     def on_chunk(self, worker_id: str, chunk: Chunk, now: float) -> None:
         """A chunk of a worker's artifact: results whose files are now all stored win; those
         whose file cannot be had end their attempt (retryable: another attempt makes it anew)."""
-        completed, failed = self.transfers.on_chunk(worker_id, chunk, now)
-        for staged in completed:
+        received = self.transfers.on_chunk(worker_id, chunk, now)
+        for pull in received.checkpoints:
+            self._keep_checkpoint(pull)
+        for staged in received.stored:
             self._store_staged(staged)
-        for failure in failed:
+        for failure in received.failed:
             self._fail_staged(failure, now)
 
     def _store_staged(self, staged: Staged) -> None:
@@ -857,7 +930,31 @@ class Scheduler:
                                                                  result.worker_id):
             return  # its attempt ended meanwhile
         self.ledger.unstage(result.task_id)
-        self._win(result, TaskState.DONE, lease)
+        if result.handed_back:
+            self._hand_back(result, lease)
+        else:
+            self._win(result, TaskState.DONE, lease)
+
+    def _take_hand_back(self, result: Result, lease: Lease) -> None:
+        """A task handed back with a checkpoint: pull it first (the worker waits for the
+        acknowledgement before it exits), as the files of a done result are."""
+        if self.transfers.is_staged(result.task_id):
+            return  # a re-sent copy while its checkpoint is pulled
+        if self.transfers.stage(result, time.monotonic()):
+            self.ledger.stage_result(result)
+            return
+        self._hand_back(result, lease)
+
+    def _hand_back(self, result: Result, lease: Lease) -> None:
+        """A task handed back with the checkpoint it stopped at (in the store now): keep it
+        for the next attempt, then put the task back like a lost one."""
+        step = result.metadata.get("checkpoint_step")
+        refs = result.artifact_refs
+        if len(refs) == 1 and isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+            self._keep_checkpoint(CheckpointPull(result.task_id, result.attempt,
+                                                 CheckpointRef(step, refs[0])))
+        self._retry_or_give_up(lease, Outcome.LOST, result.error or "handed back")
+        self.ack(result)
 
     def _fail_staged(self, failure: Failure, now: float) -> None:
         result = failure.result
@@ -869,8 +966,9 @@ class Scheduler:
 
     def on_fetch(self, worker_id: str, request: ChunkRequest) -> None:
         """A worker asks for a chunk of an input of a task it holds now."""
-        inputs = (ref for task_id in self.worker(worker_id).leases
-                  for ref in _inputs_of(self.leases[task_id].task))
+        leases = (self.leases[task_id] for task_id in self.worker(worker_id).leases)
+        inputs = (ref for lease in leases
+                  for ref in _inputs_of(lease.task, self.runs[lease.task.run_id]))
         self.transfers.serve_input(worker_id, request, inputs)
 
     def _start_waiting(self, run: RunView, source: str, tasks: list[LiveTask],
@@ -989,6 +1087,7 @@ class Scheduler:
         worker.leases.add(task.task_id)
         run.assigned += 1
         run.dirty = True
+        inputs = _inputs_of(task, run)
         message = Assignment(
             run_id=task.run_id,
             task_id=task.task_id,
@@ -998,12 +1097,23 @@ class Scheduler:
             seed=task.seed,
             assigned_at=wall,
             kind_version=task.kind_version,
-            inputs=json.loads(task.inputs) if task.inputs else [],
+            inputs=[ref.to_json() for ref in inputs],
             max_artifact_bytes=run.task_artifact_limit,
+            checkpoint_every_s=run.checkpoint_every_s,
         )
         self._decided.assignments.append((worker.worker_id, message))
 
     # -------------------------------------------------------------- progress
+
+    def write_progress(self) -> None:
+        """Record in the ledger how far each running task is (what ``simctl status RUN``
+        shows), for the leases whose progress moved since the last write."""
+        moved = [lease for lease in self.leases.values()
+                 if lease.progress != lease.progress_written]
+        for lease in moved:
+            lease.progress_written = lease.progress
+        if moved:
+            self.ledger.set_progress((lease.task.task_id, lease.progress) for lease in moved)
 
     def due_progress(self, now: float, force: bool = False) -> list[RunProgress]:
         """Progress of the active runs that changed (at most every PROGRESS_EVERY_S), or
@@ -1043,6 +1153,12 @@ class Scheduler:
         )
 
 
-def _inputs_of(task: LiveTask) -> list[FileRef]:
-    return [FileRef.from_json(ref) for ref in json.loads(task.inputs)] if task.inputs else []
+def _inputs_of(task: LiveTask, run: RunView) -> list[FileRef]:
+    """A task's input files: its own (``init``), and the checkpoint it resumes from."""
+    inputs = [FileRef.from_json(ref) for ref in json.loads(task.inputs)] if task.inputs else []
+    checkpoint = run.checkpoints.get(task.task_id)
+    if checkpoint is not None:
+        inputs.append(FileRef(simkind.CHECKPOINT_INPUT, checkpoint.file.size,
+                              checkpoint.file.sha256))
+    return inputs
 

@@ -32,7 +32,7 @@ import simkind
 from simctl.errors import InputError, TaskFileError
 from simkind.extxyz import read_last_header
 from simkind.fields import simulated, yaml_repr
-from simproto.protocol import MAX_CONTROL_BYTES
+from simproto.protocol import MAX_CHECKPOINT_EVERY_S, MAX_CONTROL_BYTES
 from simproto.sizes import parse_size
 from simproto.transfer import hash_file
 
@@ -61,7 +61,7 @@ MAX_PARAMS_BYTES = MAX_CONTROL_BYTES - 4096
 
 
 TOP_KEYS = ("name", "description", "seed", "max_attempts", "max_lost", "artifact_limits",
-            "defaults", "tasks")
+            "checkpoint_every_s", "defaults", "tasks")
 """Keys allowed at the top of a task file."""
 
 ENTRY_KEYS = ("name", "kind", "params", "sweep", "zip", "replicas", "init")
@@ -266,6 +266,8 @@ class TaskFile:
     """``artifact_limits.task`` (None: not given, the default applies)."""
     max_run_artifact_bytes: int | None = None
     """``artifact_limits.run`` (None: not given, the default applies)."""
+    checkpoint_every_s: float | None = None
+    """``checkpoint_every_s`` (None: not given, the default applies; 0: no checkpoints)."""
 
     def kinds(self) -> dict[str, int]:
         """Number of tasks per kind, in order of first appearance."""
@@ -379,6 +381,18 @@ class _Checker:
             )
         return value
 
+    def number_field(self, mapping: dict[Any, Any], key: str, field: str, lo: float,
+                     hi: float) -> float:
+        value = mapping[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            raise self.fail(self.line_of(mapping, key), field,
+                            f"must be a number, got {yaml_repr(value)}")
+        if not lo <= value <= hi:
+            raise self.fail(self.line_of(mapping, key), field,
+                            f"{value:g} is out of range [{lo:g}, {hi:g}]")
+        return float(value)
+
     def mapping(self, container: Any, key: Any, field: str) -> dict[Any, Any]:
         value = container[key]
         if not isinstance(value, dict):
@@ -469,6 +483,10 @@ def _parse(check: _Checker, text: str, path: Path) -> TaskFile:
             doc, "max_lost", "max_lost", 1, MAX_LOST_LIMIT))
 
     limits = _or({}, lambda: _artifact_limits(check, doc)) if "artifact_limits" in doc else {}
+    checkpoint_every_s = None
+    if "checkpoint_every_s" in doc:
+        checkpoint_every_s = _or(None, lambda: check.number_field(
+            doc, "checkpoint_every_s", "checkpoint_every_s", 0.0, MAX_CHECKPOINT_EVERY_S))
 
     defaults: dict[Any, Any] = _Mapping()
     if "defaults" in doc and doc["defaults"] is not None:
@@ -514,7 +532,7 @@ def _parse(check: _Checker, text: str, path: Path) -> TaskFile:
         tasks.append(TaskSpec(i, loaded.name, params, _seed(seed, content, occurrence),
                               loaded.version, init))
     return TaskFile(path, name.strip(), seed, seed_given, max_attempts, tasks, text, max_lost,
-                    limits.get("task"), limits.get("run"))
+                    limits.get("task"), limits.get("run"), checkpoint_every_s)
 
 
 @dataclass

@@ -7,7 +7,9 @@ task still assigned, its worker's lease still renewed by the heartbeats that lis
 (``simproto.transfer``: a credit window of a few chunks, re-asked after a timeout, resumed
 from its partial file after a restart). Once every file of a staged result is in the store,
 the scheduler stores the result and the task is done; until then the worker keeps the files
-(it forgets them when the result is acknowledged). The scheduler owns one of these and
+(it forgets them when the result is acknowledged). A running attempt's latest checkpoint,
+listed in its worker's heartbeats, is pulled the same way (:meth:`Transfers.pull_checkpoint`),
+a newer one replacing an older one's pull. The scheduler owns one of these and
 calls it within its pass; nothing here publishes: what to send is collected for the
 dispatcher (:attr:`Transfers.outbox`).
 """
@@ -19,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from simctl.store import ArtifactStore
-from simproto.protocol import Channel, Chunk, ChunkRequest, FileRef, Result
+from simproto.protocol import Channel, CheckpointRef, Chunk, ChunkRequest, FileRef, Result
 from simproto.sizes import describe_files, format_size
 from simproto.transfer import Download, TransferError, chunk_payload
 
@@ -50,6 +52,25 @@ class Failure:
     error: str
 
 
+@dataclass(frozen=True)
+class CheckpointPull:
+    """The pull of a running attempt's checkpoint."""
+
+    task_id: str
+    attempt: int
+    checkpoint: CheckpointRef
+
+
+@dataclass
+class Received:
+    """What one chunk completed: staged results whose files are all stored now, those whose
+    file cannot be had, and checkpoints now in the store."""
+
+    stored: list[Staged] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    checkpoints: list[CheckpointPull] = field(default_factory=list)
+
+
 @dataclass
 class Transfers:
     """Every pull in progress and every input served (see the module docstring)."""
@@ -62,6 +83,8 @@ class Transfers:
     source: dict[str, str] = field(default_factory=dict)
     """Digest -> the worker it is pulled from (any worker whose staged result lists it: the
     bytes are the same by their hash)."""
+    checkpoint_pulls: dict[str, CheckpointPull] = field(default_factory=dict)
+    """Digest -> the running attempt whose checkpoint that file is (one per task)."""
     outbox: list[tuple[str, Channel, bytes | bytearray]] = field(default_factory=list)
     """What to publish after this pass: (worker id, channel, encoded message)."""
 
@@ -85,6 +108,27 @@ class Transfers:
                 self._open(ref, result.worker_id, now)
         return True
 
+    def pull_checkpoint(self, task_id: str, attempt: int, worker_id: str,
+                        checkpoint: CheckpointRef, now: float) -> bool:
+        """Start pulling a running attempt's checkpoint (unless it is being pulled); True
+        when the store has it already. The pull of an older checkpoint of the task stops:
+        its worker has deleted that file."""
+        sha256 = checkpoint.file.sha256
+        if self.store.has(sha256):
+            return True
+        if sha256 in self.checkpoint_pulls:
+            return False
+        self._drop_checkpoint_pulls({task_id})
+        self.checkpoint_pulls[sha256] = CheckpointPull(task_id, attempt, checkpoint)
+        if sha256 not in self.downloads:
+            self._open(checkpoint.file, worker_id, now)
+        return False
+
+    def drop_checkpoints(self, task_id: str) -> None:
+        """Stop pulling a task's checkpoint (it finished)."""
+        if self.checkpoint_pulls:
+            self._drop_checkpoint_pulls({task_id})
+
     def is_staged(self, task_id: str) -> bool:
         return task_id in self.staged
 
@@ -96,46 +140,50 @@ class Transfers:
     def drop(self, task_ids: Iterable[str]) -> None:
         """Stop pulling for these tasks (their attempts ended otherwise); partial files stay
         for a later attempt that makes the same bytes."""
+        task_ids = set(task_ids)
         for task_id in task_ids:
             staged = self.staged.pop(task_id, None)
             if staged is not None:
                 self._release(staged.missing)
+        self._drop_checkpoint_pulls(task_ids)
 
     def clear(self) -> None:
         """Forget everything (the scheduler rebuilds its state from the ledger)."""
-        self.drop(list(self.staged))
+        self.drop(list(self.staged) + [p.task_id for p in self.checkpoint_pulls.values()])
 
     # ---------------------------------------------------------------- traffic
 
-    def on_chunk(self, worker_id: str, chunk: Chunk,
-                 now: float) -> tuple[list[Staged], list[Failure]]:
-        """Take a chunk of one of ``worker_id``'s artifacts; the staged results it completed
-        and those whose file failed. A chunk nobody asked for is ignored."""
+    def on_chunk(self, worker_id: str, chunk: Chunk, now: float) -> Received:
+        """Take a chunk of one of ``worker_id``'s files; what it completed (see
+        :class:`Received`). A chunk nobody asked for is ignored."""
         sha256 = chunk.sha256
+        received = Received()
         download = self.downloads.get(sha256)
         if download is None or self.source.get(sha256) != worker_id:
-            return [], []
+            return received
         try:
             complete = download.take(chunk)
         except TransferError as e:
-            return [], self._fail(sha256, f"{e} (from {worker_id})", now)
+            received.failed = self._fail(sha256, f"{e} (from {worker_id})", now)
+            return received
         except OSError as e:
             raise self.store.write_error(e, f"cannot write artifact {sha256}") from e
         if not complete:
             self._ask(sha256, now)
-            return [], []
+            return received
         self.store.commit(download)
         del self.downloads[sha256], self.source[sha256]
-        done = []
+        if (pull := self.checkpoint_pulls.pop(sha256, None)) is not None:
+            received.checkpoints.append(pull)
         for task_id, staged in list(self.staged.items()):
             staged.missing.discard(sha256)
             if not staged.missing:
-                done.append(self.staged.pop(task_id))
+                received.stored.append(self.staged.pop(task_id))
                 took = max(now - staged.staged_at, 1e-9)
                 log.info("task %s: its files are stored (%s pulled in %.2f s, %.0f MB/s)",
                          task_id, format_size(staged.pulled_bytes), took,
                          staged.pulled_bytes / took / 1e6)
-        return done, []
+        return received
 
     def serve_input(self, worker_id: str, request: ChunkRequest,
                     inputs: Iterable[FileRef]) -> None:
@@ -188,6 +236,10 @@ class Transfers:
         """A file that cannot be had from its worker: every staged result of that worker
         listing it fails (others may still have it from their own workers)."""
         worker_id = self.source[sha256]
+        if (pull := self.checkpoint_pulls.pop(sha256, None)) is not None:
+            # Most often superseded: the worker saved a newer one and deleted this file.
+            log.debug("task %s: checkpoint of step %d not pulled: %s", pull.task_id,
+                      pull.checkpoint.step, error)
         failed = [Failure(s.result, error) for s in self.staged.values()
                   if s.worker_id == worker_id and sha256 in s.missing]
         self.downloads[sha256].discard()  # its bytes failed: nothing of them is kept
@@ -199,10 +251,21 @@ class Transfers:
                        other.worker_id, now)
         return failed
 
+    def _drop_checkpoint_pulls(self, task_ids: set[str]) -> None:
+        """Stop pulling the checkpoints of these tasks."""
+        dropped = {sha256 for sha256, pull in self.checkpoint_pulls.items()
+                   if pull.task_id in task_ids}
+        for sha256 in dropped:
+            del self.checkpoint_pulls[sha256]
+        self._release(dropped)
+
     def _release(self, digests: set[str]) -> None:
-        """Close the pulls no staged result needs any more; a pull whose worker no longer
-        has a staged result listing the file moves to another worker that has one."""
+        """Close the pulls no staged result or checkpoint needs any more; a pull whose
+        worker no longer has a staged result listing the file moves to another worker that
+        has one."""
         for sha256 in digests:
+            if sha256 in self.checkpoint_pulls:
+                continue
             worker_id = self.source.get(sha256)
             holders = {s.worker_id for s in self.staged.values() if sha256 in s.missing}
             if worker_id is None or worker_id in holders:

@@ -50,11 +50,13 @@ from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """Bumped on any incompatible change of a topic or payload. 2: workers advertise their
 kinds and versions, assignments name the kind version, progress says what waits for which
 kind. 3: results list their artifacts (files) and a task is done only once simctl has
-pulled them; assignments carry input files; the four transfer topics."""
+pulled them; assignments carry input files; the four transfer topics. 4: checkpoints:
+assignments say how often to save one, heartbeats list each running task's latest one and
+the step a resumed attempt started from, a handed-back result may carry one."""
 
 DEFAULT_TOPIC_PREFIX = "sim"
 """Topic prefix used when none is configured; lets several clusters share one broker."""
@@ -64,6 +66,9 @@ MAX_CONTROL_BYTES = 1 << 20
 
 MAX_RESULT_BYTES = 64 << 20
 """Largest result message accepted: 64 MiB. The broker's message size limit is set above it."""
+
+MAX_CHECKPOINT_EVERY_S = 7 * 86400.0
+"""Longest checkpoint interval an assignment may give (a week)."""
 
 MAX_CHUNK_BYTES = 256 << 10
 """Most file bytes one Chunk carries (a ChunkRequest asks for at most this many)."""
@@ -252,6 +257,29 @@ class FileRef:
         if not isinstance(obj, dict) or set(obj) != {"name", "size", "sha256"}:
             raise ValueError('a file must be {"name": ..., "size": ..., "sha256": ...}')
         return cls(obj["name"], obj["size"], obj["sha256"])
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint a running attempt saved: the step it was saved at and its file."""
+
+    step: int
+    file: FileRef
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.step) or self.step < 0:
+            raise ValueError(f"checkpoint step {self.step!r} must be an integer >= 0")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, **self.file.to_json()}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> CheckpointRef:
+        """From ``{"step", "name", "size", "sha256"}``; ValueError on anything else."""
+        if not isinstance(obj, dict) or "step" not in obj:
+            raise ValueError('a checkpoint must be {"step": ..., "name": ..., "size": ..., '
+                             '"sha256": ...}')
+        return cls(obj["step"], FileRef.from_json({k: v for k, v in obj.items() if k != "step"}))
 
 
 def file_refs(items: Any, what: str) -> tuple[FileRef, ...]:
@@ -506,12 +534,31 @@ class Heartbeat(Message):
     ts: float
     free_slots: int
     progress: dict[str, float] = field(default_factory=dict)
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Task id -> the latest checkpoint its running attempt saved (``{"step", "name",
+    "size", "sha256"}``), kept in the worker's spool: simctl pulls it (``pull``/``chunk``)."""
+    resumed: dict[str, int] = field(default_factory=dict)
+    """Task id -> the step its running attempt resumed from (only resumed attempts)."""
 
     def __post_init__(self) -> None:
         check_id(self.worker_id, "worker id")
         for k, v in self.progress.items():
             if not isinstance(k, str) or not _is_number(v):
                 raise ValueError("progress must map task ids to fractions")
+        if len(self.checkpoints) > MAX_ARTIFACTS:
+            raise ValueError(f"checkpoints: at most {MAX_ARTIFACTS} tasks")
+        for k, obj in self.checkpoints.items():
+            check_id(k, "task id")
+            CheckpointRef.from_json(obj)
+        for k, step in self.resumed.items():
+            if not isinstance(k, str) or not _is_int(step) or step < 0:
+                raise ValueError("resumed must map task ids to steps >= 0")
+
+    @property
+    def checkpoint_refs(self) -> dict[str, CheckpointRef]:
+        """The checkpoints as CheckpointRefs, by task id."""
+        return {task_id: CheckpointRef.from_json(obj)
+                for task_id, obj in self.checkpoints.items()}
 
 
 @dataclass(frozen=True)
@@ -533,6 +580,9 @@ class Assignment(Message):
     task): the worker pulls each from simctl (``fetch``/``download``) before it runs."""
     max_artifact_bytes: int | None = None
     """The task's artifacts may take this many bytes in all (None: no limit given)."""
+    checkpoint_every_s: float = 0.0
+    """Save a checkpoint about this often (0: never; a kind that cannot does not). An input
+    named ``checkpoint`` is the checkpoint this attempt resumes from."""
 
     def __post_init__(self) -> None:
         check_id(self.run_id, "run id")
@@ -544,6 +594,8 @@ class Assignment(Message):
         file_refs(self.inputs, "inputs")
         if self.max_artifact_bytes is not None and self.max_artifact_bytes < 0:
             raise ValueError("max_artifact_bytes must be >= 0")
+        if not 0.0 <= self.checkpoint_every_s <= MAX_CHECKPOINT_EVERY_S:
+            raise ValueError(f"checkpoint_every_s must be in [0, {MAX_CHECKPOINT_EVERY_S:g}]")
 
     @property
     def input_refs(self) -> tuple[FileRef, ...]:
@@ -900,6 +952,7 @@ def package_version() -> str:
 
 __all__ = [
     "DEFAULT_TOPIC_PREFIX",
+    "MAX_CHECKPOINT_EVERY_S",
     "MAX_CHUNK_BYTES",
     "MAX_CONTROL_BYTES",
     "MAX_RESULT_BYTES",
@@ -909,6 +962,7 @@ __all__ = [
     "BrokerIdentity",
     "Cancel",
     "Channel",
+    "CheckpointRef",
     "Chunk",
     "ChunkRequest",
     "DecodeError",

@@ -88,7 +88,7 @@ from worker_agent.events import (
 )
 from worker_agent.http import HealthServer, View
 from worker_agent.inputs import Fetcher, Outcomes
-from worker_agent.pool import ChildPool, Job
+from worker_agent.pool import ChildPool, Job, Outcome
 from worker_agent.spool import Spool
 from worker_agent.startup import check_worker_id, discard_old_session
 
@@ -138,6 +138,14 @@ tasks per second, changes within this window go out as one status (state changes
 
 VIEW_MIN_INTERVAL_S = 0.1
 """The HTTP endpoint's snapshot is rebuilt at most this often (so it may lag by as much)."""
+
+HANDOVER_TIMEOUT_S = 60.0
+"""How long a stopping agent with no grace deadline (a drain to exit) waits for simctl to
+pull a checkpoint it handed a task back with; a stop with a grace waits until it is up.
+simctl away: the task is lost instead, and resumes from its last stored checkpoint."""
+
+CHECKPOINT_ASK_INTERVAL_S = 1.0
+"""A warm stop asks running tasks to checkpoint and stop this often until they do."""
 
 MQTT_MISC_INTERVAL_S = 0.5
 """Longest wait between two calls of paho's keepalive bookkeeping (``loop_misc``)."""
@@ -230,6 +238,9 @@ class Agent:
         self._connection_number = 0
         """Counts connections: a message id is only meaningful on the connection it came by."""
         self._subscribe_mid: int | None = None
+        self._checkpoints_asked_at = float("-inf")
+        self._handover_until = 0.0
+        """Until when a stopping agent waits for simctl to take its handed-back checkpoints."""
 
     # ================================================================== main loop
 
@@ -302,9 +313,33 @@ class Agent:
         events = [key.data for key, _ in self._selector.select(timeout)]
         self._ready = {tag for kind, tag in events if kind == "fd"} if events else set()
         for outcome in self.pool.handle(events):
-            self._finish(outcome.job, outcome.state, outcome.started_at, outcome.finished_at,
-                         payload=outcome.payload, error=outcome.error,
-                         retryable=outcome.retryable)
+            if outcome.handed_back:
+                self._hand_back_checkpointed(outcome)
+            else:
+                self._finish(outcome.job, outcome.state, outcome.started_at,
+                             outcome.finished_at, payload=outcome.payload, error=outcome.error,
+                             retryable=outcome.retryable)
+
+    def _hand_back_checkpointed(self, outcome: Outcome) -> None:
+        """A task that stopped at a checkpoint on request: hand it back with the checkpoint
+        as the result's one file, which simctl pulls before it acknowledges the result (the
+        agent waits for that until its stop's grace is up)."""
+        job = outcome.job
+        assert job.checkpoint is not None and job.checkpoint_path is not None
+        ref = job.checkpoint.file
+        try:
+            job.artifact_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(job.checkpoint_path, job.artifact_dir / ref.name)
+            payload = {"artifacts": [ref.to_json()],
+                       "metadata": {"checkpoint_step": job.checkpoint.step}}
+        except OSError as e:
+            log.warning("%s attempt %d: cannot keep its checkpoint (%s): handed back without",
+                        *job.key, e)
+            payload = {}
+        # Within the stop's grace: Docker's stop timeout (the workers role) is above it.
+        self._handover_until = self._stop_deadline or time.monotonic() + HANDOVER_TIMEOUT_S
+        self._finish(job, outcome.state, outcome.started_at, outcome.finished_at,
+                     payload=payload, error=outcome.error, retryable=True, handed_back=True)
 
     def _take_messages(self) -> None:
         """Act on what paho's callbacks decoded (assignments, control, pings, connects)."""
@@ -331,8 +366,13 @@ class Agent:
         progress = {key[0]: 1.0 for key in self.held}
         progress.update({job.assignment.task_id: job.progress for job in self._jobs()})
         self._heartbeat_seq += 1
+        jobs = self.pool.jobs()
         beat = Heartbeat(self.config.worker_id, self.session, self._heartbeat_seq, time.time(),
-                         self._free_slots(), progress)
+                         self._free_slots(), progress,
+                         {job.assignment.task_id: job.checkpoint.to_json()
+                          for job in jobs if job.checkpoint is not None},
+                         {job.assignment.task_id: job.resumed_step
+                          for job in jobs if job.resumed_step})
         self._publish(Channel.HEARTBEAT, beat, qos=0)
         for held in self.held.values():  # unsent (queue full) or unacknowledged for long
             if held.resend_at <= now:
@@ -343,6 +383,8 @@ class Agent:
         if self._stop_mode is not None:
             deadline_passed = (self._stop_deadline is not None
                                and time.monotonic() >= self._stop_deadline)
+            if self._stop_mode is StopMode.WARM and not deadline_passed:
+                self._ask_for_checkpoints()
             if self._stop_mode is StopMode.COLD or deadline_passed:
                 handed_back = [self.pool.kill(slot, "agent stopping")
                                for slot in self.pool.slots if slot.job is not None]
@@ -352,7 +394,7 @@ class Agent:
                     self._finish(job, ResultState.FAILED, started_at, time.time(),
                                  error="handed back: agent stopping", retryable=True,
                                  handed_back=True)
-            if not self._jobs():
+            if not self._jobs() and not self._handing_over():
                 self._done = True
         now = time.monotonic()
         if self.connected and self.fetcher.downloads:
@@ -366,6 +408,22 @@ class Agent:
             self._view_stale = self.pool.changed = False
             self._view_at = now
             self.http.view = self._view()  # replaced whole: the HTTP thread needs no lock
+
+    def _ask_for_checkpoints(self) -> None:
+        """A warm stop: ask every running task that saves checkpoints to save one and stop
+        (again every second: a signal can arrive before its task process has begun it)."""
+        now = time.monotonic()
+        if now < self._checkpoints_asked_at + CHECKPOINT_ASK_INTERVAL_S:
+            return
+        self._checkpoints_asked_at = now
+        for slot in self.pool.slots:
+            if slot.job is not None and slot.job.checkpoint_dir is not None:
+                self.pool.request_checkpoint_stop(slot)
+
+    def _handing_over(self) -> bool:
+        """Whether a task handed back with its checkpoint waits for simctl to have it."""
+        return time.monotonic() < self._handover_until and any(
+            held.result.handed_back and held.result.artifacts for held in self.held.values())
 
     def _teardown(self) -> None:
         client = self.client
@@ -572,7 +630,8 @@ class Agent:
                                                attempt=a.attempt))
             return
         assert installed is not None
-        job = Job(a, self.spool.attempt_dir(key), inputs)
+        job = Job(a, self.spool.attempt_dir(key), inputs,
+                  self.spool.checkpoint_dir(key) if a.checkpoint_every_s > 0 else None)
         try:
             installed.kind.validate(a.params)
         except (simkind.ParamError, TypeError, ValueError) as e:
@@ -621,11 +680,17 @@ class Agent:
         self._view_stale = True
 
     def handle_pull(self, request: ChunkRequest) -> None:
-        """Serve a chunk of an artifact of a held result (or refuse: not held here)."""
+        """Serve a chunk of an artifact of a held result or of a running task's latest
+        checkpoint (or refuse: not held here, or superseded by a newer checkpoint)."""
         held = self.spool.artifact(request.sha256)
-        payload, served = chunk_payload(held.path if held else None, held.size if held else 0,
-                                        request, f"worker {self.config.worker_id} holds no "
-                                        f"file {request.sha256[:12]}")
+        path, size = (held.path, held.size) if held else (None, 0)
+        if held is None:
+            job = next((job for job in self.pool.jobs() if job.checkpoint is not None
+                        and job.checkpoint.file.sha256 == request.sha256), None)
+            if job is not None and job.checkpoint is not None:
+                path, size = job.checkpoint_path, job.checkpoint.file.size
+        payload, served = chunk_payload(path, size, request, f"worker {self.config.worker_id} "
+                                        f"holds no file {request.sha256[:12]}")
         self.counters["artifact_bytes_served"] += served
         self._view_stale = True
         if self.client is not None:

@@ -3,7 +3,9 @@
 It talks to the agent over one pipe (both ends are this project's own processes, so the
 pipe carries pickled frozen dataclasses of this module; nothing from the network reaches it
 unchecked). Requests: :class:`Run` and :class:`Stop`. Replies: :class:`Ready`,
-:class:`Progress`, :class:`Done` and :class:`Failed`.
+:class:`Progress`, :class:`Checkpointed`, :class:`Resumed`, :class:`Done`, :class:`Failed` and
+:class:`HandedBack`. SIGUSR1 asks the running task to save a checkpoint at its next save
+point and stop there (a warm stop of the agent hands the task back with it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import simkind
 from simkind.registry import run_function
+from simproto.transfer import hash_file
 
 PROGRESS_INTERVAL_S = 0.05
 """Least time between two progress messages of one task (kernels may report per step)."""
@@ -38,6 +41,9 @@ class Run:
     seed: int
     artifact_dir: Path
     inputs: dict[str, Path]
+    checkpoint_every_s: float = 0.0
+    checkpoint_dir: Path | None = None
+    """Where the task saves its checkpoints (None: it saves none)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,42 @@ class Progress:
 
     task_id: str
     fraction: float
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    """Child -> agent: the running task saved a checkpoint of ``step`` in ``path`` (hashed
+    here, off the agent's loop); the checkpoint before it is gone."""
+
+    task_id: str
+    step: int
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Child -> agent: the task was given a checkpoint and started from ``step`` (0 when it
+    could not use it; ``note`` says why)."""
+
+    task_id: str
+    step: int
+    note: str
+
+
+@dataclass(frozen=True)
+class HandedBack:
+    """Child -> agent: asked to stop (SIGUSR1), the task saved the checkpoint of ``step`` in
+    ``path`` and stopped there."""
+
+    task_id: str
+    started_at: float
+    finished_at: float
+    step: int
+    path: Path
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -83,7 +125,7 @@ class Failed:
     retryable: bool
 
 
-Reply = Ready | Progress | Done | Failed
+Reply = Ready | Progress | Checkpointed | Resumed | Done | Failed | HandedBack
 """What a child sends the agent."""
 
 
@@ -100,6 +142,7 @@ def child_main(conn: Connection) -> None:
     # its children itself (a "stop" request, or SIGKILL to cancel).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, _on_checkpoint_stop)
     _die_with_parent()
     kinds = _load_kinds()  # before "ready", so the first task pays no import
     conn.send(Ready(os.getpid()))
@@ -115,6 +158,15 @@ def child_main(conn: Connection) -> None:
                 return  # Stop
 
 
+_running: simkind.Context | None = None
+"""The context of the task running now (what SIGUSR1 asks to save and stop)."""
+
+
+def _on_checkpoint_stop(_signum: int, _frame: Any) -> None:
+    if _running is not None:
+        _running.request_checkpoint_stop()
+
+
 def _load_kinds() -> simkind.Registry:
     """The installed kinds, with every run function imported. A kind whose run module
     fails to import is left for its tasks to fail with that error (retryable: another
@@ -126,7 +178,8 @@ def _load_kinds() -> simkind.Registry:
     return kinds
 
 
-def _run(conn: Connection, kinds: simkind.Registry, request: Run) -> Done | Failed:
+def _run(conn: Connection, kinds: simkind.Registry, request: Run) -> Done | Failed | HandedBack:
+    global _running
     task_id = request.task_id
     # The first report waits one interval, and the end is not reported: "done" says it. A
     # short task then costs one message each way, which matters at hundreds per second.
@@ -139,17 +192,30 @@ def _run(conn: Connection, kinds: simkind.Registry, request: Run) -> Done | Fail
             last_sent = now
             conn.send(Progress(task_id, max(float(fraction), 0.0)))
 
+    def checkpointed(step: int, path: Path) -> None:
+        conn.send(Checkpointed(task_id, step, path, *hash_file(path)))
+
+    def resumed(step: int, note: str) -> None:
+        conn.send(Resumed(task_id, step, note))
+
     started_at = time.time()
+    context = simkind.Context(task_id, progress, artifact_dir=request.artifact_dir,
+                              inputs=request.inputs,
+                              checkpoint_every_s=request.checkpoint_every_s,
+                              checkpoint_dir=request.checkpoint_dir,
+                              on_checkpoint=checkpointed, on_resume=resumed)
+    _running = context
     try:
-        output = simkind.execute(kinds.get(request.kind), request.params, request.seed,
-                                 simkind.Context(task_id, progress,
-                                                 artifact_dir=request.artifact_dir,
-                                                 inputs=request.inputs))
+        output = simkind.execute(kinds.get(request.kind), request.params, request.seed, context)
+    except simkind.Preempted as e:
+        return HandedBack(task_id, started_at, time.time(), e.step, e.path, *hash_file(e.path))
     except (simkind.ParamError, simkind.SimulationError) as e:
         # Deterministic for these parameters and this seed: another attempt fails the same way.
         return Failed(task_id, started_at, time.time(), str(e), False)
     except Exception as e:
         return Failed(task_id, started_at, time.time(), f"{type(e).__name__}: {e}", True)
+    finally:
+        _running = None
     payload = {name: output[name]
                for name in ("summary", "observables", "metadata", "artifacts")}
     return Done(task_id, started_at, time.time(), payload)

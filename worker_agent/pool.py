@@ -20,8 +20,20 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from simproto.protocol import Assignment, ResultState
-from worker_agent.child import Done, Failed, Progress, Ready, Reply, Run, Stop, child_main
+from simproto.protocol import Assignment, CheckpointRef, FileRef, ResultState
+from worker_agent.child import (
+    Checkpointed,
+    Done,
+    Failed,
+    HandedBack,
+    Progress,
+    Ready,
+    Reply,
+    Resumed,
+    Run,
+    Stop,
+    child_main,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +57,16 @@ class Job:
     """Its attempt's folder in the spool."""
     inputs: dict[str, Path] = field(default_factory=dict)
     """Input name -> its file in the spool's cache."""
+    checkpoint_dir: Path | None = None
+    """Where the task saves its checkpoints (None: it saves none)."""
     progress: float = 0.0
+    checkpoint: CheckpointRef | None = None
+    """The latest checkpoint the task saved (its file is ``checkpoint_path``)."""
+    checkpoint_path: Path | None = None
+    resumed_step: int = 0
+    """The step the attempt resumed from (0: from the start)."""
+    stop_requested: bool = False
+    """Asked to save a checkpoint and stop (a warm stop)."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -63,6 +84,8 @@ class Outcome:
     payload: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     retryable: bool = False
+    handed_back: bool = False
+    """Stopped on request at a checkpoint (``job.checkpoint``), not finished."""
 
 
 @dataclass
@@ -197,7 +220,16 @@ class ChildPool:
         slot.job_sent = True
         with contextlib.suppress(OSError):  # a dead child's sentinel reports it on the next poll
             slot.conn.send(Run(a.task_id, a.kind, a.params, a.seed, job.artifact_dir,
-                               job.inputs))
+                               job.inputs, a.checkpoint_every_s, job.checkpoint_dir))
+
+    def request_checkpoint_stop(self, slot: Slot) -> None:
+        """Ask the slot's task to save a checkpoint at its next save point and stop there
+        (a kind that saves none keeps running)."""
+        assert slot.job is not None
+        slot.job.stop_requested = True
+        if slot.pid is not None and slot.job_sent:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, signal.SIGUSR1)
 
     def kill(self, slot: Slot, reason: str) -> tuple[Job, float]:
         """Terminate the slot's child (cancel, hand back), start a fresh one.
@@ -286,6 +318,23 @@ class ChildPool:
             case Progress(fraction=fraction):
                 job.progress = fraction
                 return None
+            case Checkpointed(step=step, path=path, size=size, sha256=sha256):
+                job.checkpoint = CheckpointRef(step, FileRef(path.name, size, sha256))
+                job.checkpoint_path = path
+                return None
+            case Resumed(step=step, note=note):
+                job.resumed_step = step
+                log.info("%s attempt %d %s", *job.key,
+                         f"resumed at step {step}" if step else f"started from step 0: {note}")
+                return None
+            case HandedBack(started_at=started_at, finished_at=finished_at, step=step,
+                            path=path, size=size, sha256=sha256):
+                slot.job = None
+                job.checkpoint = CheckpointRef(step, FileRef(path.name, size, sha256))
+                job.checkpoint_path = path
+                return Outcome(job, ResultState.FAILED, started_at, finished_at,
+                               error=f"handed back at step {step}: agent stopping",
+                               retryable=True, handed_back=True)
             case Done(started_at=started_at, finished_at=finished_at, payload=payload):
                 slot.job = None
                 job.progress = 1.0

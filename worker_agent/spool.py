@@ -3,13 +3,16 @@
 Layout under the spool folder (``--spool``)::
 
     attempts/<task_id>-<attempt>/   the artifact folder of one attempt (the task's Context)
+    attempts/<task_id>-<attempt>.checkpoints/
+                                    its latest checkpoint, while it runs (simctl pulls it)
     inputs/<sha256>                 an input file, named by its content (verified on arrival)
     inputs/<sha256>.part            an input file being received (resumed after a restart)
 
 Everything is bounded by ``--spool-max-bytes``: the artifacts of results simctl has not yet
 acknowledged, the cached inputs and the inputs being received. Cached inputs no task uses are
 dropped, least recently used first, when room is needed; artifacts never are (they are the
-only copy until simctl stores them).
+only copy until simctl stores them). A running attempt's checkpoint folder is not counted: it
+holds one file per slot, replaced as the task goes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ _SHA256_NAME_RE = re.compile(r"^[0-9a-f]{64}$")
 
 PART_SUFFIX = ".part"
 """Suffix of an input file still being received."""
+
+CHECKPOINTS_SUFFIX = ".checkpoints"
+"""Suffix of an attempt's checkpoint folder, beside its artifact folder."""
 
 Key = tuple[str, int]
 """(task id, attempt)."""
@@ -131,13 +137,20 @@ class Spool:
         task_id, attempt = key
         return self.attempts / f"{task_id}-{attempt}"
 
+    def checkpoint_dir(self, key: Key) -> Path:
+        """The folder an attempt saves its checkpoints in (beside its artifact folder: a
+        checkpoint is not an artifact of the task)."""
+        task_id, attempt = key
+        return self.attempts / f"{task_id}-{attempt}{CHECKPOINTS_SUFFIX}"
+
     def discard_attempt(self, key: Key) -> None:
-        """Remove an attempt's files (it failed, was cancelled, or its result is stored).
-        Most attempts write none: a string path and one lstat, not pathlib and rmtree, at
-        hundreds of tasks a second."""
+        """Remove an attempt's files and checkpoints (it failed, was cancelled, or its result
+        is stored). Most attempts write none: a string path and one lstat each, not pathlib
+        and rmtree, at hundreds of tasks a second."""
         folder = os.path.join(self._attempts_path, f"{key[0]}-{key[1]}")
-        if os.path.lexists(folder):
-            shutil.rmtree(folder, ignore_errors=True)
+        for path in (folder, folder + CHECKPOINTS_SUFFIX):
+            if os.path.lexists(path):
+                shutil.rmtree(path, ignore_errors=True)
 
     def hold(self, key: Key, artifacts: tuple[FileRef, ...]) -> None:
         """Keep an attempt's artifacts, to be served, until :meth:`release`."""

@@ -120,12 +120,20 @@ def _run_status(ledger: Ledger, run_id: str, states: list[str] | None, limit: in
         table(
             [
                 [t["task_id"], t["kind"], t["state"], t["worker_id"] or "-", t["attempts"],
-                 t["error"] or ""]
+                 f"{t['progress']:.0%}" if t["progress"] is not None else "", _note(t)]
                 for t in tasks
             ],
-            ["task", "kind", "state", "worker", "attempts", "failure"],
+            ["task", "kind", "state", "worker", "attempts", "progress", "note"],
         )
         if tasks else "no tasks" + (f" in state {', '.join(states)}" if states else "")
     )
     if matched > len(tasks):
         click.echo(f"{matched - len(tasks)} more: --limit N (0 for all) or --state STATE")
+
+
+def _note(task: dict[str, Any]) -> str:
+    """What the text view says of a task besides its state: why it failed, or where its
+    running attempt resumed."""
+    if task["resumed_at_step"]:
+        return f"resumed at step {task['resumed_at_step']}"
+    return task["error"] or ""

@@ -88,13 +88,13 @@ def test_poison_held_for_simctl_and_retained_never_stops_it(cluster: Cluster) ->
             last = client.publish(t.worker("w1", channel), payload, qos=1)
     # The payload that stopped `simctl run` for good before: a 5,000-digit JSON integer.
     last = client.publish(t.worker("w2", p.Channel.HEARTBEAT),
-                          b'{"v":3,"type":"heartbeat","worker_id":"w2","session":"s","seq":'
+                          b'{"v":4,"type":"heartbeat","worker_id":"w2","session":"s","seq":'
                           + b"4" * 5000 + b',"ts":1,"free_slots":0}', qos=1)
     for i, payload in enumerate(hostile.payloads("status", 40, seed)):
         client.publish(t.worker(f"evil{i}", p.Channel.STATUS), payload, qos=1, retain=True)
     for i, payload in enumerate(hostile.payloads("run_progress", 40, seed)):
         client.publish(t.run_progress(f"evil{i}"), payload, qos=1, retain=True)
-    last = client.publish(t.broker_identity, b'{"v":3,"type":"broker_identity","broker_id":'
+    last = client.publish(t.broker_identity, b'{"v":4,"type":"broker_identity","broker_id":'
                           + b"4" * 5000 + b"}", qos=1, retain=True)
     assert last is not None
     last.wait_for_publish(30)

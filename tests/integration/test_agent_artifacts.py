@@ -322,7 +322,7 @@ def test_malformed_transfer_messages_are_counted_and_do_not_stall_the_agent(
         (pull, json.dumps({**request, "offset": -1}).encode()),
         (pull, p.Chunk("ab" * 32, 0, 3, b"abc").encode()),  # a chunk is no request
         (download, b"no header line at all"),
-        (download, b'{"v": 3, "type": "chunk"}\n'),
+        (download, b'{"v": 4, "type": "chunk"}\n'),
         (download, json.dumps({**request, "type": "chunk"}).encode() + b"\n"),
     ]
     repeats = 20

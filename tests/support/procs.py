@@ -373,9 +373,12 @@ class Cluster:
     # ---------------------------------------------------------------- runs and results
 
     def task_file(self, name: str, tasks: list[dict[str, Any]], *, seed: int = 20261127,
-                  max_attempts: int = 3, defaults: dict[str, Any] | None = None) -> Path:
+                  max_attempts: int = 3, defaults: dict[str, Any] | None = None,
+                  checkpoint_every_s: float | None = None) -> Path:
         """Write a task file in the documented form and return its path."""
         doc: dict[str, Any] = {"name": name, "seed": seed, "max_attempts": max_attempts}
+        if checkpoint_every_s is not None:
+            doc["checkpoint_every_s"] = checkpoint_every_s
         if defaults:
             doc["defaults"] = defaults
         doc["tasks"] = tasks

@@ -68,7 +68,7 @@ def test_every_decode_entry_point_is_guarded() -> None:
 def test_the_integer_digits_limit_is_a_decode_error() -> None:
     """The case that stopped `simctl run` for good: JSON the json module refuses with a
     ValueError that is not a JSONDecodeError."""
-    payload = b'{"v":3,"type":"heartbeat","worker_id":"w1","session":"s","seq":' + b"4" * 5000
+    payload = b'{"v":4,"type":"heartbeat","worker_id":"w1","session":"s","seq":' + b"4" * 5000
     with pytest.raises(p.DecodeError, match="not JSON"):
         p.Heartbeat.decode(payload + b',"ts":1,"free_slots":0}')
 

@@ -381,6 +381,52 @@ def test_a_schema_3_ledger_migrates_in_place_with_no_artifacts(tmp_path: Path) -
     assert ledger.task_rows(info.run_id)[0]["summary"] == {"seconds": 0.01}
 
 
+LEDGER_V4 = Path(__file__).resolve().parents[1] / "data/ledgers/schema-v4.sqlite"
+"""A ledger written by simctl at schema 4, before checkpoints (one task done with an
+artifact, one assigned, two pending)."""
+
+
+def test_a_schema_4_ledger_migrates_in_place_with_no_checkpoints(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    path.write_bytes(LEDGER_V4.read_bytes())
+    ledger = Ledger(path)
+    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    [info] = ledger.runs()
+    assert (info.name, info.done, info.running, info.pending) == ("before-checkpoints", 1, 1, 2)
+    assert info.checkpoint_every_s is None and info.checkpoint_interval == 300.0
+    assert ledger.checkpoints(info.run_id) == {}
+    [artifact] = ledger.artifacts(info.run_id)
+    assert (artifact.name, artifact.size) == ("data.bin", 3)
+    running = [t for t in ledger.task_states(info.run_id) if t["state"] == "assigned"]
+    assert [(t["progress"], t["resumed_at_step"]) for t in running] == [(0.0, None)]
+    assert ledger.attempts(running[0]["task_id"])[0]["start_step"] is None
+
+
+def test_checkpoints_replace_each_other_and_keep_their_objects_named(tmp_path: Path) -> None:
+    """The latest checkpoint of a task is kept; the one it replaces is named no more (its
+    object may go), and deleting the run names none of them."""
+    from simproto.protocol import CheckpointRef, FileRef
+
+    ledger, run_id = make(tmp_path)
+    task = f"{run_id}.0"
+    first, second = CheckpointRef(10, FileRef("checkpoint-10.npz", 5, "d" * 64)), \
+        CheckpointRef(20, FileRef("checkpoint-20.npz", 6, "e" * 64))
+    with ledger.batch():
+        ledger.assign(task, 1, "w1", "s1", time.time())
+        assert ledger.save_checkpoint(run_id, task, 1, first) is None
+        assert ledger.save_checkpoint(run_id, task, 1, first) is None  # the same again
+        assert ledger.save_checkpoint(run_id, task, 1, second) == "d" * 64
+        ledger.set_start_step(task, 1, 7)
+        ledger.set_progress([(task, 0.25)])
+    assert ledger.checkpoints(run_id) == {task: second}
+    assert ledger.referenced_digests(["d" * 64, "e" * 64]) == {"e" * 64}
+    [state] = [t for t in ledger.task_states(run_id) if t["task_id"] == task]
+    assert (state["progress"], state["resumed_at_step"]) == (0.25, 7)
+    ledger.cancel_run(run_id)
+    assert "e" * 64 in ledger.delete_run(run_id)
+    assert ledger.checkpoints(run_id) == {}
+
+
 def test_deleting_a_run_keeps_the_files_another_run_still_names(tmp_path: Path) -> None:
     """A file stays in the store while any other run has it as an artifact or as a task's
     input (a chained task that starts from it)."""

@@ -31,19 +31,19 @@ def test_result_series_are_bit_exact_and_compact() -> None:
     [
         (b"\xff\xfe", "not JSON"),
         (b"[1, 2]", "not a JSON object"),
-        (b'{"v": 3}', "no 'type'"),
-        (b'{"v": 3, "type": "status"}', "expected a 'assign'"),
-        (b'{"v": 3, "type": "assign", "run_id": "r"}', "missing field 'task_id'"),
-        (b'{"v": 3, "type": "assign", "run_id": "r", "task_id": "t", "attempt": "1",'
+        (b'{"v": 4}', "no 'type'"),
+        (b'{"v": 4, "type": "status"}', "expected a 'assign'"),
+        (b'{"v": 4, "type": "assign", "run_id": "r"}', "missing field 'task_id'"),
+        (b'{"v": 4, "type": "assign", "run_id": "r", "task_id": "t", "attempt": "1",'
          b' "kind": "sleep", "params": {}, "seed": 1, "assigned_at": 0}', "field 'attempt'"),
-        (b'{"v": 3, "type": "assign", "run_id": "../#", "task_id": "t", "attempt": 1,'
+        (b'{"v": 4, "type": "assign", "run_id": "../#", "task_id": "t", "attempt": 1,'
          b' "kind": "sleep", "params": {}, "seed": 1, "assigned_at": 0}', "invalid run id"),
-        (b'{"v": 3, "type": "assign", "run_id": "r", "task_id": "t", "attempt": 1,'
+        (b'{"v": 4, "type": "assign", "run_id": "r", "task_id": "t", "attempt": 1,'
          b' "kind": "sleep", "params": {}, "seed": -1, "assigned_at": 0}', "seed"),
-        (b'{"v": 3, "type": "assign", "run_id": "r", "task_id": "t",'
+        (b'{"v": 4, "type": "assign", "run_id": "r", "task_id": "t",'
          b' "attempt": 9223372036854775808, "kind": "sleep", "params": {}, "seed": 1,'
          b' "assigned_at": 0}', "field 'attempt' must be int"),
-        (b'{"v": 3, "type": "assign", "run_id": "r", "task_id": "t", "attempt": 1,'
+        (b'{"v": 4, "type": "assign", "run_id": "r", "task_id": "t", "attempt": 1,'
          b' "kind": "sleep", "params": {}, "seed": 1, "assigned_at": 1180591620717411303424}',
          "field 'assigned_at' must be float"),
         (b"[" * 100_000, "not JSON"),
@@ -64,7 +64,7 @@ def test_nan_is_refused_both_ways() -> None:
     with pytest.raises(ValueError):
         p.Heartbeat(worker_id="w", session="s", seq=1, ts=float("nan"), free_slots=1).encode()
     with pytest.raises(p.DecodeError):
-        p.Heartbeat.decode(b'{"v":3,"type":"heartbeat","worker_id":"w","session":"s",'
+        p.Heartbeat.decode(b'{"v":4,"type":"heartbeat","worker_id":"w","session":"s",'
                            b'"seq":1,"ts":NaN,"free_slots":1}')
 
 
@@ -72,7 +72,7 @@ def test_control_messages_by_type() -> None:
     assert isinstance(p.decode_control(p.Cancel(task_ids=["a"]).encode()), p.Cancel)
     assert p.decode_control(p.Ack(results=[["a", 1]]).encode()) == p.Ack(results=[["a", 1]])
     with pytest.raises(p.DecodeError, match="unknown control"):
-        p.decode_control(b'{"v": 3, "type": "shutdown"}')
+        p.decode_control(b'{"v": 4, "type": "shutdown"}')
 
 
 def test_topics_are_built_and_parsed() -> None:
