@@ -11,17 +11,21 @@ from typing import Any
 import numpy as np
 
 from ckernel._backend import Kernels
-from ckernel._run import Files, Progress, Run, Samples, mean_and_sem, require_finite, slope
+from ckernel._run import Files, Progress, Run, Samples, State, mean_and_sem, require_finite, slope
 
 FIT_START_GAMMA_TIMES = 10.0
 """The diffusion fit uses samples after this many friction times 1/gamma."""
+CHECKPOINT_CHECK_STEPS = 64
+"""Whether a checkpoint is due is asked every this many steps: a step of a small system
+costs about as much as asking the clock."""
 
 
 def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | None,
         kernels: Kernels, files: Files | None = None) -> Run:
     """Integrate validated ``params``; free particles start at the origin, trapped ones in
     the equilibrium distribution, velocities from Maxwell-Boltzmann (or positions and
-    velocities from an init configuration)."""
+    velocities from an init configuration). Checkpoints may be taken every
+    CHECKPOINT_CHECK_STEPS steps."""
     p = params
     files = files or Files()  # a direct call writes nothing
     rng = np.random.default_rng(seed)
@@ -57,15 +61,18 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
             values["temperature"] = m * float(np.sum(v * v)) / (3 * n)
         samples.add(step, step * dt, **values)
 
-    sample(0)
-    if files.due(0):
-        files.frame(0, 0.0, x, frame_v)
+    state = State({"positions": x, "velocities": v, "start": start}, samples, rng)
+    resumed, _ = files.resume(state, steps)
+    if not resumed:
+        sample(0)
+        if files.due(0):
+            files.frame(0, 0.0, x, frame_v)
     tick = Progress(progress, steps)
     # One noise buffer refilled in place: the same numbers as a fresh array per step, without
     # allocating (and page-faulting) 24 bytes per particle every step.
     noise = np.empty((n, 3))
     loop_started = time.perf_counter()  # the step loop alone, as metadata loop_s
-    for step in range(1, steps + 1):
+    for step in range(resumed + 1, steps + 1):
         rng.standard_normal(out=noise)
         if overdamped:
             kernels.euler_maruyama_harmonic(x, k * mobility * dt, sigma, noise)
@@ -76,6 +83,8 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
         if files.due(step):
             files.frame(step, step * dt, x, frame_v)
         tick(step)
+        if step % CHECKPOINT_CHECK_STEPS == 0 and step < steps and files.checkpoint_due():
+            files.checkpoint(step, state)
     loop_s = time.perf_counter() - loop_started
     require_finite("brownian", "positions", x, steps, steps * dt)
     files.final(steps, steps * dt, x, frame_v)
@@ -96,4 +105,4 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
     if not overdamped:
         mean_and_sem(summary, samples, "temperature", from_step=settled)
     return Run(dict(samples.series), summary, {"positions": x, "velocities": v},
-               atom_steps=n * steps, metadata={"loop_s": loop_s})
+               atom_steps=n * (steps - resumed), metadata={"loop_s": loop_s})

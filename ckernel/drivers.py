@@ -9,6 +9,9 @@ returns a :class:`simkind.Output`. The worker reaches them only through the kind
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -21,6 +24,7 @@ from ckernel import _backend, brownian, lj, nbody
 from ckernel._run import PROGRESS_CALLS, Files, Run
 from ckernel.errors import ParamError, SimulationError
 from ckernel.params import BUILT_IN, validate
+from simkind.checkpoint import CHECKPOINT_INPUT
 from simkind.extxyz import INIT_INPUT
 
 _DRIVERS = {"lj": lj.run, "nbody": nbody.run, "brownian": brownian.run}
@@ -75,13 +79,30 @@ def run(kind: str, params: dict[str, Any], seed: int,
     return record, name, params
 
 
+def checkpoint_compat(kind: str, backend: str, params: dict[str, Any],
+                      seed: int) -> dict[str, str]:
+    """What a built-in kind's numbers depend on besides the state a checkpoint holds: a
+    checkpoint made under other values is not resumed from (the task starts again from
+    step 0), as it could not end bit for bit where an uninterrupted run ends. The params go
+    in by their digest."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    return {"kind": kind, "backend": backend,
+            "simd_variant": _backend.simd_variant(kind, backend),
+            "numpy_version": np.__version__, "seed": str(seed), "params": digest[:16]}
+
+
 def _run_validated(kind: str, params: dict[str, Any], seed: int,
                    progress: Callable[[float], None] | None, backend: str,
                    context: simkind.Context | None = None) -> tuple[Run, str]:
     name, kernels = _backend.select(backend)
     if kind == "sleep":
         return _sleep(params, seed, progress, context), "python"
-    files = Files.of_task(BUILT_IN[kind], params, context)
+    # The compat digests the params: only for a run that saves or resumes checkpoints.
+    compat = None
+    if context is not None and (context.checkpoint_dir is not None
+                                or CHECKPOINT_INPUT in context.inputs):
+        compat = checkpoint_compat(kind, name, params, seed)
+    files = Files.of_task(BUILT_IN[kind], params, context, compat)
     try:
         return _DRIVERS[kind](params, seed, progress, kernels, files), name
     finally:
@@ -115,14 +136,24 @@ sleep_kind = functools.partial(_output, "sleep")
 def simulate(kind: str, params: dict[str, Any], seed: int,
              progress: Callable[[float], None] | None = None,
              backend: str = "auto", artifact_dir: Path | str | None = None,
-             inputs: Mapping[str, Path | str] | None = None) -> dict[str, Any]:
+             inputs: Mapping[str, Path | str] | None = None,
+             checkpoint_dir: Path | str | None = None, checkpoint_every_s: float = 0.0,
+             resume_from: Path | str | None = None) -> dict[str, Any]:
     """Run one built-in simulation through the kind registry and return its
     JSON-serialisable result, as a worker does (see :func:`simkind.execute`); ``backend``
     picks the kernels. ``artifact_dir``: the folder to write the task's files to
     (``trajectory.xyz``, ``final.xyz``; None: none are written), listed in the result's
     ``artifacts``; ``inputs``: the files it starts from (``{"init": path}``: an extended XYZ
-    configuration). Raises ParamError for bad input, SimulationError when the simulation
-    blows up."""
+    configuration).
+
+    Checkpoints (lj, nbody, brownian): with ``checkpoint_dir``, one is saved there every
+    ``checkpoint_every_s`` seconds (``checkpoint-STEP.npz``, the older one removed);
+    ``resume_from`` names a checkpoint of this task (same kind, params, seed, backend and
+    SIMD variant) to go on from, giving the result of an uninterrupted run bit for bit
+    (metadata ``resumed_from_step``). A checkpoint that does not fit is not resumed from:
+    the run starts from step 0 and the metadata's ``resume_note`` says why.
+
+    Raises ParamError for bad input, SimulationError when the simulation blows up."""
     if kind not in BUILT_IN:
         validate(kind, params)  # the error naming the built-in kinds
     _backend.select(backend)  # an unknown backend name is refused before anything runs
@@ -133,9 +164,18 @@ def simulate(kind: str, params: dict[str, Any], seed: int,
     if given and BUILT_IN[kind].init is None:
         raise ParamError(f"{kind}: this kind cannot start from a configuration (it takes no "
                          f"{INIT_INPUT})")
+    if isinstance(checkpoint_every_s, bool) or not isinstance(checkpoint_every_s, int | float) \
+            or not (math.isfinite(checkpoint_every_s) and checkpoint_every_s >= 0.0):
+        raise ParamError(f"checkpoint_every_s = {checkpoint_every_s!r}: must be a number "
+                         ">= 0 (0: no periodic checkpoints)")
+    if resume_from is not None:
+        given[CHECKPOINT_INPUT] = resume_from
     context = simkind.Context(report=progress,
                               artifact_dir=None if artifact_dir is None else Path(artifact_dir),
-                              inputs={name: Path(path) for name, path in given.items()})
+                              inputs={name: Path(path) for name, path in given.items()},
+                              checkpoint_every_s=float(checkpoint_every_s),
+                              checkpoint_dir=None if checkpoint_dir is None
+                              else Path(checkpoint_dir))
     loaded = simkind.installed().get(kind)
     return simkind.execute(loaded, params, seed, context,
                            function=functools.partial(_output, kind, backend=backend))

@@ -141,6 +141,8 @@ def _last_lines(path: Path, count: int) -> tuple[list[str], Callable[[], int]]:
     return parts[1:], first_line
 
 
-def open_text(path: Path) -> TextIO:
-    """A file to write frames to: ASCII, "\\n" line ends on every platform, a large buffer."""
-    return open(path, "w", encoding="ascii", newline="\n", buffering=1 << 20)
+def open_text(path: Path, append: bool = False) -> TextIO:
+    """A file to write frames to: ASCII, "\\n" line ends on every platform, a large buffer;
+    with ``append``, after what the file holds (a trajectory resumed from a checkpoint)."""
+    return open(path, "a" if append else "w", encoding="ascii", newline="\n",
+                buffering=1 << 20)

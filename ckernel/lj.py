@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from ckernel import _backend
 from ckernel._backend import Kernels
-from ckernel._run import Files, Progress, Run, Samples, blow_up, mean_and_sem, require_finite, slope
+from ckernel._run import (
+    Files,
+    Progress,
+    Run,
+    Samples,
+    State,
+    blow_up,
+    mean_and_sem,
+    require_finite,
+    slope,
+)
 from ckernel.errors import ParamError
 from ckernel.reference import FORCE_SHIFTED, SHIFTED, TRUNCATED
+from simkind.checkpoint import CheckpointError
 
 POTENTIAL_CODES = {"truncated": TRUNCATED, "shifted": SHIFTED, "force_shifted": FORCE_SHIFTED}
 OBSERVABLES = ("potential_energy", "kinetic_energy", "total_energy", "temperature", "pressure")
@@ -97,7 +108,8 @@ def energy_virial(positions: Any, box: float, rc: float, potential: str = "trunc
 
 def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | None,
         kernels: Kernels, files: Files | None = None) -> Run:
-    """Integrate validated ``params``: velocity Verlet (nve) or Langevin BAOAB (nvt)."""
+    """Integrate validated ``params``: velocity Verlet (nve) or Langevin BAOAB (nvt).
+    Checkpoints are taken at neighbour-list rebuilds (see :meth:`Files.checkpoint`)."""
     p = params
     files = files or Files()  # a direct call writes nothing
     rng = np.random.default_rng(seed)
@@ -147,12 +159,28 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
         kernels.wrap(x, box)
         return kernels.lj_neighbours(x, box, rlist)
 
-    pairs = build(0)
-    reference = x.copy()
-    rebuilds = 1
     f = np.empty_like(x)
-    u, w = kernels.lj_forces(x, box, pairs, rc, code, f)
     samples = Samples("lj", (*OBSERVABLES, "momentum"))
+
+    def in_box(saved: Mapping[str, Any]) -> None:
+        # Where checkpoints are taken, the positions were just wrapped (into [0, box]: the
+        # wrap may round up to the edge); the list is built from them as they are.
+        if not ((saved["positions"] >= 0.0) & (saved["positions"] <= box)).all():
+            raise CheckpointError(f"positions lie outside the box [0, {box!r}]")
+
+    state = State({"positions": x, "velocities": v, "forces": f}, samples, rng,
+                  {"neighbour_rebuilds": int, "dangerous_rebuilds": int}, in_box)
+    resumed, numbers = files.resume(state, steps)
+    if resumed:
+        rebuilds, late_rebuilds = numbers["neighbour_rebuilds"], numbers["dangerous_rebuilds"]
+        # The list of the checkpoint's step again, from the positions it was built from: not
+        # through build(), whose second wrap can move an atom at the box's edge by an ulp.
+        pairs = kernels.lj_neighbours(x, box, rlist)
+    else:
+        pairs = build(0)
+        rebuilds = 1
+        u, w = kernels.lj_forces(x, box, pairs, rc, code, f)
+    reference = x.copy()
 
     def sample(step: int) -> None:
         speed2 = np.einsum("ij,ij->i", v, v)
@@ -174,15 +202,16 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
         kernels.wrap(wrapped, box)
         files.frame(step, step * dt, wrapped, v)
 
-    sample(0)
-    if files.due(0):
-        record(0)
+    if not resumed:
+        sample(0)
+        if files.due(0):
+            record(0)
     tick = Progress(progress, steps)
     noise = np.empty((n, 3))  # refilled in place: the same numbers as a fresh array each step
     # The loop alone is timed too (metadata loop_s), like LAMMPS's "Loop time", which
     # leaves out the set-up (lattice, velocities, first neighbour list and forces).
     loop_started = time.perf_counter()
-    for step in range(1, steps + 1):
+    for step in range(resumed + 1, steps + 1):
         kernels.kick(v, f, 0.5 * dt)
         if nvt:
             kernels.drift(x, v, 0.5 * dt)
@@ -209,6 +238,11 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
         if files.due(step):
             record(step)
         tick(step)
+        # Only after a rebuild can a resumed run rebuild the same list (from the positions
+        # alone); checkpoints therefore neither move a rebuild nor change a number.
+        if rebuild and step < steps and files.checkpoint_due():
+            files.checkpoint(step, state, neighbour_rebuilds=rebuilds,
+                             dangerous_rebuilds=late_rebuilds)
     loop_s = time.perf_counter() - loop_started
     require_finite("lj", "positions", x, steps, steps * dt)
     require_finite("lj", "velocities", v, steps, steps * dt)
@@ -227,6 +261,6 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
     summary["pressure_tail"] = tail_pressure(n, box, rc) if truncated else 0.0
     observables = {name: samples.series[name] for name in ("t", *OBSERVABLES)}
     return Run(observables, summary, {"positions": x, "velocities": v, "box": np.array(box)},
-               atom_steps=n * steps,
+               atom_steps=n * (steps - resumed),
                metadata={"neighbour_rebuilds": rebuilds, "dangerous_rebuilds": late_rebuilds,
                          "loop_s": loop_s})

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ckernel._backend import Kernels
-from ckernel._run import Files, Progress, Run, Samples, mean_and_sem, require_finite
+from ckernel._run import Files, Progress, Run, Samples, State, mean_and_sem, require_finite
 
 OBSERVABLES = ("kinetic_energy", "potential_energy", "total_energy", "relative_energy_error",
                "angular_momentum", "virial_ratio")
@@ -59,7 +59,8 @@ def plummer_sphere(n: int, rng: np.random.Generator,
 
 def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | None,
         kernels: Kernels, files: Files | None = None) -> Run:
-    """Integrate validated ``params`` with kick-drift-kick leapfrog."""
+    """Integrate validated ``params`` with kick-drift-kick leapfrog (checkpoints may be
+    taken after any step)."""
     p = params
     files = files or Files()  # a direct call writes nothing
     G, eps, dt, steps = p["G"], p["softening"], p["dt"], p["steps"]
@@ -80,9 +81,15 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
     files.masses = m
     origin = x.copy()
     a = np.empty_like(x)
-    u = kernels.gravity(x, m, G, eps, a)
     samples = Samples("nbody", (*OBSERVABLES, "lx", "ly", "lz"))
-    scale = 0.0
+    state = State({"masses": m, "positions": x, "velocities": v, "accelerations": a,
+                   "origin": origin}, samples, numbers={"energy_scale": float})
+    resumed, numbers = files.resume(state, steps)
+    if resumed:
+        scale = numbers["energy_scale"]
+    else:
+        u = kernels.gravity(x, m, G, eps, a)
+        scale = 0.0
 
     def sample(step: int) -> None:
         nonlocal scale
@@ -99,12 +106,13 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
                     virial_ratio=2.0 * kinetic / abs(u) if u != 0.0 else 0.0,
                     lx=lx, ly=ly, lz=lz)
 
-    sample(0)
-    if files.due(0):
-        files.frame(0, 0.0, x, v)
+    if not resumed:
+        sample(0)
+        if files.due(0):
+            files.frame(0, 0.0, x, v)
     tick = Progress(progress, steps)
     loop_started = time.perf_counter()  # the step loop alone, as metadata loop_s
-    for step in range(1, steps + 1):
+    for step in range(resumed + 1, steps + 1):
         kernels.kick(v, a, 0.5 * dt)
         kernels.drift(x, v, dt)
         # The potential energy only on sampled steps: nothing else reads it.
@@ -116,6 +124,8 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
         if files.due(step):
             files.frame(step, step * dt, x, v)
         tick(step)
+        if step < steps and files.checkpoint_due():
+            files.checkpoint(step, state, energy_scale=scale)
     loop_s = time.perf_counter() - loop_started
     require_finite("nbody", "positions", x, steps, steps * dt)
     require_finite("nbody", "velocities", v, steps, steps * dt)
@@ -136,4 +146,4 @@ def run(params: dict[str, Any], seed: int, progress: Callable[[float], None] | N
     mean_and_sem(summary, samples, "virial_ratio", from_step=p["equilibration_steps"])
     observables = {name: samples.series[name] for name in ("t", *OBSERVABLES)}
     return Run(observables, summary, {"masses": m, "positions": x, "velocities": v},
-               atom_steps=n * steps, metadata={"loop_s": loop_s})
+               atom_steps=n * (steps - resumed), metadata={"loop_s": loop_s})

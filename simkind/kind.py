@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from simkind import fields
+from simkind.checkpoint import CHECKPOINT_INPUT, CheckpointError, Preempted, read_state, write_state
 from simkind.errors import ParamError
 from simkind.extxyz import Frame, read_last_header
 from simkind.fields import Spec
@@ -200,13 +202,36 @@ class Context:
     is an artifact of the task, brought back to the main PC exactly once with its result.
     ``artifact_dir`` is None where nothing collects files (a direct call of the run
     function); ``wants_artifacts`` tells. ``inputs`` maps input names to the files the task
-    was given (``init``: the configuration a chained task starts from).
+    was given (``init``: the configuration a chained task starts from; ``checkpoint``: the
+    checkpoint a resumed attempt starts from).
+
+    Checkpoints (a kind opts in; see ``docs/writing-a-kind.md``): the run function calls
+    :meth:`restore_checkpoint` at its start and, at points where it can restart exactly,
+    asks :meth:`checkpoint_due` and then calls :meth:`save_checkpoint` with its whole state.
+    They are written to ``checkpoint_dir`` (None: none are), every ``checkpoint_every_s``
+    seconds (0: only when the worker asks the task to stop, :meth:`request_checkpoint_stop`).
+    ``on_checkpoint(step, path)`` is called after each save, ``on_resume(step, note)`` once
+    by :meth:`restore_checkpoint` when a checkpoint was given: the step resumed from, or 0
+    and why the checkpoint was refused (``resumed_step`` and ``resume_note`` keep them).
     """
 
     task_id: str = ""
     report: Callable[[float], None] | None = None
     artifact_dir: Path | None = None
     inputs: Mapping[str, Path] = field(default_factory=dict)
+    checkpoint_every_s: float = 0.0
+    checkpoint_dir: Path | None = None
+    on_checkpoint: Callable[[int, Path], None] | None = None
+    on_resume: Callable[[int, str], None] | None = None
+    resumed_step: int = field(default=0, init=False)
+    """The step the run resumed from (0: it started from the beginning)."""
+    resume_note: str = field(default="", init=False)
+    """Why a given checkpoint was not resumed from ("" when it was, or none was given)."""
+    _stop_requested: bool = field(default=False, init=False, repr=False)
+    _last_checkpoint: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._last_checkpoint = time.monotonic()  # the first interval counts from here
 
     def progress(self, fraction: float) -> None:
         """Report that the task is ``fraction`` (0 to 1) done."""
@@ -227,6 +252,96 @@ class Context:
             raise RuntimeError("this run collects no artifacts (context.artifact_dir is None)")
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
         return self.artifact_dir / name
+
+    def request_checkpoint_stop(self) -> None:
+        """Ask the run to save a checkpoint at its next save point and stop there
+        (:meth:`save_checkpoint` raises :class:`Preempted`). Only sets a flag: safe in a
+        signal handler."""
+        self._stop_requested = True
+
+    @property
+    def wants_checkpoints(self) -> bool:
+        """Whether :meth:`checkpoint_due` can ever be true: a checkpoint folder, and an
+        interval or a stop request."""
+        return self.checkpoint_dir is not None and (self.checkpoint_every_s > 0.0
+                                                    or self._stop_requested)
+
+    def checkpoint_due(self) -> bool:
+        """Whether to save a checkpoint now: a stop was requested, or ``checkpoint_every_s``
+        have passed since the last one (or since the context was made). Cheap enough to ask
+        at every save point."""
+        if self.checkpoint_dir is None:
+            return False
+        return self._stop_requested or 0.0 < self.checkpoint_every_s <= (
+            time.monotonic() - self._last_checkpoint)
+
+    def save_checkpoint(self, step: int, state: Mapping[str, Any],
+                        compat: Mapping[str, str] | None = None) -> Path:
+        """Write ``state`` (name -> numpy array or JSON value: everything the run needs to
+        go on from the end of ``step`` exactly) to ``checkpoint_dir/checkpoint-STEP.npz``
+        and remove the folder's older checkpoints; ``compat`` says what else the numbers
+        depend on (backend, versions, ...), see :meth:`restore_checkpoint`. Calls
+        ``on_checkpoint``, then raises :class:`Preempted` if a stop was requested; returns
+        the file's path otherwise."""
+        if self.checkpoint_dir is None:
+            raise RuntimeError("this run takes no checkpoints (context.checkpoint_dir is None)")
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"checkpoint-{step}.npz"
+        write_state(path, step, state, compat or {})
+        for older in self.checkpoint_dir.glob("checkpoint-*.npz"):
+            if older != path:
+                older.unlink(missing_ok=True)
+        self._last_checkpoint = time.monotonic()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(step, path)
+        if self._stop_requested:
+            raise Preempted(step, path)
+        return path
+
+    def restore_checkpoint(self, compat: Mapping[str, str] | None = None,
+                           check: Callable[[int, dict[str, Any]], None] | None = None
+                           ) -> tuple[int, dict[str, Any]] | None:
+        """The (step, state) of the checkpoint in ``inputs["checkpoint"]``, to go on from;
+        None when there is none, or when it is refused and the run starts from step 0: it
+        cannot be read, it was made under another ``compat`` (backend, SIMD variant,
+        versions, ...: the numbers would differ), or ``check(step, state)`` raised (a
+        CheckpointError, or a KeyError, TypeError or ValueError: the state does not fit
+        this run). Calls ``on_resume(step, "")``, or ``on_resume(0, note)`` with why."""
+        path = self.inputs.get(CHECKPOINT_INPUT)
+        if path is None:
+            return None
+        wanted = dict(compat or {})
+        try:
+            step, state, made = read_state(path)
+        except CheckpointError as e:
+            return self._resumed(0, f"checkpoint unreadable: {e}")
+        if made != wanted:
+            differ = sorted(k for k in {*made, *wanted} if made.get(k) != wanted.get(k))
+            return self._resumed(0, f"checkpoint of step {step} made with "
+                                    f"{_settings(made, differ)}; this worker runs "
+                                    f"{_settings(wanted, differ)}")
+        if check is not None:
+            try:
+                check(step, state)
+            except (KeyError, TypeError, ValueError) as e:
+                reason = f"no {e}" if isinstance(e, KeyError) else str(e)
+                return self._resumed(0, f"checkpoint of step {step} does not fit: {reason}")
+        return self._resumed(step, "", state)
+
+    def _resumed(self, step: int, refusal: str, state: dict[str, Any] | None = None
+                 ) -> tuple[int, dict[str, Any]] | None:
+        """Record and report the step resumed from (0, with the refusal, for none)."""
+        self.resumed_step = step
+        self.resume_note = f"{refusal}: started from step 0" if refusal else ""
+        if self.on_resume is not None:
+            self.on_resume(step, self.resume_note)
+        return None if state is None else (step, state)
+
+
+def _settings(compat: Mapping[str, str], names: Sequence[str]) -> str:
+    """``names`` of ``compat`` in words: "backend cython, simd_variant avx2"."""
+    return ", ".join(f"{name} {compat[name]}" if name in compat else f"no {name}"
+                     for name in names)
 
 
 @dataclass(frozen=True)

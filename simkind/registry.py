@@ -170,17 +170,21 @@ def execute(loaded: LoadedKind, params: dict[str, Any], seed: int,
 
     Keys: kind, params (validated), seed, observables (name -> list of float), summary (name
     -> float) and metadata (the kind's own, then its provenance, the Python version and the
-    elapsed time). Raises ParamError for bad input and SimulationError when the run fails or
-    returns something that is not an :class:`Output` of finite numbers. ``function``
-    stands in for the kind's run target (a caller choosing options of its own kind).
+    elapsed time; ``resumed_from_step`` when the run went on from a checkpoint,
+    ``resume_note`` when a given checkpoint was refused). Raises ParamError for bad input
+    and SimulationError when the run fails or returns something that is not an
+    :class:`Output` of finite numbers; :class:`~simkind.checkpoint.Preempted` passes
+    through (the run stopped at a checkpoint, as asked). ``function`` stands in for the
+    kind's run target (a caller choosing options of its own kind).
     """
     kind = loaded.kind
     params = kind.validate(params)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ParamError(f"seed = {seed!r}: must be an integer in [0, 2**63)")
     function = function or run_function(kind.run)
+    context = context or Context()
     started = time.perf_counter()
-    output = function(params, seed, context or Context())
+    output = function(params, seed, context)
     elapsed = time.perf_counter() - started
     if not isinstance(output, Output):
         raise SimulationError(f"{kind.name}: {kind.run} returned a {type(output).__name__}, "
@@ -196,11 +200,15 @@ def execute(loaded: LoadedKind, params: dict[str, Any], seed: int,
                 "python_version": platform.python_version(), "elapsed_s": elapsed}
     if shapes:
         metadata["observable_shapes"] = shapes
+    if context.resumed_step > 0:
+        metadata["resumed_from_step"] = context.resumed_step
+    if context.resume_note:
+        metadata["resume_note"] = context.resume_note
     return {
         "kind": kind.name,
         "params": params,
         "seed": seed,
-        "artifacts": artifact_manifest(kind.name, (context or Context()).artifact_dir),
+        "artifacts": artifact_manifest(kind.name, context.artifact_dir),
         "observables": observables,
         "summary": {str(name): _finite(kind.name, f"summary {name}", value)
                     for name, value in output.summary.items()},
