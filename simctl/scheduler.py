@@ -82,7 +82,7 @@ RUNS_REFRESH_S = 0.5
 NO_WORKER_WARNING_S = 10.0
 """Pending work with no online worker for this long is worth a warning (with what is known)."""
 
-PROGRESS_WRITE_EVERY_S = 2.0
+PROGRESS_WRITE_EVERY_S = 1.0
 """Running tasks' progress reaches the ledger (``simctl status RUN``) at most this often."""
 
 PROGRESS_EVERY_S = 0.5

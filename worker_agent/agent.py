@@ -332,6 +332,8 @@ class Agent:
             os.replace(job.checkpoint_path, job.artifact_dir / ref.name)
             payload = {"artifacts": [ref.to_json()],
                        "metadata": {"checkpoint_step": job.checkpoint.step}}
+            log.info("%s attempt %d handed back with its checkpoint of step %d", *job.key,
+                     job.checkpoint.step)
         except OSError as e:
             log.warning("%s attempt %d: cannot keep its checkpoint (%s): handed back without",
                         *job.key, e)
