@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from simctl.errors import InputError, LedgerError, UnknownRun
-from simctl.ledger import SCHEMA_VERSION, Ledger, complete_run_ids
+from simctl.ledger import SCHEMA_VERSION, Ledger, RunInfo, complete_run_ids
 from simctl.taskfile import parse_text
 from simproto.protocol import Result
 
@@ -366,13 +366,20 @@ LEDGER_V3 = Path(__file__).resolve().parents[1] / "data/ledgers/schema-v3.sqlite
 two pending)."""
 
 
-def test_a_schema_3_ledger_migrates_in_place_with_no_artifacts(tmp_path: Path) -> None:
+def migrated(fixture: Path, tmp_path: Path, name: str) -> tuple[Ledger, RunInfo]:
+    """A copy of a committed ledger of an older schema, opened (so migrated), and its one
+    run, checked to be ``name`` with one task done, one assigned and two pending."""
     path = tmp_path / "old.sqlite"
-    path.write_bytes(LEDGER_V3.read_bytes())
+    path.write_bytes(fixture.read_bytes())
     ledger = Ledger(path)
     assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     [info] = ledger.runs()
-    assert (info.name, info.done, info.running, info.pending) == ("before-artifacts", 1, 1, 2)
+    assert (info.name, info.done, info.running, info.pending) == (name, 1, 1, 2)
+    return ledger, info
+
+
+def test_a_schema_3_ledger_migrates_in_place_with_no_artifacts(tmp_path: Path) -> None:
+    ledger, info = migrated(LEDGER_V3, tmp_path, "before-artifacts")
     assert (info.max_task_artifact_bytes, info.max_run_artifact_bytes) == (None, None)
     assert info.task_artifact_limit > 0 and info.run_artifact_limit > info.task_artifact_limit
     assert ledger.artifacts(info.run_id) == [] and ledger.run_artifact_bytes(info.run_id) == 0
@@ -387,12 +394,7 @@ artifact, one assigned, two pending)."""
 
 
 def test_a_schema_4_ledger_migrates_in_place_with_no_checkpoints(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
-    path.write_bytes(LEDGER_V4.read_bytes())
-    ledger = Ledger(path)
-    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    [info] = ledger.runs()
-    assert (info.name, info.done, info.running, info.pending) == ("before-checkpoints", 1, 1, 2)
+    ledger, info = migrated(LEDGER_V4, tmp_path, "before-checkpoints")
     assert info.checkpoint_every_s is None and info.checkpoint_interval == 300.0
     assert ledger.checkpoints(info.run_id) == {}
     [artifact] = ledger.artifacts(info.run_id)
