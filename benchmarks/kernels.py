@@ -317,8 +317,8 @@ def peak_rss_mb(code: str) -> float:
 def machine() -> dict[str, Any]:
     import numpy as np
 
-    import ckernel
     from ckernel import _backend
+    from simproto.protocol import package_version
 
     cpu = "unknown"
     cpuinfo = Path("/proc/cpuinfo")
@@ -326,7 +326,7 @@ def machine() -> dict[str, Any]:
         cpu = found.group(1).strip()
     compiled = _backend.compiled
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "package_version": ckernel._package_version(),
+            "numpy": np.__version__, "package_version": package_version(),
             "simd_variant": compiled.simd_variant() if compiled else "none",
             "simd_available": ",".join(compiled.simd_available()) if compiled else ""}
 
