@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import ckernel
+from ckernel import _backend
 from simctl.ledger import Ledger
 from tests.support.procs import Cluster, Proc
 from tests.support.waiting import wait_for
@@ -134,3 +135,34 @@ def test_a_warm_stop_hands_the_task_back_with_a_checkpoint(cluster: Cluster) -> 
     assert f"handed back with its checkpoint of step {handed}" in agent.log(), agent.log()
     cluster.start_agents({"w2": 1})
     assert_resumed_bit_identical(cluster, run, run_id, task_id, kind, handed)
+
+
+def test_a_resume_on_another_kernel_variant_starts_from_step_0_and_says_so(
+        cluster: Cluster) -> None:
+    """A checkpoint made with one SIMD variant is not resumed by a worker with another (the
+    numbers would differ in the last bits): that attempt starts from step 0, the result says
+    why, and it is the straight run's result on that worker's variant."""
+    kind = "lj"
+    steps = TASKS[kind]["steps"]
+    here = _backend.simd_variant(kind, "cython")
+    assert here != "portable", "this machine's compiled kernels have one SIMD variant only"
+    cluster.start_agent("w1", 1, env={_backend.SIMD_ENV: "portable"})
+    cluster.wait_online(["w1"])
+    run, run_id, task_id = start_run(cluster, kind)
+    wait_for(lambda: stored_step(cluster, run, run_id) >= 0.3 * steps, 120, interval=0.05,
+             what="a checkpoint")
+    cluster.agents["w1"].signal(signal.SIGKILL)
+    cluster.start_agents({"w2": 1})  # the default variant, as this test process has
+    assert run.wait(120) == 0, run.describe()
+    ledger = Ledger(cluster.ledger, read_only=True)
+    [row] = ledger.task_rows(run_id)
+    attempts = ledger.attempts(task_id)
+    ledger.close()
+    assert [a["outcome"] for a in attempts] == ["lost", "done"], attempts
+    assert attempts[-1]["start_step"] is None  # computed from the start
+    metadata = row["metadata"]
+    assert "resumed_from_step" not in metadata and metadata["simd_variant"] == here
+    assert "simd_variant portable" in metadata["resume_note"], metadata["resume_note"]
+    assert metadata["resume_note"].endswith("started from step 0")
+    straight = ckernel.simulate(kind, TASKS[kind], row["seed"])
+    assert row["summary"] == straight["summary"]
