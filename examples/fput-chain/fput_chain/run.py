@@ -5,6 +5,11 @@ Equations are in ``fput_chain/reference.py``; the step loop is the compiled
 ``fput_chain._chain.verlet``. Given (params, seed), every number is bit-identical on re-run:
 the loop is serial and its chunks are fixed by the params alone.
 
+Checkpoints (``docs/writing-a-kind.md``, "Checkpoints"): the run can restart exactly at
+every chunk boundary, so that is where it saves one when the context says one is due, and a
+run resumed from one ends bit for bit where a straight run ends: the chunks that follow are
+the same (their lengths depend on the step alone), and so are the sums over them.
+
 Frequencies (alpha = beta = 0 only). Velocity Verlet's positions obey
 u(n+1) = 2 u(n) - u(n-1) + dt^2 F(u(n)) / m, so every normal-mode coordinate of a harmonic
 chain obeys Q(n+1) + Q(n-1) = (2 - omega^2 dt^2) Q(n) exactly. Over all steps,
@@ -17,17 +22,54 @@ O(dt^2) phase error (that error is in cos(omega~ dt) = c, omega~ the numerical f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Mapping
+from importlib import metadata
 from typing import Any
 
 import numpy as np
 
 from fput_chain import _chain, reference
-from simkind import Context, Output, SimulationError
+from simkind import CheckpointError, Context, Output, SimulationError
 
 CHUNK_STEPS = 1024
 """Most steps per call of the compiled loop: bounds the buffer of mode coordinates
 (CHUNK_STEPS x 2 modes_recorded doubles) and how late a blow-up is noticed."""
+
+BACKEND = "cython"
+"""The integrator that computes the numbers (there is no other)."""
+
+PACKAGE = "particle-sim-fput-chain"
+"""The distribution providing the kind: the kind has no version of its own, so its
+version is this package's."""
+
+
+def checkpoint_compat(params: dict[str, Any], seed: int) -> dict[str, str]:
+    """What the numbers depend on besides a checkpoint's state: a checkpoint made under
+    other values (another version of this code or of numpy, another task) is not resumed
+    from, as the run could not end bit for bit where a straight run ends. The params go in
+    by their digest; the seed too, though ``init: mode`` draws nothing from it (a
+    checkpoint is of one task, and a file may be mixed up)."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    return {"kind": "chain", "kind_version": metadata.version(PACKAGE), "backend": BACKEND,
+            "numpy_version": np.__version__, "seed": str(seed), "params": digest[:16]}
+
+
+def check_array(state: Mapping[str, Any], name: str, shape: tuple[int, ...]) -> None:
+    """CheckpointError unless ``state[name]`` is a float64 array of ``shape``, all finite:
+    the compiled loop trusts what it is handed, so a damaged or forged checkpoint must be
+    refused before it gets there."""
+    found = state.get(name)
+    if not isinstance(found, np.ndarray):
+        raise CheckpointError(f"{name} is missing" if found is None
+                              else f"{name} is a {type(found).__name__}, not an array")
+    if found.dtype != np.float64 or found.shape != shape:
+        raise CheckpointError(f"{name} is {found.dtype} {found.shape}, this run has "
+                              f"float64 {shape}")
+    if not np.isfinite(found).all():
+        raise CheckpointError(f"{name} holds numbers that are not finite")
 
 
 def initial_state(params: dict[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +108,25 @@ class FrequencyMeter:
         self.crossed += np.sum(centre * (series[:-2] + series[2:]), axis=0)
         self.tail = series[-2:].copy()
 
+    def saved(self) -> dict[str, np.ndarray]:
+        """The accumulators, as checkpoint entries."""
+        return {"meter_tail": self.tail, "meter_squares": self.squares,
+                "meter_crossed": self.crossed}
+
+    def check(self, state: Mapping[str, Any]) -> None:
+        """CheckpointError unless ``state`` holds accumulators of this meter's coordinates,
+        as :meth:`saved` gives them after a chunk (two coordinates in the tail)."""
+        rows = len(self.squares)
+        check_array(state, "meter_tail", (2, rows))
+        check_array(state, "meter_squares", (rows,))
+        check_array(state, "meter_crossed", (rows,))
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take the accumulators of a checkpoint that passed :meth:`check`."""
+        self.tail = state["meter_tail"]
+        self.squares = state["meter_squares"]
+        self.crossed = state["meter_crossed"]
+
     def omegas(self, dt: float) -> np.ndarray:
         """omega per mode, from the cos and sin coordinates together (rows 0..M-1 and
         M..2M-1 of the basis): both obey the same recurrence."""
@@ -77,7 +138,10 @@ class FrequencyMeter:
 
 
 def run(params: dict[str, Any], seed: int, context: Context) -> Output:
-    """Integrate validated ``params`` with velocity Verlet; see the module docstring."""
+    """Integrate validated ``params`` with velocity Verlet; see the module docstring. Goes
+    on from the checkpoint ``context`` was given if it fits this run (else from step 0,
+    ``context.resume_note`` saying why), and saves one at a chunk boundary when
+    ``context.checkpoint_due()``; ``simkind.Preempted`` from a save passes through."""
     p = params
     n, k, alpha, beta, mass = p["n_particles"], p["k"], p["alpha"], p["beta"], p["mass"]
     dt, steps, every = p["dt"], p["steps"], p["sample_every"]
@@ -89,8 +153,6 @@ def run(params: dict[str, Any], seed: int, context: Context) -> Output:
     measuring = harmonic and len(measured) > 0 and steps >= 2  # c needs Q(n-1), Q(n), Q(n+1)
 
     u, v = initial_state(p, seed)
-    f = np.empty(n)
-    _chain.forces(u, k, alpha, beta, f)
     basis = reference.mode_basis(n, measured) if measuring else np.empty((0, n))
     coordinates = np.empty((CHUNK_STEPS, len(basis)))
     meter: FrequencyMeter | None = None
@@ -113,8 +175,43 @@ def run(params: dict[str, Any], seed: int, context: Context) -> Output:
         for q, energy in zip(modes, reference.mode_energies(u, v, k, mass, modes), strict=True):
             series[f"mode_energy_{q}"].append(float(energy))
 
-    sample(0)
+    def saved() -> dict[str, Any]:
+        """The state at a chunk boundary: everything the rest of the run reads. The series
+        all have one length: they travel as the rows of one array, in their order here."""
+        state = {"u": u, "v": v, "samples": np.array(list(series.values()))}
+        if meter is not None:
+            state.update(meter.saved())
+        return state
+
+    def fits(step: int, state: dict[str, Any]) -> None:
+        """CheckpointError unless ``state`` is what :func:`saved` gives at ``step`` of this
+        run. Chunks end at every multiple of ``every`` and every CHUNK_STEPS steps after
+        one (the loop's ``chunk``), and the last chunk's end is not saved."""
+        if not (0 < step < steps and step % every % CHUNK_STEPS == 0):
+            raise CheckpointError(f"step {step} is not a chunk boundary before this run's "
+                                  f"last step, {steps}")
+        check_array(state, "u", (n,))
+        check_array(state, "v", (n,))
+        check_array(state, "samples", (len(series), step // every + 1))
+        if meter is not None:
+            meter.check(state)
+
+    compat = checkpoint_compat(p, seed)
     step = 0
+    restored = context.restore_checkpoint(compat, check=fits)
+    if restored is None:
+        sample(0)
+    else:
+        step, state = restored
+        u[...], v[...] = state["u"], state["v"]
+        for name, values in zip(series, state["samples"], strict=True):
+            series[name] = values.tolist()
+        if meter is not None:
+            meter.restore(state)
+    # The forces are not state: the loop's last evaluation computed them from u with this
+    # same function, so they come back bit for bit from the saved u.
+    f = np.empty(n)
+    _chain.forces(u, k, alpha, beta, f)
     while step < steps:
         chunk = min(CHUNK_STEPS, every - step % every, steps - step)
         out = coordinates[:chunk]
@@ -130,6 +227,8 @@ def run(params: dict[str, Any], seed: int, context: Context) -> Output:
         if step % every == 0:
             sample(step)
         context.progress(step / steps)
+        if step < steps and context.checkpoint_due():
+            context.save_checkpoint(step, saved(), compat)
 
     total = np.array(series["total_energy"])
     if total[0] == 0.0:
@@ -148,7 +247,7 @@ def run(params: dict[str, Any], seed: int, context: Context) -> Output:
     return Output(
         observables=series,
         summary=summary,
-        metadata={"backend": "cython", "n_particles": n, "steps": steps,
+        metadata={"backend": BACKEND, "n_particles": n, "steps": steps,
                   "samples": len(series["t"]), "harmonic": harmonic,
                   "frequencies_measured": [int(q) for q in measured] if measuring else [],
                   "numpy_version": np.__version__},
