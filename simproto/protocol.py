@@ -395,6 +395,8 @@ class Message:
 
     TYPE: ClassVar[str] = ""
     MAX_BYTES: ClassVar[int] = MAX_CONTROL_BYTES
+    SAME_SINCE: ClassVar[int] = PROTOCOL_VERSION
+    """The oldest protocol version whose form of this message is this one's (decoded too)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object for this message (without ``v`` and ``type``).
@@ -438,14 +440,16 @@ class Message:
     @only_decode_errors
     def decode(cls: type[M], payload: bytes) -> M:
         """Parse and validate a payload; raises DecodeError (or VersionMismatch) only."""
-        obj = parse_envelope(payload, cls.MAX_BYTES)
+        obj = parse_envelope(payload, cls.MAX_BYTES, cls.SAME_SINCE)
         if obj["type"] != cls.TYPE:
             raise DecodeError(f"expected a {cls.TYPE!r} message, got {obj['type']!r}")
         return cls.from_dict(obj)
 
 
-def parse_envelope(payload: bytes, max_bytes: int = MAX_CONTROL_BYTES) -> dict[str, Any]:
-    """Check size, JSON, protocol version and type tag; return the JSON object."""
+def parse_envelope(payload: bytes, max_bytes: int = MAX_CONTROL_BYTES,
+                   same_since: int = PROTOCOL_VERSION) -> dict[str, Any]:
+    """Check size, JSON, protocol version (this one, or one from ``same_since`` on for a
+    message whose form has not changed since) and type tag; return the JSON object."""
     if not isinstance(payload, bytes | bytearray):
         raise DecodeError("payload is not bytes")
     if len(payload) > max_bytes:
@@ -460,8 +464,10 @@ def parse_envelope(payload: bytes, max_bytes: int = MAX_CONTROL_BYTES) -> dict[s
         raise DecodeError("payload is not a JSON object")
     if b"\\u" in payload:
         _check_no_lone_surrogates(obj)
-    if obj.get("v") != PROTOCOL_VERSION:
-        raise VersionMismatch(obj.get("v"))
+    version = obj.get("v")
+    if version != PROTOCOL_VERSION and not (
+            _is_int(version) and same_since <= version < PROTOCOL_VERSION):
+        raise VersionMismatch(version)
     if not isinstance(obj.get("type"), str):
         raise DecodeError("payload has no 'type'")
     return obj
@@ -918,6 +924,9 @@ class BrokerIdentity(Message):
     broker is never resumed against another by mistake (main-PC addresses change)."""
 
     TYPE: ClassVar[str] = "broker_identity"
+    SAME_SINCE: ClassVar[int] = 1
+    """Unchanged since protocol 1: an upgraded simctl keeps reading the broker's retained
+    identity (a new one would make every run submitted before look like another broker's)."""
     broker_id: str
     created_at: float
 

@@ -106,3 +106,22 @@ def test_broker_addresses(text: str, expected: BrokerAddress) -> None:
 def test_bad_broker_addresses(text: str) -> None:
     with pytest.raises(ValueError, match=r"broker|the port must be a number from 1 to 65535"):
         BrokerAddress.parse(text)
+
+
+def test_a_broker_identity_of_an_older_protocol_is_still_read() -> None:
+    """Its form has not changed since protocol 1: an upgraded simctl keeps the broker's id
+    (a new one would make the runs submitted before look like another broker's). Other
+    messages of an older version, and versions that never were, are refused."""
+    for version in range(1, p.PROTOCOL_VERSION + 1):
+        payload = json.dumps({"v": version, "type": "broker_identity", "broker_id": "b1",
+                              "created_at": 1.0}).encode()
+        assert p.BrokerIdentity.decode(payload).broker_id == "b1"
+    for version in (0, p.PROTOCOL_VERSION + 1, "3", 3.0, True):
+        payload = json.dumps({"v": version, "type": "broker_identity", "broker_id": "b1",
+                              "created_at": 1.0}).encode()
+        with pytest.raises(p.VersionMismatch):
+            p.BrokerIdentity.decode(payload)
+    older = json.dumps({"v": p.PROTOCOL_VERSION - 1, "type": "ping", "ts": 1.0,
+                        "sender": "s"}).encode()
+    with pytest.raises(p.VersionMismatch):
+        p.Ping.decode(older)
