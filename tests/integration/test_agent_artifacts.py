@@ -342,3 +342,39 @@ def test_malformed_transfer_messages_are_counted_and_do_not_stall_the_agent(
     sha = result.artifacts[0]["sha256"]
     assert side.pull(sha, 0, p.MAX_CHUNK_BYTES).data == sleep_data(size)[:p.MAX_CHUNK_BYTES]
     agent.check_alive()
+
+
+def test_a_drain_to_exit_hands_a_running_task_back_with_its_checkpoint(
+        cluster: Cluster, side: TransferSide) -> None:
+    """A drain with exit_when_idle (simctl's way to retire a worker) stops a task that saves
+    checkpoints at once: its heartbeats listed its checkpoints while it ran; the hand-back
+    result's one artifact is the checkpoint of the step it stopped at, served to pulls with
+    its hash; the agent stays until the result is acknowledged, then exits 0."""
+    agent = start(cluster, side)
+    params = {"n_cells": 5, "steps": 1_000_000, "sample_every": 1_000}  # far longer than this test
+    side.send(p.Channel.ASSIGN, p.Assignment("run-1", "long", 1, "lj", params, SEED,
+                                             time.time(), checkpoint_every_s=0.2))
+
+    def listed() -> p.CheckpointRef | None:
+        beat = side.last_heartbeat()
+        return beat.checkpoint_refs.get("long") if beat is not None else None
+
+    first = wait_for(listed, 30, what="a checkpoint listed in a heartbeat")
+    assert isinstance(first, p.CheckpointRef) and first.step > 0
+    side.send(p.Channel.CONTROL, p.Drain(exit_when_idle=True))
+    back = wait_result(side, "long", timeout=30)
+    assert (back.state, back.handed_back, back.retryable) == ("failed", True, True)
+    [ref] = back.artifact_refs
+    step = back.metadata["checkpoint_step"]
+    assert step >= first.step and ref.name == f"checkpoint-{step}.npz"
+    assert back.error == f"handed back at step {step}: agent stopping"
+    data = bytearray()
+    while len(data) < ref.size:
+        chunk = side.pull(ref.sha256, len(data), p.MAX_CHUNK_BYTES)
+        assert chunk.error is None, chunk.error
+        data += chunk.data
+    assert hashlib.sha256(data).hexdigest() == ref.sha256
+    time.sleep(1.0)
+    assert agent.alive  # waiting for simctl to take the checkpoint
+    side.ack(back)
+    assert agent.wait(20) == 0, agent.describe()
