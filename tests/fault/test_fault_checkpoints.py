@@ -22,8 +22,8 @@ CHECKPOINT_EVERY_S = 0.2
 """Often, so that a checkpoint near 60 % exists whatever the machine's speed."""
 
 TASKS: dict[str, dict[str, Any]] = {
-    # Each runs about 5 s here on one core.
-    "lj": {"n_cells": 6, "steps": 20_000, "ensemble": "nvt", "sample_every": 50,
+    # Each runs about 5 s (lj 7 s: its resumed part is watched in simctl status) on one core.
+    "lj": {"n_cells": 6, "steps": 30_000, "ensemble": "nvt", "sample_every": 50,
            "trajectory_every": 2_000},
     "nbody": {"n_bodies": 256, "steps": 70_000, "sample_every": 100},
     "brownian": {"n_particles": 1_000, "steps": 120_000, "sample_every": 100},
