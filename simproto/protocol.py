@@ -466,7 +466,8 @@ def parse_envelope(payload: bytes, max_bytes: int = MAX_CONTROL_BYTES,
         _check_no_lone_surrogates(obj)
     version = obj.get("v")
     if version != PROTOCOL_VERSION and not (
-            _is_int(version) and same_since <= version < PROTOCOL_VERSION):
+            isinstance(version, int) and not isinstance(version, bool)
+            and same_since <= version < PROTOCOL_VERSION):
         raise VersionMismatch(version)
     if not isinstance(obj.get("type"), str):
         raise DecodeError("payload has no 'type'")
