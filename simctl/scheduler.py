@@ -707,8 +707,8 @@ class Scheduler:
                  pull.attempt, pull.checkpoint.step)
 
     def _drop_checkpoint(self, run: RunView, task_id: str) -> None:
-        """A task finished: its checkpoint (stored, or being pulled) is of no more use."""
-        self.transfers.drop_checkpoints(task_id)
+        """A task finished: its stored checkpoint is of no more use (the caller stops the
+        pulls of its files, checkpoints included: ``Transfers.drop``)."""
         if run.checkpoints.pop(task_id, None) is not None:
             digest = self.ledger.drop_checkpoint(task_id)
             if digest is not None:
@@ -848,6 +848,7 @@ class Scheduler:
             run.artifact_bytes += sum(ref.size for ref in refs)
         self._start_waiting(run, result.task_id, run.release_waiting(result.task_id),
                             result if state is TaskState.DONE else None)
+        self.transfers.drop([result.task_id])  # a checkpoint of it being pulled
         self._drop_checkpoint(run, result.task_id)
         if lease is not None:
             self.leases.pop(result.task_id)
@@ -948,11 +949,14 @@ class Scheduler:
     def _hand_back(self, result: Result, lease: Lease) -> None:
         """A task handed back with the checkpoint it stopped at (in the store now): keep it
         for the next attempt, then put the task back like a lost one."""
-        step = result.metadata.get("checkpoint_step")
         refs = result.artifact_refs
-        if len(refs) == 1 and isinstance(step, int) and not isinstance(step, bool) and step >= 0:
-            self._keep_checkpoint(CheckpointPull(result.task_id, result.attempt,
-                                                 CheckpointRef(step, refs[0])))
+        try:  # CheckpointRef checks the step as it does in heartbeats
+            checkpoint = CheckpointRef(result.metadata.get("checkpoint_step", -1), refs[0]) \
+                if len(refs) == 1 else None
+        except ValueError:
+            checkpoint = None
+        if checkpoint is not None:
+            self._keep_checkpoint(CheckpointPull(result.task_id, result.attempt, checkpoint))
         self._retry_or_give_up(lease, Outcome.LOST, result.error or "handed back")
         self.ack(result)
 

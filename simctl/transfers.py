@@ -124,11 +124,6 @@ class Transfers:
             self._open(checkpoint.file, worker_id, now)
         return False
 
-    def drop_checkpoints(self, task_id: str) -> None:
-        """Stop pulling a task's checkpoint (it finished)."""
-        if self.checkpoint_pulls:
-            self._drop_checkpoint_pulls({task_id})
-
     def is_staged(self, task_id: str) -> bool:
         return task_id in self.staged
 
@@ -253,6 +248,8 @@ class Transfers:
 
     def _drop_checkpoint_pulls(self, task_ids: set[str]) -> None:
         """Stop pulling the checkpoints of these tasks."""
+        if not self.checkpoint_pulls:
+            return  # most passes: no task saves checkpoints, or none is being pulled
         dropped = {sha256 for sha256, pull in self.checkpoint_pulls.items()
                    if pull.task_id in task_ids}
         for sha256 in dropped:
