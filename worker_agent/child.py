@@ -90,16 +90,12 @@ class Resumed:
 
 @dataclass(frozen=True)
 class HandedBack:
-    """Child -> agent: asked to stop (SIGUSR1), the task saved the checkpoint of ``step`` in
-    ``path`` and stopped there."""
+    """Child -> agent: asked to stop (SIGUSR1), the task saved a checkpoint and stopped
+    there: the one the :class:`Checkpointed` just before this message named."""
 
     task_id: str
     started_at: float
     finished_at: float
-    step: int
-    path: Path
-    size: int
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -192,8 +188,12 @@ def _run(conn: Connection, kinds: simkind.Registry, request: Run) -> Done | Fail
             last_sent = now
             conn.send(Progress(task_id, max(float(fraction), 0.0)))
 
+    saved = False
+
     def checkpointed(step: int, path: Path) -> None:
+        nonlocal saved
         conn.send(Checkpointed(task_id, step, path, *hash_file(path)))
+        saved = True
 
     def resumed(step: int, note: str) -> None:
         conn.send(Resumed(task_id, step, note))
@@ -207,8 +207,12 @@ def _run(conn: Connection, kinds: simkind.Registry, request: Run) -> Done | Fail
     _running = context
     try:
         output = simkind.execute(kinds.get(request.kind), request.params, request.seed, context)
-    except simkind.Preempted as e:
-        return HandedBack(task_id, started_at, time.time(), e.step, e.path, *hash_file(e.path))
+    except simkind.Preempted:
+        if saved:
+            return HandedBack(task_id, started_at, time.time())
+        # A kind's own mistake: Preempted without a checkpoint saved through the context.
+        return Failed(task_id, started_at, time.time(), "Preempted raised with no checkpoint "
+                      "saved (only Context.save_checkpoint may raise it)", True)
     except (simkind.ParamError, simkind.SimulationError) as e:
         # Deterministic for these parameters and this seed: another attempt fails the same way.
         return Failed(task_id, started_at, time.time(), str(e), False)

@@ -61,16 +61,20 @@ class Job:
     """Where the task saves its checkpoints (None: it saves none)."""
     progress: float = 0.0
     checkpoint: CheckpointRef | None = None
-    """The latest checkpoint the task saved (its file is ``checkpoint_path``)."""
-    checkpoint_path: Path | None = None
+    """The latest checkpoint the task saved (its file is :attr:`checkpoint_path`)."""
     resumed_step: int = 0
     """The step the attempt resumed from (0: from the start)."""
-    stop_requested: bool = False
-    """Asked to save a checkpoint and stop (a warm stop)."""
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.assignment.task_id, self.assignment.attempt)
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The file of the latest checkpoint (the task saves them in ``checkpoint_dir``)."""
+        if self.checkpoint is None or self.checkpoint_dir is None:
+            return None
+        return self.checkpoint_dir / self.checkpoint.file.name
 
 
 @dataclass(frozen=True)
@@ -225,8 +229,6 @@ class ChildPool:
     def request_checkpoint_stop(self, slot: Slot) -> None:
         """Ask the slot's task to save a checkpoint at its next save point and stop there
         (a kind that saves none keeps running)."""
-        assert slot.job is not None
-        slot.job.stop_requested = True
         if slot.pid is not None and slot.job_sent:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(slot.pid, signal.SIGUSR1)
@@ -320,21 +322,18 @@ class ChildPool:
                 return None
             case Checkpointed(step=step, path=path, size=size, sha256=sha256):
                 job.checkpoint = CheckpointRef(step, FileRef(path.name, size, sha256))
-                job.checkpoint_path = path
                 return None
             case Resumed(step=step, note=note):
                 job.resumed_step = step
                 log.info("%s attempt %d %s", *job.key,
                          f"resumed at step {step}" if step else f"started from step 0: {note}")
                 return None
-            case HandedBack(started_at=started_at, finished_at=finished_at, step=step,
-                            path=path, size=size, sha256=sha256):
+            case HandedBack(started_at=started_at, finished_at=finished_at):
                 slot.job = None
-                job.checkpoint = CheckpointRef(step, FileRef(path.name, size, sha256))
-                job.checkpoint_path = path
+                assert job.checkpoint is not None  # the child sends this only after one
                 return Outcome(job, ResultState.FAILED, started_at, finished_at,
-                               error=f"handed back at step {step}: agent stopping",
-                               retryable=True, handed_back=True)
+                               error=f"handed back at step {job.checkpoint.step}: agent "
+                                     "stopping", retryable=True, handed_back=True)
             case Done(started_at=started_at, finished_at=finished_at, payload=payload):
                 slot.job = None
                 job.progress = 1.0
