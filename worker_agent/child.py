@@ -1,11 +1,12 @@
 """The task child: a long-lived process that runs one kernel call at a time for one slot.
 
 It talks to the agent over one pipe (both ends are this project's own processes, so the
-pipe carries pickled frozen dataclasses of this module; nothing from the network reaches it
-unchecked). Requests: :class:`Run` and :class:`Stop`. Replies: :class:`Ready`,
-:class:`Progress`, :class:`Checkpointed`, :class:`Resumed`, :class:`Done`, :class:`Failed` and
-:class:`HandedBack`. SIGUSR1 asks the running task to save a checkpoint at its next save
-point and stop there (a warm stop of the agent hands the task back with it).
+pipe carries pickled frozen dataclasses of this module, each pickled as its class and field
+values; nothing from the network reaches it unchecked). Requests: :class:`Run` and
+:class:`Stop`. Replies: :class:`Ready`, :class:`Progress`, :class:`Checkpointed`,
+:class:`Resumed`, :class:`Done`, :class:`Failed` and :class:`HandedBack`. SIGUSR1 asks the
+running task to save a checkpoint at its next save point and stop there (a warm stop of the
+agent hands the task back with it).
 """
 
 from __future__ import annotations
@@ -30,36 +31,47 @@ PROGRESS_INTERVAL_S = 0.05
 _PR_SET_PDEATHSIG = 1
 
 
+class PipeMessage:
+    """Pickles as its class and its field values, in order. Pickle's default for a
+    dataclass (an empty object, then its attribute dictionary) took three times as long, and
+    every task sends two messages on the pipe."""
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        # A frozen dataclass's __init__ sets every field, in order, and nothing else.
+        return (type(self), tuple(self.__dict__.values()))
+
+
 @dataclass(frozen=True)
-class Run:
+class Run(PipeMessage):
     """Agent -> child: run one kernel call; the task writes its files into ``artifact_dir``
-    (its attempt's folder in the spool) and reads its input files from ``inputs``."""
+    (its attempt's folder in the spool) and reads its input files from ``inputs``. Paths
+    travel as text: a pickled ``Path`` is rebuilt from its parts, several times slower."""
 
     task_id: str
     kind: str
     params: dict[str, Any]
     seed: int
-    artifact_dir: Path
-    inputs: dict[str, Path]
+    artifact_dir: str
+    inputs: dict[str, str]
     checkpoint_every_s: float = 0.0
-    checkpoint_dir: Path | None = None
+    checkpoint_dir: str | None = None
     """Where the task saves its checkpoints (None: it saves none)."""
 
 
 @dataclass(frozen=True)
-class Stop:
+class Stop(PipeMessage):
     """Agent -> child: exit."""
 
 
 @dataclass(frozen=True)
-class Ready:
+class Ready(PipeMessage):
     """Child -> agent: the kernels are imported; send tasks."""
 
     pid: int
 
 
 @dataclass(frozen=True)
-class Progress:
+class Progress(PipeMessage):
     """Child -> agent: how far the running task is, in [0, 1)."""
 
     task_id: str
@@ -67,7 +79,7 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class Checkpointed:
+class Checkpointed(PipeMessage):
     """Child -> agent: the running task saved a checkpoint of ``step`` in ``path`` (hashed
     here, off the agent's loop); the checkpoint before it is gone."""
 
@@ -79,7 +91,7 @@ class Checkpointed:
 
 
 @dataclass(frozen=True)
-class Resumed:
+class Resumed(PipeMessage):
     """Child -> agent: the task was given a checkpoint and started from ``step`` (0 when it
     could not use it; ``note`` says why)."""
 
@@ -89,7 +101,7 @@ class Resumed:
 
 
 @dataclass(frozen=True)
-class HandedBack:
+class HandedBack(PipeMessage):
     """Child -> agent: asked to stop (SIGUSR1), the task saved a checkpoint and stopped
     there: the one the :class:`Checkpointed` just before this message named."""
 
@@ -99,7 +111,7 @@ class HandedBack:
 
 
 @dataclass(frozen=True)
-class Done:
+class Done(PipeMessage):
     """Child -> agent: the task finished; ``payload`` holds summary, observables, metadata
     and artifacts (the manifest of the files it left in its artifact folder)."""
 
@@ -110,7 +122,7 @@ class Done:
 
 
 @dataclass(frozen=True)
-class Failed:
+class Failed(PipeMessage):
     """Child -> agent: the task failed; ``retryable`` is false when another attempt would
     fail the same way."""
 
@@ -199,10 +211,11 @@ def _run(conn: Connection, kinds: simkind.Registry, request: Run) -> Done | Fail
         conn.send(Resumed(task_id, step, note))
 
     started_at = time.time()
-    context = simkind.Context(task_id, progress, artifact_dir=request.artifact_dir,
-                              inputs=request.inputs,
+    context = simkind.Context(task_id, progress, artifact_dir=Path(request.artifact_dir),
+                              inputs={name: Path(path) for name, path in request.inputs.items()},
                               checkpoint_every_s=request.checkpoint_every_s,
-                              checkpoint_dir=request.checkpoint_dir,
+                              checkpoint_dir=(Path(request.checkpoint_dir)
+                                              if request.checkpoint_dir is not None else None),
                               on_checkpoint=checkpointed, on_resume=resumed)
     _running = context
     try:

@@ -223,8 +223,10 @@ class ChildPool:
         slot.job_started_at = time.time()
         slot.job_sent = True
         with contextlib.suppress(OSError):  # a dead child's sentinel reports it on the next poll
-            slot.conn.send(Run(a.task_id, a.kind, a.params, a.seed, job.artifact_dir,
-                               job.inputs, a.checkpoint_every_s, job.checkpoint_dir))
+            slot.conn.send(Run(a.task_id, a.kind, a.params, a.seed, str(job.artifact_dir),
+                               {name: str(path) for name, path in job.inputs.items()},
+                               a.checkpoint_every_s,
+                               str(job.checkpoint_dir) if job.checkpoint_dir else None))
 
     def request_checkpoint_stop(self, slot: Slot) -> None:
         """Ask the slot's task to save a checkpoint at its next save point and stop there
