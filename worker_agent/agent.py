@@ -89,7 +89,7 @@ from worker_agent.events import (
 from worker_agent.http import HealthServer, View
 from worker_agent.inputs import Fetcher, Outcomes
 from worker_agent.pool import ChildPool, Job, Outcome
-from worker_agent.spool import Spool
+from worker_agent.spool import CHECKPOINTS_SUFFIX, Spool
 from worker_agent.startup import check_worker_id, discard_old_session
 
 log = logging.getLogger("worker_agent")
@@ -149,6 +149,9 @@ CHECKPOINT_ASK_INTERVAL_S = 1.0
 
 MQTT_MISC_INTERVAL_S = 0.5
 """Longest wait between two calls of paho's keepalive bookkeeping (``loop_misc``)."""
+
+SPOOL_SWEEP_INTERVAL_S = 1.0
+"""The folders of finished attempts are removed this often, in one batch (Spool.sweep)."""
 
 
 class StopMode(str, Enum):
@@ -239,6 +242,7 @@ class Agent:
         """Counts connections: a message id is only meaningful on the connection it came by."""
         self._subscribe_mid: int | None = None
         self._checkpoints_asked_at = float("-inf")
+        self._swept_at = 0.0
         self._handover_until = 0.0
         """Until when a stopping agent waits for simctl to take its handed-back checkpoints."""
 
@@ -399,6 +403,9 @@ class Agent:
             if not self._jobs() and not self._handing_over():
                 self._done = True
         now = time.monotonic()
+        if now >= self._swept_at + SPOOL_SWEEP_INTERVAL_S:
+            self._swept_at = now
+            self.spool.sweep(keep=[job.key for job in self._jobs()])
         if self.connected and self.fetcher.downloads:
             self._send_fetch_requests()  # those that timed out
         if self._status_due is not None and self._status_due <= now and self.connected:
@@ -419,7 +426,7 @@ class Agent:
             return
         self._checkpoints_asked_at = now
         for slot in self.pool.slots:
-            if slot.job is not None and slot.job.checkpoint_dir is not None:
+            if slot.job is not None and slot.job.checkpoint_folder is not None:
                 self.pool.request_checkpoint_stop(slot)
 
     def _handing_over(self) -> bool:
@@ -444,6 +451,7 @@ class Agent:
             props.SessionExpiryInterval = 0
             client.disconnect(properties=props)
         self.pool.close()
+        self.spool.sweep()
         self._selector.close()
         if self.http is not None:
             self.http.stop()
@@ -632,8 +640,9 @@ class Agent:
                                                attempt=a.attempt))
             return
         assert installed is not None
-        job = Job(a, self.spool.attempt_dir(key), inputs,
-                  self.spool.checkpoint_dir(key) if a.checkpoint_every_s > 0 else None)
+        folder = self.spool.attempt_folder(key)
+        job = Job(a, folder, inputs,
+                  folder + CHECKPOINTS_SUFFIX if a.checkpoint_every_s > 0 else None)
         try:
             installed.kind.validate(a.params)
         except (simkind.ParamError, TypeError, ValueError) as e:
@@ -750,6 +759,7 @@ class Agent:
         acked, send it."""
         a = job.assignment
         payload = payload or {}
+        reported_files = bool(payload.get("artifacts"))
         if state is ResultState.DONE and (refusal := self._refuse_artifacts(a, payload)):
             state, error, retryable = ResultState.FAILED, *refusal
             payload = {k: v for k, v in payload.items() if k != "artifacts"}
@@ -771,6 +781,8 @@ class Agent:
             encoded = message.encode()
         if message.artifacts:
             self.spool.hold(message.key, message.artifact_refs)
+        elif reported_files:
+            self.spool.remove_attempt(message.key)  # refused files: their room back at once
         else:
             self.spool.discard_attempt(message.key)  # failed, cancelled, or no files
         counter = {ResultState.DONE: "tasks_done", ResultState.FAILED: "tasks_failed",

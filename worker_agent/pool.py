@@ -53,12 +53,13 @@ class Job:
     """One attempt of one task while it is on a slot (or fetching its inputs for one)."""
 
     assignment: Assignment
-    artifact_dir: Path
-    """Its attempt's folder in the spool."""
+    folder: str
+    """Its attempt's artifact folder in the spool, as text: every task needs it so, for the
+    pipe, and few as a ``Path`` (:attr:`artifact_dir`)."""
     inputs: dict[str, Path] = field(default_factory=dict)
     """Input name -> its file in the spool's cache."""
-    checkpoint_dir: Path | None = None
-    """Where the task saves its checkpoints (None: it saves none)."""
+    checkpoint_folder: str | None = None
+    """Where the task saves its checkpoints, as text (None: it saves none)."""
     progress: float = 0.0
     checkpoint: CheckpointRef | None = None
     """The latest checkpoint the task saved (its file is :attr:`checkpoint_path`)."""
@@ -70,11 +71,15 @@ class Job:
         return (self.assignment.task_id, self.assignment.attempt)
 
     @property
+    def artifact_dir(self) -> Path:
+        return Path(self.folder)
+
+    @property
     def checkpoint_path(self) -> Path | None:
-        """The file of the latest checkpoint (the task saves them in ``checkpoint_dir``)."""
-        if self.checkpoint is None or self.checkpoint_dir is None:
+        """The file of the latest checkpoint (the task saves them in ``checkpoint_folder``)."""
+        if self.checkpoint is None or self.checkpoint_folder is None:
             return None
-        return self.checkpoint_dir / self.checkpoint.file.name
+        return Path(self.checkpoint_folder, self.checkpoint.file.name)
 
 
 @dataclass(frozen=True)
@@ -223,10 +228,9 @@ class ChildPool:
         slot.job_started_at = time.time()
         slot.job_sent = True
         with contextlib.suppress(OSError):  # a dead child's sentinel reports it on the next poll
-            slot.conn.send(Run(a.task_id, a.kind, a.params, a.seed, str(job.artifact_dir),
+            slot.conn.send(Run(a.task_id, a.kind, a.params, a.seed, job.folder,
                                {name: str(path) for name, path in job.inputs.items()},
-                               a.checkpoint_every_s,
-                               str(job.checkpoint_dir) if job.checkpoint_dir else None))
+                               a.checkpoint_every_s, job.checkpoint_folder))
 
     def request_checkpoint_stop(self, slot: Slot) -> None:
         """Ask the slot's task to save a checkpoint at its next save point and stop there

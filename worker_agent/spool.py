@@ -12,7 +12,8 @@ Everything is bounded by ``--spool-max-bytes``: the artifacts of results simctl 
 acknowledged, the cached inputs and the inputs being received. Cached inputs no task uses are
 dropped, least recently used first, when room is needed; artifacts never are (they are the
 only copy until simctl stores them). A running attempt's checkpoint folder is not counted: it
-holds one file per slot, replaced as the task goes.
+holds one file per slot, replaced as the task goes. An attempt's folders are removed once
+it is done with (failed, cancelled, its result stored), in batches about every second.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class Spool:
         """File name in inputs/ -> size, least recently used first (parts included)."""
         self._receiving: dict[str, int] = {}
         """sha256 -> size of every input being received (its room is taken at the start)."""
+        self._discarded: set[str] = set()
+        """Folder names (without the checkpoints suffix) of attempts to remove at the next
+        :meth:`sweep`."""
 
     # ------------------------------------------------------------------ start-up
 
@@ -132,25 +136,47 @@ class Spool:
 
     # -------------------------------------------------------------------- attempts
 
-    def attempt_dir(self, key: Key) -> Path:
-        """The artifact folder of an attempt (created by the task when it writes a file)."""
-        task_id, attempt = key
-        return self.attempts / f"{task_id}-{attempt}"
-
-    def checkpoint_dir(self, key: Key) -> Path:
-        """The folder an attempt saves its checkpoints in (beside its artifact folder: a
+    def attempt_folder(self, key: Key) -> str:
+        """The artifact folder of an attempt, as text (created by the task when it writes a
+        file); its checkpoints go beside it, in the same path + ``CHECKPOINTS_SUFFIX`` (a
         checkpoint is not an artifact of the task)."""
-        task_id, attempt = key
-        return self.attempts / f"{task_id}-{attempt}{CHECKPOINTS_SUFFIX}"
+        return os.path.join(self._attempts_path, f"{key[0]}-{key[1]}")
 
-    def discard_attempt(self, key: Key) -> None:
-        """Remove an attempt's files and checkpoints (it failed, was cancelled, or its result
-        is stored). Most attempts write none: a string path and one lstat each, not pathlib
-        and rmtree, at hundreds of tasks a second."""
-        folder = os.path.join(self._attempts_path, f"{key[0]}-{key[1]}")
+    def attempt_dir(self, key: Key) -> Path:
+        """:meth:`attempt_folder` as a Path."""
+        return Path(self.attempt_folder(key))
+
+    def remove_attempt(self, key: Key) -> None:
+        """Remove an attempt's files and checkpoints now (files it reported that cannot be
+        kept: their room is wanted at once)."""
+        folder = self.attempt_folder(key)
         for path in (folder, folder + CHECKPOINTS_SUFFIX):
             if os.path.lexists(path):
                 shutil.rmtree(path, ignore_errors=True)
+
+    def discard_attempt(self, key: Key) -> None:
+        """Have an attempt's files and checkpoints removed (it failed, was cancelled, or its
+        result is stored) by the next :meth:`sweep`. Most attempts write none: looking for
+        them at once took two system calls a task, at hundreds of tasks a second."""
+        self._discarded.add(f"{key[0]}-{key[1]}")
+
+    def sweep(self, keep: Collection[Key] = ()) -> None:
+        """Remove the folders of the attempts discarded since the last sweep, with one
+        listing of the attempts folder for them all. ``keep``: attempts running again (a
+        re-delivered assignment of a discarded attempt), whose folders stay."""
+        if not self._discarded:
+            return
+        discarded = self._discarded - {f"{task_id}-{attempt}" for task_id, attempt in keep}
+        self._discarded = set()
+        with contextlib.suppress(OSError), os.scandir(self._attempts_path) as entries:
+            for entry in entries:
+                if entry.name.removesuffix(CHECKPOINTS_SUFFIX) not in discarded:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def hold(self, key: Key, artifacts: tuple[FileRef, ...]) -> None:
         """Keep an attempt's artifacts, to be served, until :meth:`release`."""

@@ -1,4 +1,4 @@
-"""The agent's spool accounting (worker_agent.spool), on a real folder."""
+"""The agent's spool (worker_agent.spool): accounting and removal, on a real folder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from simproto.protocol import FileRef
-from worker_agent.spool import Spool
+from worker_agent.spool import CHECKPOINTS_SUFFIX, Spool
 
 
 def _input(spool: Spool, data: bytes) -> FileRef:
@@ -51,5 +51,33 @@ def test_held_artifacts_are_never_dropped_for_room(tmp_path: Path) -> None:
     held = spool.artifact(artifact.sha256)
     assert held is not None and held.path == folder / "data.bin" and held.size == 500
     spool.release(("t", 1))
-    assert spool.artifact(artifact.sha256) is None and not folder.exists()
+    assert spool.artifact(artifact.sha256) is None and folder.exists()  # until the sweep
+    spool.sweep()
+    assert not folder.exists()
     assert spool.make_room(200, in_use={used.sha256}) and spool.used_bytes == 400
+
+
+def test_a_sweep_removes_only_discarded_attempts_not_kept_ones(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1000)
+    spool.open()
+    keys = [("a", 1), ("b", 1), ("c", 2), ("d", 1)]
+    for key in keys:
+        folder = Path(spool.attempt_folder(key))
+        folder.mkdir()
+        (folder / "x.bin").write_bytes(b"x")
+        Path(spool.attempt_folder(key) + CHECKPOINTS_SUFFIX).mkdir()
+    stray = tmp_path / "attempts/e-1"
+    stray.symlink_to(tmp_path / "inputs")  # a link: unlinked, what it names untouched
+    for key in [("a", 1), ("b", 1), ("e", 1), ("never-ran", 1)]:
+        spool.discard_attempt(key)
+    spool.sweep(keep=[("b", 1)])  # b runs again (a re-delivered assignment)
+    left = sorted(p.name for p in (tmp_path / "attempts").iterdir())
+    assert left == ["b-1", "b-1.checkpoints", "c-2", "c-2.checkpoints", "d-1",
+                    "d-1.checkpoints"]
+    assert (tmp_path / "inputs").is_dir()
+    spool.sweep()  # nothing discarded since: b stays until discarded again
+    assert (tmp_path / "attempts/b-1").exists()
+    spool.discard_attempt(("b", 1))
+    spool.sweep()
+    assert not (tmp_path / "attempts/b-1").exists()
+    assert not (tmp_path / "attempts/b-1.checkpoints").exists()
