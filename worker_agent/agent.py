@@ -89,7 +89,7 @@ from worker_agent.events import (
 from worker_agent.http import HealthServer, View
 from worker_agent.inputs import Fetcher, Outcomes
 from worker_agent.pool import ChildPool, Job, Outcome
-from worker_agent.spool import CHECKPOINTS_SUFFIX, Spool
+from worker_agent.spool import Spool
 from worker_agent.startup import check_worker_id, discard_old_session
 
 log = logging.getLogger("worker_agent")
@@ -640,9 +640,8 @@ class Agent:
                                                attempt=a.attempt))
             return
         assert installed is not None
-        folder = self.spool.attempt_folder(key)
-        job = Job(a, folder, inputs,
-                  folder + CHECKPOINTS_SUFFIX if a.checkpoint_every_s > 0 else None)
+        job = Job(a, self.spool.attempt_folder(key), inputs,
+                  self.spool.checkpoint_folder(key) if a.checkpoint_every_s > 0 else None)
         try:
             installed.kind.validate(a.params)
         except (simkind.ParamError, TypeError, ValueError) as e:

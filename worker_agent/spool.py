@@ -138,9 +138,13 @@ class Spool:
 
     def attempt_folder(self, key: Key) -> str:
         """The artifact folder of an attempt, as text (created by the task when it writes a
-        file); its checkpoints go beside it, in the same path + ``CHECKPOINTS_SUFFIX`` (a
-        checkpoint is not an artifact of the task)."""
-        return os.path.join(self._attempts_path, f"{key[0]}-{key[1]}")
+        file)."""
+        return os.path.join(self._attempts_path, _folder_name(key))
+
+    def checkpoint_folder(self, key: Key) -> str:
+        """The folder an attempt saves its checkpoints in, as text (beside its artifact
+        folder: a checkpoint is not an artifact of the task)."""
+        return self.attempt_folder(key) + CHECKPOINTS_SUFFIX
 
     def attempt_dir(self, key: Key) -> Path:
         """:meth:`attempt_folder` as a Path."""
@@ -149,8 +153,7 @@ class Spool:
     def remove_attempt(self, key: Key) -> None:
         """Remove an attempt's files and checkpoints now (files it reported that cannot be
         kept: their room is wanted at once)."""
-        folder = self.attempt_folder(key)
-        for path in (folder, folder + CHECKPOINTS_SUFFIX):
+        for path in (self.attempt_folder(key), self.checkpoint_folder(key)):
             if os.path.lexists(path):
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -158,7 +161,7 @@ class Spool:
         """Have an attempt's files and checkpoints removed (it failed, was cancelled, or its
         result is stored) by the next :meth:`sweep`. Most attempts write none: looking for
         them at once took two system calls a task, at hundreds of tasks a second."""
-        self._discarded.add(f"{key[0]}-{key[1]}")
+        self._discarded.add(_folder_name(key))
 
     def sweep(self, keep: Collection[Key] = ()) -> None:
         """Remove the folders of the attempts discarded since the last sweep, with one
@@ -166,7 +169,7 @@ class Spool:
         re-delivered assignment of a discarded attempt), whose folders stay."""
         if not self._discarded:
             return
-        discarded = self._discarded - {f"{task_id}-{attempt}" for task_id, attempt in keep}
+        discarded = self._discarded - {_folder_name(key) for key in keep}
         self._discarded = set()
         with contextlib.suppress(OSError), os.scandir(self._attempts_path) as entries:
             for entry in entries:
@@ -247,3 +250,10 @@ class Spool:
         self._cached.pop(name, None)
         with contextlib.suppress(FileNotFoundError):
             (self.inputs / name).unlink()
+
+
+def _folder_name(key: Key) -> str:
+    """An attempt's artifact folder name in attempts/ (its checkpoint folder adds
+    ``CHECKPOINTS_SUFFIX``)."""
+    task_id, attempt = key
+    return f"{task_id}-{attempt}"

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from simproto.protocol import FileRef
-from worker_agent.spool import CHECKPOINTS_SUFFIX, Spool
+from worker_agent.spool import Spool
 
 
 def _input(spool: Spool, data: bytes) -> FileRef:
@@ -65,7 +65,7 @@ def test_a_sweep_removes_only_discarded_attempts_not_kept_ones(tmp_path: Path) -
         folder = Path(spool.attempt_folder(key))
         folder.mkdir()
         (folder / "x.bin").write_bytes(b"x")
-        Path(spool.attempt_folder(key) + CHECKPOINTS_SUFFIX).mkdir()
+        Path(spool.checkpoint_folder(key)).mkdir()
     stray = tmp_path / "attempts/e-1"
     stray.symlink_to(tmp_path / "inputs")  # a link: unlinked, what it names untouched
     for key in [("a", 1), ("b", 1), ("e", 1), ("never-ran", 1)]:
