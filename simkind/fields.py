@@ -109,8 +109,8 @@ def validate(kind: str, spec: Spec, params: Any) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ParamError(f"params for {yaml_repr(kind)} must be a mapping, "
                          f"got {type(params).__name__}")
-    unknown = sorted(str(name) for name in set(params) - set(spec))
-    if unknown:
+    if not params.keys() <= spec.keys():
+        unknown = sorted(str(name) for name in set(params) - set(spec))
         raise ParamError(f"{kind}: unknown parameter {yaml_repr(unknown[0])}: allowed are "
                          f"{', '.join(sorted(spec))}")
     return {name: check(f"{kind}.{name}", field, params[name])

@@ -190,6 +190,32 @@ ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 """Artifact names: a plain file name (no folders), at most 128 characters (as the protocol's)."""
 
 
+class _Folder:
+    """A folder field of :class:`Context`: kept as given (a ``Path`` or its text) and made a
+    ``Path`` when first read, which is recorded. A ``Path`` took some 20 us to build per task
+    with the caches cold, as a task process's are between two short tasks, and most tasks
+    never look at their folders. A run that never read its artifact folder (nor called
+    :meth:`Context.artifact`) cannot have written a file there, so the folder is not looked
+    for once the run returns: a task that makes no file costs no file-system call either."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.value, self.read = f"_{name}", f"_{name}_read"
+
+    def __get__(self, context: Context | None, owner: type | None = None) -> Path | None:
+        if context is None:
+            return None  # the field's default, as the dataclass asks for it
+        state = context.__dict__
+        folder = state[self.value]
+        if isinstance(folder, str):
+            folder = state[self.value] = Path(folder)
+        state[self.read] = True
+        return folder
+
+    def __set__(self, context: Context, folder: Path | str | None) -> None:
+        context.__dict__[self.value] = folder
+        context.__dict__[self.read] = False
+
+
 @dataclass
 class Context:
     """What a run function is handed besides its params and seed.
@@ -201,7 +227,8 @@ class Context:
     configurations, anything): every file in ``artifact_dir`` when the run function returns
     is an artifact of the task, brought back to the main PC exactly once with its result.
     ``artifact_dir`` is None where nothing collects files (a direct call of the run
-    function); ``wants_artifacts`` tells. ``inputs`` maps input names to the files the task
+    function); ``wants_artifacts`` tells. Both folders may be given as text: they read as
+    ``Path``\ s, made on first use. ``inputs`` maps input names to the files the task
     was given (``init``: the configuration a chained task starts from; ``checkpoint``: the
     checkpoint a resumed attempt starts from).
 
@@ -217,10 +244,10 @@ class Context:
 
     task_id: str = ""
     report: Callable[[float], None] | None = None
-    artifact_dir: Path | None = None
+    artifact_dir: _Folder = _Folder()
     inputs: Mapping[str, Path] = field(default_factory=dict)
     checkpoint_every_s: float = 0.0
-    checkpoint_dir: Path | None = None
+    checkpoint_dir: _Folder = _Folder()
     on_checkpoint: Callable[[int, Path], None] | None = None
     on_resume: Callable[[int, str], None] | None = None
     resumed_step: int = field(default=0, init=False)
@@ -241,7 +268,12 @@ class Context:
     @property
     def wants_artifacts(self) -> bool:
         """Whether files written through :meth:`artifact` are collected."""
-        return self.artifact_dir is not None
+        return self.__dict__["_artifact_dir"] is not None  # asking is not looking in it
+
+    def folder_written(self) -> Path | None:
+        """The artifact folder if the run may have written to it (it read
+        :attr:`artifact_dir` or called :meth:`artifact`), else None."""
+        return self.artifact_dir if self.__dict__["_artifact_dir_read"] else None
 
     def artifact(self, name: str) -> Path:
         """Where to write the artifact ``name`` (a plain file name); SimulationError-free:

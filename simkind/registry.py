@@ -164,8 +164,8 @@ def run_function(target: str) -> RunFunction:
 
 
 def execute(loaded: LoadedKind, params: dict[str, Any], seed: int,
-            context: Context | None = None, function: RunFunction | None = None
-            ) -> dict[str, Any]:
+            context: Context | None = None, function: RunFunction | None = None, *,
+            validated: bool = False) -> dict[str, Any]:
     """Validate and run one task of ``loaded``; return its JSON-serialisable result.
 
     Keys: kind, params (validated), seed, observables (name -> list of float), summary (name
@@ -175,10 +175,13 @@ def execute(loaded: LoadedKind, params: dict[str, Any], seed: int,
     and SimulationError when the run fails or returns something that is not an
     :class:`Output` of finite numbers; :class:`~simkind.checkpoint.Preempted` passes
     through (the run stopped at a checkpoint, as asked). ``function`` stands in for the
-    kind's run target (a caller choosing options of its own kind).
+    kind's run target (a caller choosing options of its own kind). ``validated``: the params
+    are what this kind's ``validate`` returned already (the worker checked them before it
+    handed the task to its task process), so they are not checked twice.
     """
     kind = loaded.kind
-    params = kind.validate(params)
+    if not validated:
+        params = kind.validate(params)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ParamError(f"seed = {seed!r}: must be an integer in [0, 2**63)")
     function = function or run_function(kind.run)
@@ -208,7 +211,7 @@ def execute(loaded: LoadedKind, params: dict[str, Any], seed: int,
         "kind": kind.name,
         "params": params,
         "seed": seed,
-        "artifacts": artifact_manifest(kind.name, context.artifact_dir),
+        "artifacts": artifact_manifest(kind.name, context.folder_written()),
         "observables": observables,
         "summary": {str(name): _finite(kind.name, f"summary {name}", value)
                     for name, value in output.summary.items()},
@@ -237,6 +240,12 @@ def _series(kind: str, name: str, values: Any) -> tuple[list[float], list[int]]:
     the metadata (``observable_shapes``)."""
     if hasattr(values, "tolist"):  # a numpy array, without importing numpy here
         values = values.tolist()
+    if type(values) is list and all(type(x) is float for x in values) \
+            and math.isfinite(sum(values)):
+        # The common case, per task: a flat series of floats. A sum is finite only when
+        # every term is (an infinite or NaN term makes it inf or NaN; an overflowing sum of
+        # finite terms falls through to the check of each).
+        return values, [len(values)]
     shape: list[int] = []
     level = values
     while isinstance(level, list | tuple):
@@ -250,8 +259,14 @@ def _series(kind: str, name: str, values: Any) -> tuple[list[float], list[int]]:
     return [_finite(kind, f"observable {name}", x) for x in flat], shape
 
 
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+"""Types :func:`plain` returns unchanged (floats are checked to be finite)."""
+
+
 def plain(value: Any) -> Any:
     """``value`` with numpy scalars and arrays turned into JSON-ready Python objects."""
+    if type(value) in _PLAIN_SCALARS:  # most metadata values: nothing to turn
+        return value
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

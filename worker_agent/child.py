@@ -2,7 +2,8 @@
 
 It talks to the agent over one pipe (both ends are this project's own processes, so the
 pipe carries pickled frozen dataclasses of this module, each pickled as its class and field
-values; nothing from the network reaches it unchecked). Requests: :class:`Run` and
+values, through :func:`send` and :func:`receive`; nothing from the network reaches it
+unchecked). Requests: :class:`Run` and
 :class:`Stop`. Replies: :class:`Ready`, :class:`Progress`, :class:`Checkpointed`,
 :class:`Resumed`, :class:`Done`, :class:`Failed` and :class:`HandedBack`. SIGUSR1 asks the
 running task to save a checkpoint at its next save point and stop there (a warm stop of the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pickle
 import signal
 import time
 from dataclasses import dataclass
@@ -43,9 +45,11 @@ class PipeMessage:
 
 @dataclass(frozen=True)
 class Run(PipeMessage):
-    """Agent -> child: run one kernel call; the task writes its files into ``artifact_dir``
-    (its attempt's folder in the spool) and reads its input files from ``inputs``. Paths
-    travel as text: a pickled ``Path`` is rebuilt from its parts, several times slower."""
+    """Agent -> child: run one kernel call with ``params`` as the kind validated them (in the
+    agent, which fails a task with bad params itself); the task writes its files into
+    ``artifact_dir`` (its attempt's folder in the spool) and reads its input files from
+    ``inputs``. Paths travel as text: a pickled ``Path`` is rebuilt from its parts, several
+    times slower."""
 
     task_id: str
     kind: str
@@ -137,6 +141,18 @@ Reply = Ready | Progress | Checkpointed | Resumed | Done | Failed | HandedBack
 """What a child sends the agent."""
 
 
+def send(conn: Connection, message: PipeMessage) -> None:
+    """Send one message down the pipe. The plain pickler: the one ``Connection.send`` uses
+    (multiprocessing's, for file descriptors and sockets, which never travel here) copies
+    the table of reducers for every message, and every task sends two."""
+    conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+
+
+def receive(conn: Connection) -> Any:
+    """The next message of the pipe (EOFError or OSError once the other end is gone)."""
+    return pickle.loads(conn.recv_bytes())
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this child when the agent dies, so no orphan keeps computing."""
     with contextlib.suppress(OSError, AttributeError):
@@ -153,15 +169,15 @@ def child_main(conn: Connection) -> None:
     signal.signal(signal.SIGUSR1, _on_checkpoint_stop)
     _die_with_parent()
     kinds = _load_kinds()  # before "ready", so the first task pays no import
-    conn.send(Ready(os.getpid()))
+    send(conn, Ready(os.getpid()))
     while True:
         try:
-            request = conn.recv()
+            request = receive(conn)
         except (EOFError, OSError):
             return  # the agent is gone
         match request:
             case Run():
-                conn.send(_run(conn, kinds, request))
+                send(conn, _run(conn, kinds, request))
             case _:
                 return  # Stop
 
@@ -198,28 +214,28 @@ def _run(conn: Connection, kinds: simkind.Registry, request: Run) -> Done | Fail
         now = time.monotonic()
         if now - last_sent >= PROGRESS_INTERVAL_S and fraction < 1.0:
             last_sent = now
-            conn.send(Progress(task_id, max(float(fraction), 0.0)))
+            send(conn, Progress(task_id, max(float(fraction), 0.0)))
 
     saved = False
 
     def checkpointed(step: int, path: Path) -> None:
         nonlocal saved
-        conn.send(Checkpointed(task_id, step, path, *hash_file(path)))
+        send(conn, Checkpointed(task_id, step, path, *hash_file(path)))
         saved = True
 
     def resumed(step: int, note: str) -> None:
-        conn.send(Resumed(task_id, step, note))
+        send(conn, Resumed(task_id, step, note))
 
     started_at = time.time()
-    context = simkind.Context(task_id, progress, artifact_dir=Path(request.artifact_dir),
+    context = simkind.Context(task_id, progress, artifact_dir=request.artifact_dir,
                               inputs={name: Path(path) for name, path in request.inputs.items()},
                               checkpoint_every_s=request.checkpoint_every_s,
-                              checkpoint_dir=(Path(request.checkpoint_dir)
-                                              if request.checkpoint_dir is not None else None),
+                              checkpoint_dir=request.checkpoint_dir,
                               on_checkpoint=checkpointed, on_resume=resumed)
     _running = context
     try:
-        output = simkind.execute(kinds.get(request.kind), request.params, request.seed, context)
+        output = simkind.execute(kinds.get(request.kind), request.params, request.seed, context,
+                                 validated=True)
     except simkind.Preempted:
         if saved:
             return HandedBack(task_id, started_at, time.time())

@@ -33,6 +33,8 @@ from worker_agent.child import (
     Run,
     Stop,
     child_main,
+    receive,
+    send,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ class Job:
     """One attempt of one task while it is on a slot (or fetching its inputs for one)."""
 
     assignment: Assignment
+    params: dict[str, Any]
+    """The assignment's params as its kind validated them (defaults filled in): what the
+    task process runs, without checking them again."""
     folder: str
     """Its attempt's artifact folder in the spool, as text: every task needs it so, for the
     pipe, and few as a ``Path`` (:attr:`artifact_dir`)."""
@@ -162,7 +167,7 @@ class ChildPool:
         for slot in self.slots:
             if slot.conn is not None and slot.process is not None and slot.process.is_alive():
                 try:
-                    slot.conn.send(Stop())
+                    send(slot.conn, Stop())
                 except OSError:
                     slot.process.kill()
         for slot in self.slots:
@@ -228,9 +233,9 @@ class ChildPool:
         slot.job_started_at = time.time()
         slot.job_sent = True
         with contextlib.suppress(OSError):  # a dead child's sentinel reports it on the next poll
-            slot.conn.send(Run(a.task_id, a.kind, a.params, a.seed, job.folder,
-                               {name: str(path) for name, path in job.inputs.items()},
-                               a.checkpoint_every_s, job.checkpoint_folder))
+            send(slot.conn, Run(a.task_id, a.kind, job.params, a.seed, job.folder,
+                                {name: str(path) for name, path in job.inputs.items()},
+                                a.checkpoint_every_s, job.checkpoint_folder))
 
     def request_checkpoint_stop(self, slot: Slot) -> None:
         """Ask the slot's task to save a checkpoint at its next save point and stop there
@@ -303,7 +308,7 @@ class ChildPool:
         """Handle one message of the slot's child; False when its pipe is closed."""
         assert slot.conn is not None
         try:
-            message = slot.conn.recv()
+            message = receive(slot.conn)
         except (EOFError, OSError):
             return False  # the child is gone; its sentinel gets it replaced
         outcome = self._handle(slot, message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import pickle
 import typing
 from pathlib import Path
@@ -42,3 +43,14 @@ def test_a_message_pickles_as_its_class_and_fields_and_comes_back_equal(
     assert cls is type(message)
     assert dataclasses.is_dataclass(message)
     assert values == tuple(getattr(message, f.name) for f in dataclasses.fields(message))
+
+
+def test_every_message_crosses_a_real_pipe_whole_and_in_order() -> None:
+    agent_end, child_end = multiprocessing.Pipe(duplex=True)
+    with agent_end, child_end:
+        for message in SAMPLES:
+            child.send(agent_end, message)
+        assert [child.receive(child_end) for _ in SAMPLES] == SAMPLES
+        agent_end.close()
+        with pytest.raises(EOFError):
+            child.receive(child_end)  # the other end is gone, as the child loop expects

@@ -3,6 +3,7 @@ handed back after a checkpoint, or failed when a kind raises Preempted with none
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,13 @@ def preempted_without_a_checkpoint(params: dict[str, Any], seed: int,
 
 
 class Pipe:
-    """The child's end of the pipe: what it sent."""
+    """The child's end of the pipe: what it sent, unpickled."""
 
     def __init__(self) -> None:
         self.sent: list[child.PipeMessage] = []
 
-    def send(self, message: child.PipeMessage) -> None:
-        self.sent.append(message)
+    def send_bytes(self, data: bytes) -> None:
+        self.sent.append(pickle.loads(data))
 
 
 def run(function: str, tmp_path: Path) -> tuple[child.PipeMessage, list[child.PipeMessage]]:

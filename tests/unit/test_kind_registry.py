@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,41 @@ def test_a_run_becomes_plain_json_with_its_provenance() -> None:
     assert (meta["kind"], meta["kind_version"], meta["package"], meta["package_version"]) == (
         "toy", "2.1", "lab-kinds", "3.0")
     json.dumps(out, allow_nan=False)  # what the wire needs
+
+
+def writes_through_the_folder(params: dict[str, Any], seed: int, context: Context) -> Output:
+    assert context.artifact_dir is not None
+    context.artifact_dir.mkdir()
+    (context.artifact_dir / "direct.txt").write_text("written without context.artifact")
+    return Output()
+
+
+def test_the_files_a_run_wrote_are_listed_however_it_reached_its_folder(tmp_path: Path) -> None:
+    [loaded] = discover([entry_point("toy", f"{__name__}:TOY")]).kinds.values()
+    folder = tmp_path / "attempt"
+    out = simkind.execute(loaded, {}, 1, Context(artifact_dir=str(folder)),
+                          function=writes_through_the_folder)
+    assert [f["name"] for f in out["artifacts"]] == ["direct.txt"]
+
+    def through_artifact(params: dict[str, Any], seed: int, context: Context) -> Output:
+        context.artifact("made.txt").write_text("x")
+        return Output()
+
+    again = tmp_path / "again"
+    out = simkind.execute(loaded, {}, 1, Context(artifact_dir=again), function=through_artifact)
+    assert [f["name"] for f in out["artifacts"]] == ["made.txt"]
+    assert Context(artifact_dir=str(again)).artifact_dir == again  # text becomes a Path
+
+
+def test_a_run_that_never_looked_at_its_folder_has_it_not_listed(tmp_path: Path) -> None:
+    # A run cannot write where it never looked: the folder is not even looked for, so a
+    # file someone else left there (here on purpose) is not taken for the task's.
+    [loaded] = discover([entry_point("toy", f"{__name__}:TOY")]).kinds.values()
+    (tmp_path / "left-by-someone.txt").write_text("not the task's")
+    context = Context(artifact_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "ck"))
+    assert context.wants_artifacts and context.folder_written() is None
+    out = simkind.execute(loaded, {}, 1, context)
+    assert out["artifacts"] == []
 
 
 def test_a_run_that_returns_non_finite_numbers_or_no_output_fails() -> None:
