@@ -755,20 +755,20 @@ class Scheduler:
             result.worker_id,
             result.session,
         )
-        who = f"{result.task_id} attempt {result.attempt} from {result.worker_id}"
         if lease is not None and current:
             task_run, task_state = lease.task.run_id, TaskState.ASSIGNED.value
         else:
             known = self.ledger.assigned_attempt(result.task_id, result.attempt)
             if known is None:
                 # Expected when several ledgers share a broker: the other one stores it.
-                self.reject(Rejection.UNKNOWN_TASK, f"result of {who}", now, quiet=True)
+                self.reject(Rejection.UNKNOWN_TASK, f"result of {_sender(result)}", now,
+                            quiet=True)
                 return
             task_run, task_state, assigned_worker, assigned_session = known
             if (assigned_worker, assigned_session) != (result.worker_id, result.session):
                 self.reject(
                     Rejection.NOT_ASSIGNED,
-                    f"result of {who} session {result.session}: that attempt was "
+                    f"result of {_sender(result)} session {result.session}: that attempt was "
                     + (
                         f"assigned to {assigned_worker} session {assigned_session}"
                         if assigned_worker
@@ -778,7 +778,8 @@ class Scheduler:
                 )
                 return
         if result.run_id != task_run:
-            self.reject(Rejection.WRONG_RUN, f"result of {who} names run {result.run_id}", now)
+            self.reject(Rejection.WRONG_RUN,
+                        f"result of {_sender(result)} names run {result.run_id}", now)
             return
         if task_state in FINISHED:
             outcome = Outcome.DUPLICATE
@@ -1166,3 +1167,7 @@ def _inputs_of(task: LiveTask, run: RunView) -> list[FileRef]:
                               checkpoint.file.sha256))
     return inputs
 
+
+def _sender(result: Result) -> str:
+    """Whose result it is, for a refusal (built only then: most results are stored)."""
+    return f"{result.task_id} attempt {result.attempt} from {result.worker_id}"

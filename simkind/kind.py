@@ -227,8 +227,8 @@ class Context:
     configurations, anything): every file in ``artifact_dir`` when the run function returns
     is an artifact of the task, brought back to the main PC exactly once with its result.
     ``artifact_dir`` is None where nothing collects files (a direct call of the run
-    function); ``wants_artifacts`` tells. Both folders may be given as text: they read as
-    ``Path``\ s, made on first use. ``inputs`` maps input names to the files the task
+    function); ``wants_artifacts`` tells. Both folders may be given as text: each reads as a
+    ``Path``, made on first use. ``inputs`` maps input names to the files the task
     was given (``init``: the configuration a chained task starts from; ``checkpoint``: the
     checkpoint a resumed attempt starts from).
 

@@ -619,6 +619,11 @@ class ResultState(str, Enum):
     CANCELLED = "cancelled"
 
 
+_RESULT_STATES = frozenset(state.value for state in ResultState)
+"""The values of :class:`ResultState`, checked on every result (a set look-up, not the
+enum's own, which goes through its metaclass)."""
+
+
 @dataclass(frozen=True)
 class Result(Message):
     """The outcome of one attempt; kept by the worker until acknowledged.
@@ -654,7 +659,9 @@ class Result(Message):
         check_id(self.worker_id, "worker id")
         check_id(self.run_id, "run id")
         check_id(self.task_id, "task id")
-        ResultState(self.state)
+        if self.state not in _RESULT_STATES:
+            raise ValueError(f"state {self.state!r} must be one of "
+                             f"{', '.join(sorted(_RESULT_STATES))}")
         file_refs(self.artifacts, "artifacts")
 
     @property
