@@ -170,12 +170,10 @@ def simulate(kind: str, params: dict[str, Any], seed: int,
                          ">= 0 (0: no periodic checkpoints)")
     if resume_from is not None:
         given[CHECKPOINT_INPUT] = resume_from
-    context = simkind.Context(report=progress,
-                              artifact_dir=None if artifact_dir is None else Path(artifact_dir),
+    context = simkind.Context(report=progress, artifact_dir=artifact_dir,
                               inputs={name: Path(path) for name, path in given.items()},
                               checkpoint_every_s=float(checkpoint_every_s),
-                              checkpoint_dir=None if checkpoint_dir is None
-                              else Path(checkpoint_dir))
+                              checkpoint_dir=checkpoint_dir)
     loaded = simkind.installed().get(kind)
     return simkind.execute(loaded, params, seed, context,
                            function=functools.partial(_output, kind, backend=backend))

@@ -109,9 +109,9 @@ def validate(kind: str, spec: Spec, params: Any) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ParamError(f"params for {yaml_repr(kind)} must be a mapping, "
                          f"got {type(params).__name__}")
-    if not params.keys() <= spec.keys():
-        unknown = sorted(str(name) for name in set(params) - set(spec))
-        raise ParamError(f"{kind}: unknown parameter {yaml_repr(unknown[0])}: allowed are "
+    if unknown := params.keys() - spec.keys():
+        first = min(str(name) for name in unknown)
+        raise ParamError(f"{kind}: unknown parameter {yaml_repr(first)}: allowed are "
                          f"{', '.join(sorted(spec))}")
     return {name: check(f"{kind}.{name}", field, params[name])
             if params.get(name) is not None else field.default

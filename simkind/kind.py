@@ -215,6 +215,17 @@ class _Folder:
         context.__dict__[self.value] = folder
         context.__dict__[self.read] = False
 
+    def given(self, context: Context) -> Path | str | None:
+        """The folder as given, without reading it (no Path made, not marked as looked at)."""
+        return context.__dict__[self.value]
+
+    def was_read(self, context: Context) -> bool:
+        return context.__dict__[self.read]
+
+
+_ARTIFACT_DIR = _Folder()
+"""Behind :attr:`Context.artifact_dir` (its methods tell what the run did with it)."""
+
 
 @dataclass
 class Context:
@@ -244,7 +255,7 @@ class Context:
 
     task_id: str = ""
     report: Callable[[float], None] | None = None
-    artifact_dir: _Folder = _Folder()
+    artifact_dir: _Folder = _ARTIFACT_DIR
     inputs: Mapping[str, Path] = field(default_factory=dict)
     checkpoint_every_s: float = 0.0
     checkpoint_dir: _Folder = _Folder()
@@ -268,12 +279,12 @@ class Context:
     @property
     def wants_artifacts(self) -> bool:
         """Whether files written through :meth:`artifact` are collected."""
-        return self.__dict__["_artifact_dir"] is not None  # asking is not looking in it
+        return _ARTIFACT_DIR.given(self) is not None  # asking is not looking in it
 
     def folder_written(self) -> Path | None:
         """The artifact folder if the run may have written to it (it read
         :attr:`artifact_dir` or called :meth:`artifact`), else None."""
-        return self.artifact_dir if self.__dict__["_artifact_dir_read"] else None
+        return self.artifact_dir if _ARTIFACT_DIR.was_read(self) else None
 
     def artifact(self, name: str) -> Path:
         """Where to write the artifact ``name`` (a plain file name); SimulationError-free:

@@ -611,7 +611,7 @@ class Agent:
     def handle_assignment(self, a: Assignment) -> None:
         """Run an assignment, or reject it (no free slot, draining), or fail it (bad params)."""
         key = (a.task_id, a.attempt)
-        if key in self.held or self._holds(key):
+        if key in self.held or any(job.key == key for job in self._jobs()):
             log.debug("ignoring duplicate assignment %s attempt %d", *key)
             return
         refusal = None
@@ -623,8 +623,7 @@ class Agent:
             refusal = f"worker {self.config.worker_id} is {self.state.value}"
         elif self._free_slots() == 0:
             refusal = f"no free slot: all {self.config.slots} slots are busy"
-        elif not self._spool_room(max(1, self.fetcher.receiving_bytes(missing) if missing else 0),
-                                  refs):
+        elif not self._spool_room(max(1, self.fetcher.receiving_bytes(missing)), refs):
             refusal = (f"spool full: {self.spool.describe_use()}; raise --spool-max-bytes (or "
                        "let simctl fetch what it holds)")
         elif installed is None:
@@ -843,11 +842,6 @@ class Agent:
     def _jobs(self) -> list[Job]:
         """Every attempt holding a slot: on a child, or fetching its inputs."""
         return self.pool.jobs() + self.fetcher.jobs()
-
-    def _holds(self, key: tuple[str, int]) -> bool:
-        """Whether the attempt ``key`` holds a slot (per assignment: no list of the jobs)."""
-        return any(slot.job is not None and slot.job.key == key for slot in self.pool.slots) \
-            or key in self.fetcher.fetches
 
     def _free_slots(self) -> int:
         return self.pool.free - len(self.fetcher.fetches)
