@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from simctl.errors import InputError, LedgerError, LedgerWriteError, RunActive, UnknownRun
 from simproto.protocol import CheckpointRef, FileRef, Result, encode_series
@@ -340,9 +340,10 @@ class RunInfo:
         }
 
 
-@dataclass(frozen=True)
-class LiveTask:
-    """What the dispatcher keeps in memory of an unfinished task."""
+class LiveTask(NamedTuple):
+    """What the dispatcher keeps in memory of an unfinished task (a named tuple: the
+    dispatcher loads every unfinished task of a run at once, and a tuple is made several
+    times faster than a frozen dataclass; ``_replace`` makes a changed copy)."""
 
     task_id: str
     run_id: str
@@ -561,20 +562,27 @@ class Ledger:
         for another of this run is never reused (its input is not known yet).
         """
         from simctl.chains import NOTHING
-        from simctl.taskfile import reuse_key
+        from simctl.taskfile import ReuseKeys
 
         run_id = new_run_id()
         spec = {"text": taskfile.text, "seed_given": taskfile.seed_given}
         starts = starts or [NOTHING] * len(taskfile.tasks)
+        keys = ReuseKeys()
+        last_params: tuple[dict[str, Any] | None, str] = (None, "")
 
         def row(t: TaskSpec, start: Start) -> tuple[Any, ...]:
-            digests = tuple(ref.sha256 for ref in start.inputs)
-            key = None if start.waits_for is not None else reuse_key(
+            nonlocal last_params
+            if t.params is not last_params[0]:  # replicas, one after another, share a dict
+                last_params = (t.params, json.dumps(t.params))
+            if start.inputs:
+                digests = tuple(ref.sha256 for ref in start.inputs)
+                inputs = json.dumps([ref.to_json() for ref in start.inputs])
+            else:
+                digests, inputs = (), None
+            key = None if start.waits_for is not None else keys.key(
                 t.kind, t.kind_version, t.params, t.seed, digests)
-            inputs = json.dumps([ref.to_json() for ref in start.inputs]) \
-                if start.inputs else None
             waits = f"{run_id}.{start.waits_for}" if start.waits_for is not None else None
-            return (f"{run_id}.{t.index}", run_id, t.index, t.kind, json.dumps(t.params),
+            return (f"{run_id}.{t.index}", run_id, t.index, t.kind, last_params[1],
                     t.seed, t.kind_version, key, inputs, waits)
 
         rows = (row(t, start) for t, start in zip(taskfile.tasks, starts, strict=True))

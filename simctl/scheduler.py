@@ -895,8 +895,8 @@ class Scheduler:
             return
         # First in line again: it has waited longest, and a late result of the lost attempt
         # then meets the new attempt early rather than at the end of the run.
-        run.enqueue(replace(task, attempt=lease.attempt, tries=tries, lost=lost_count,
-                            worker_id=None, session=None), first=True)
+        run.enqueue(task._replace(attempt=lease.attempt, tries=tries, lost=lost_count,
+                                  worker_id=None, session=None), first=True)
 
     # ------------------------------------------------------------ artifacts
 
@@ -992,7 +992,7 @@ class Scheduler:
         if ref is not None:
             for task in tasks:
                 self.ledger.set_inputs(task.task_id, [ref])
-                run.enqueue(replace(task, inputs=json.dumps([ref.to_json()])))
+                run.enqueue(task._replace(inputs=json.dumps([ref.to_json()])))
             run.dirty = True
             return
         state = self.ledger.task_state(source)

@@ -242,12 +242,38 @@ def reuse_key(kind: str, version: str | None, params: dict[str, Any], seed: int,
               inputs: tuple[str, ...] = ()) -> str:
     """What makes two tasks the same computation: kind, kind version, validated params and
     seed, and the SHA-256 of every input file it starts from (a done task with the same key
-    is reused instead of run again)."""
-    content: dict[str, Any] = {"kind": kind, "version": version, "params": params,
-                               "seed": seed}
-    if inputs:
-        content["inputs"] = list(inputs)
-    return _digest(content)
+    is reused instead of run again). The key is the SHA-256 of the canonical JSON (sorted
+    keys, no spaces) of ``{"inputs", "kind", "params", "seed", "version"}`` (``inputs``
+    only when there are some): keys stored by earlier versions stay valid."""
+    return ReuseKeys().key(kind, version, params, seed, inputs)
+
+
+class ReuseKeys:
+    """The reuse keys of a run's tasks, in order. Everything before the seed in a key's
+    canonical text is hashed once for consecutive tasks of the same kind, version, params
+    (the same dict: the replicas of a point share theirs) and inputs; each task then adds
+    its seed. Submitting a sweep of many replicas spends its time storing them, not hashing
+    the same params again."""
+
+    def __init__(self) -> None:
+        self._last: tuple[str, str | None, dict[str, Any], tuple[str, ...]] | None = None
+        self._head = hashlib.sha256()
+        self._tail = ""
+
+    def key(self, kind: str, version: str | None, params: dict[str, Any], seed: int,
+            inputs: tuple[str, ...] = ()) -> str:
+        last = self._last
+        if last is None or last[2] is not params or last[0] != kind or last[1] != version \
+                or last[3] != inputs:
+            # The canonical text's keys in sorted order: inputs, kind, params, seed, version.
+            head = f'"inputs":{_canonical(list(inputs))},' if inputs else ""
+            head += f'"kind":{_canonical(kind)},"params":{_canonical(params)},"seed":'
+            self._head = hashlib.sha256(f"{{{head}".encode())
+            self._tail = f',"version":{_canonical(version)}}}'
+            self._last = (kind, version, params, inputs)
+        digest = self._head.copy()
+        digest.update(f"{seed}{self._tail}".encode())
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -281,9 +307,12 @@ class TaskFile:
         return {t.kind: t.kind_version for t in self.tasks}
 
 
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def _digest(value: Any) -> str:
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(_canonical(value).encode()).hexdigest()
 
 
 def task_seed(run_seed: int, kind: str, params: dict[str, Any], occurrence: int) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from simctl.errors import InputError, LedgerError, UnknownRun
 from simctl.ledger import SCHEMA_VERSION, Ledger, RunInfo, complete_run_ids
-from simctl.taskfile import parse_text
+from simctl.taskfile import parse_text, reuse_key
 from simproto.protocol import Result
 
 SWEEP = "name: t\nseed: 7\nmax_attempts: 2\ntasks:\n  - kind: sleep\n    replicas: 3\n"
@@ -402,6 +402,13 @@ def test_a_schema_4_ledger_migrates_in_place_with_no_checkpoints(tmp_path: Path)
     running = [t for t in ledger.task_states(info.run_id) if t["state"] == "assigned"]
     assert [(t["progress"], t["resumed_at_step"]) for t in running] == [(0.0, None)]
     assert ledger.attempts(running[0]["task_id"])[0]["start_step"] is None
+    # The reuse keys it stored are those this version computes: its done task is reused.
+    stored = ledger.db.execute(
+        "SELECT kind, kind_version, params, seed, inputs, reuse_key FROM tasks").fetchall()
+    assert stored and all(
+        key == reuse_key(kind, version, json.loads(params), seed,
+                         tuple(ref["sha256"] for ref in json.loads(inputs or "[]")))
+        for kind, version, params, seed, inputs, key in stored)
 
 
 def test_checkpoints_replace_each_other_and_keep_their_objects_named(tmp_path: Path) -> None:

@@ -6,13 +6,21 @@ import hashlib
 import json
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from ckernel.params import LJ
 from simctl.errors import TaskFileError
-from simctl.taskfile import DEFAULT_MAX_ATTEMPTS, load, parse_text, task_seed
+from simctl.taskfile import (
+    DEFAULT_MAX_ATTEMPTS,
+    ReuseKeys,
+    load,
+    parse_text,
+    reuse_key,
+    task_seed,
+)
 from simkind.fields import simulated
 
 ISSUE_EXAMPLE = """\
@@ -200,3 +208,36 @@ def test_yaml_nested_too_deeply_is_an_input_error() -> None:
     error = error_of("name: a\nseed: 1\ntasks:\n  - kind: sleep\n    params: {seconds: "
                      + "[" * depth + "]" * depth + "}\n")
     assert "invalid YAML: nested too deeply" in str(error)
+
+
+def test_reuse_keys_are_the_digest_of_the_canonical_task_whatever_the_order() -> None:
+    """ReuseKeys hashes what comes before the seed once for consecutive tasks of one params
+    dict; every key must still be the SHA-256 of the task's canonical JSON, as stored by
+    earlier versions (a different text would stop old results from being reused)."""
+    def canonical(kind: str, version: str | None, params: dict[str, Any], seed: int,
+                  inputs: tuple[str, ...]) -> str:
+        content: dict[str, Any] = {"kind": kind, "version": version, "params": params,
+                                   "seed": seed}
+        if inputs:
+            content["inputs"] = list(inputs)
+        text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    shared = {"seconds": 0.5, "note": "ünïcode \"quoted\"", "nested": {"b": [1, 2.5], "a": None}}
+    same_text = dict(shared)  # equal to shared, another dict
+    tasks: list[tuple[str, str | None, dict[str, Any], int, tuple[str, ...]]] = [
+        ("sleep", "0.1.0", shared, 1, ()),
+        ("sleep", "0.1.0", shared, 2**63 - 1, ()),  # a replica: same dict, another seed
+        ("sleep", None, shared, 3, ()),  # same dict, no version recorded
+        ("lj", "0.1.0", shared, 3, ()),  # same dict, another kind
+        ("lj", "0.1.0", shared, 3, ("a" * 64,)),  # same dict, with an input
+        ("lj", "0.1.0", shared, 3, ("b" * 64, "a" * 64)),
+        ("lj", "0.1.0", same_text, 0, ()),
+        ("sleep", "0.1.0", {}, 4, ()),
+    ]
+    keys = ReuseKeys()
+    for task in tasks:
+        expected = canonical(*task)
+        assert keys.key(*task) == expected, task
+        assert reuse_key(*task) == expected, task
+    assert len({keys.key(*task) for task in tasks}) == len(tasks)
