@@ -168,11 +168,12 @@ class Dispatcher:
         """Dispatch until ``until(self)`` is true; ``tick`` runs after every pass."""
         if self.client is None:
             self.connect()
-        self.publish(self.scheduler.decide([], time.monotonic()))
-        while not until(self):
-            self.step()
-            if tick is not None:
-                tick()
+        with self.ledger.checkpoints_in_background():
+            self.publish(self.scheduler.decide([], time.monotonic()))
+            while not until(self):
+                self.step()
+                if tick is not None:
+                    tick()
         now = time.monotonic()
         self.flush(now, force=True)
         self._publish_progress(self.scheduler.due_progress(now, force=True))

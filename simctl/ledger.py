@@ -533,6 +533,21 @@ class Ledger:
             raise LedgerWriteError(f"cannot write the ledger {self.path}: {e}") from e
 
     @contextmanager
+    def checkpoints_in_background(self) -> Iterator[None]:
+        """Inside: this connection's commits never checkpoint the log; a thread does
+        (:mod:`simctl.wal`, which says why). The dispatcher serves inside this."""
+        from simctl.wal import DEFAULT_AUTOCHECKPOINT_PAGES, BackgroundCheckpoints
+
+        checkpoints = BackgroundCheckpoints(self.path, BUSY_TIMEOUT_MS / 1000)
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        checkpoints.start()
+        try:
+            yield
+        finally:
+            checkpoints.stop()
+            self.db.execute(f"PRAGMA wal_autocheckpoint={DEFAULT_AUTOCHECKPOINT_PAGES}")
+
+    @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Inside a batch: undo the writes of this block alone if it raises."""
         self.db.execute("SAVEPOINT one")

@@ -459,3 +459,35 @@ def test_deleting_a_run_keeps_the_files_another_run_still_names(tmp_path: Path) 
     assert ledger.digests_only_in(first) == {own}
     assert ledger.delete_run(first) == {own}  # the input of the second run stays
     assert ledger.delete_run(second) == {shared}
+
+
+def _in_database_file(ledger: Ledger) -> bool:
+    """Whether every page of the ledger is in its main file, not only in the log."""
+    pages = ledger.db.execute("PRAGMA page_count").fetchone()[0]
+    size = ledger.db.execute("PRAGMA page_size").fetchone()[0]
+    return ledger.path.stat().st_size >= pages * size
+
+
+def test_the_log_is_checkpointed_by_a_thread_while_the_dispatcher_serves(
+        tmp_path: Path) -> None:
+    """Inside checkpoints_in_background the ledger's own commits never checkpoint (their
+    pages stay in the log), and the thread copies them into the database file."""
+    import threading
+
+    big = SWEEP.replace("replicas: 3", "replicas: 2000")
+    alone = Ledger(tmp_path / "alone.sqlite")
+    alone.db.execute("PRAGMA wal_autocheckpoint=0")  # what the dispatcher's connection gets
+    alone.create_run(parse_text(big, Path("t.yaml")))
+    time.sleep(0.5)
+    assert not _in_database_file(alone)  # nobody checkpointed: the pages are in the log
+
+    ledger = Ledger(tmp_path / "served.sqlite")
+    with ledger.checkpoints_in_background():
+        assert ledger.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        ledger.create_run(parse_text(big, Path("t.yaml")))
+        deadline = time.monotonic() + 10
+        while not _in_database_file(ledger) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _in_database_file(ledger)
+    assert ledger.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    assert "ledger-checkpoints" not in [t.name for t in threading.enumerate()]
