@@ -536,16 +536,17 @@ class Ledger:
     def checkpoints_in_background(self) -> Iterator[None]:
         """Inside: this connection's commits never checkpoint the log; a thread does
         (:mod:`simctl.wal`, which says why). The dispatcher serves inside this."""
-        from simctl.wal import DEFAULT_AUTOCHECKPOINT_PAGES, BackgroundCheckpoints
+        from simctl.wal import BackgroundCheckpoints
 
         checkpoints = BackgroundCheckpoints(self.path, BUSY_TIMEOUT_MS / 1000)
+        pages = self.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         self.db.execute("PRAGMA wal_autocheckpoint=0")
         checkpoints.start()
         try:
             yield
         finally:
             checkpoints.stop()
-            self.db.execute(f"PRAGMA wal_autocheckpoint={DEFAULT_AUTOCHECKPOINT_PAGES}")
+            self.db.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")  # as it was
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:

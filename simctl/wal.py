@@ -21,14 +21,17 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from simproto.ratelimit import RateLimit
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_S = 0.1
 """Pause between two checkpoints. At the dispatcher's fastest (about a thousand passes a
 second, ten pages each) SQLite's own threshold of 1,000 pages came about as often."""
 
-DEFAULT_AUTOCHECKPOINT_PAGES = 1000
-"""SQLite's default, restored on the dispatcher's connection once the thread stops."""
+FAILURES_LOGGED_PER_S = 0.2
+"""A checkpoint that keeps failing (a full disk) is retried every CHECKPOINT_EVERY_S but
+logged about once in five seconds, with the count of those not logged."""
 
 
 class BackgroundCheckpoints:
@@ -38,8 +41,7 @@ class BackgroundCheckpoints:
         self.path = path
         self.timeout_s = timeout_s
         self.every_s = every_s
-        self.failures = 0
-        """Checkpoints that raised (each is logged once; the next one tries again)."""
+        self._failure_logs = RateLimit(FAILURES_LOGGED_PER_S, 1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ledger-checkpoints",
                                         daemon=True)
@@ -61,9 +63,10 @@ class BackgroundCheckpoints:
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as e:
-                    self.failures += 1
-                    log.warning("checkpoint of the ledger %s failed (tried again in %.1f s):"
-                                " %s", self.path, self.every_s, e)
+                    if self._failure_logs.allow():
+                        log.warning("checkpoint of the ledger %s failed (tried again every"
+                                    " %.1f s): %s%s", self.path, self.every_s, e,
+                                    self._failure_logs.unreported())
                 if stopping:
                     return
         finally:
