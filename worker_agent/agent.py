@@ -1,10 +1,11 @@
 """The worker agent: takes assignments from the broker, runs them on child processes, reports.
 
 Threads: the main thread runs :meth:`Agent.run`, one loop that waits on the MQTT socket,
-the children's pipes and process sentinels and a wake-up pipe at once, and pumps paho itself
-(no network thread: an assignment goes from the socket to a child's pipe, and a result from
-a child's pipe to the socket, without a hand-off between threads). paho's callbacks only
-decode and enqueue; the kernels run in child processes. The HTTP thread only reads the
+the children's pipes and process sentinels and a wake-up pipe at once, and pumps its broker
+connection (:class:`~worker_agent.link.BrokerLink`) itself (no network thread: an assignment
+goes from the socket to a child's pipe, and a result from a child's pipe to the socket,
+without a hand-off between threads). The link's paho callbacks only decode and enqueue; the
+kernels run in child processes. The HTTP thread only reads the
 latest :class:`~worker_agent.http.View`.
 The behaviour is the runtime contract documented in ``docs/protocol.md``.
 """
@@ -17,12 +18,10 @@ import os
 import selectors
 import signal
 import socket
-import ssl
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -33,13 +32,6 @@ from paho.mqtt.properties import Properties
 
 import simkind
 from simproto.allocator import keep_large_buffers
-from simproto.connection import (
-    Redial,
-    connect,
-    exchange,
-    is_permanent_refusal,
-    make_client,
-)
 from simproto.protocol import (
     Ack,
     Assignment,
@@ -47,7 +39,6 @@ from simproto.protocol import (
     Channel,
     Chunk,
     ChunkRequest,
-    DecodeError,
     Drain,
     Event,
     EventKind,
@@ -60,8 +51,6 @@ from simproto.protocol import (
     ResultState,
     WorkerState,
     WorkerStatus,
-    decode_control,
-    decode_worker,
     file_refs,
     package_version,
 )
@@ -88,6 +77,7 @@ from worker_agent.events import (
 )
 from worker_agent.http import HealthServer, View
 from worker_agent.inputs import Fetcher, Outcomes
+from worker_agent.link import BrokerLink
 from worker_agent.pool import ChildPool, Job, Outcome
 from worker_agent.spool import Spool
 from worker_agent.startup import check_worker_id, discard_old_session
@@ -97,15 +87,6 @@ log = logging.getLogger("worker_agent")
 IMAGE_ENV = "PARTICLE_WORKER_IMAGE"
 """Environment variable naming the worker image (set by the workers role); advertised in
 the status and recorded with every result."""
-
-SESSION_EXPIRY_S = 3600
-"""The broker keeps the agent's session (and QoS 1 messages for it) this long while it is away."""
-
-MAX_QUEUED_MESSAGES = 10_000
-"""Bound of paho's outgoing QoS 1 queue; results that do not fit are re-sent later."""
-
-MAX_INFLIGHT_MESSAGES = 100
-"""QoS 1 publishes awaiting PUBACK at once (paho's default of 20 throttles fast task streams)."""
 
 CHILD_START_TIMEOUT_S = 60.0
 """How long the children may take to import the kernels before the agent goes online anyway."""
@@ -190,14 +171,6 @@ class Agent:
         self.host = socket.gethostname()
         self.started_at = time.time()
         self.state = WorkerState.ONLINE
-        wid = config.worker_id
-        self._topic = {channel: self.topics.worker(wid, channel) for channel in Channel}
-        self._assign_topic = self._topic[Channel.ASSIGN]
-        self._control_topic = self._topic[Channel.CONTROL]
-        self._replies_topic = self.topics.replies(wid)
-        self._status_topic = self._topic[Channel.STATUS]
-        self._pull_topic = self._topic[Channel.PULL]
-        self._download_topic = self._topic[Channel.DOWNLOAD]
         self.held: dict[tuple[str, int], Held] = {}
         self.spool = Spool(config.spool_dir, config.spool_max_bytes)
         self.fetcher = Fetcher(self.spool)
@@ -208,8 +181,8 @@ class Agent:
         self.connected = False
         self._error_reports = RateLimit(ERROR_REPORTS_PER_S, ERROR_REPORT_BURST)
         self.http: HealthServer | None = None
-        self.client: mqtt.Client | None = None
-        self._inbox: deque[InboxItem] = deque()  # filled by paho's callbacks
+        self.link: BrokerLink | None = None
+        self._inbox: deque[InboxItem] = deque()  # filled by the link's paho callbacks
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -220,11 +193,7 @@ class Agent:
         self._ready: set[str] = set()
         """Tags of the agent's own fds (wake, mqtt) that the last wait found ready."""
         self.pool = ChildPool(config.slots, self._selector)
-        self._watch(self._wake_r, "wake")
-        self._socket: Any = None  # the MQTT socket the loop watches, and its fd
-        self._socket_fd = -1
-        self._want_write = False
-        self._redial = Redial()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, ("fd", "wake"))
         self._fatal: AgentError | None = None
         """Set when the agent must stop at once and exit with that error's code."""
         self._stop_mode: StopMode | None = None
@@ -238,9 +207,6 @@ class Agent:
         self._heartbeat_seq = 0
         self._next_heartbeat = time.monotonic()
         self._last_flush_info: mqtt.MQTTMessageInfo | None = None
-        self._connection_number = 0
-        """Counts connections: a message id is only meaningful on the connection it came by."""
-        self._subscribe_mid: int | None = None
         self._checkpoints_asked_at = float("-inf")
         self._swept_at = 0.0
         self._handover_until = 0.0
@@ -254,9 +220,11 @@ class Agent:
         try:
             if not self._start():
                 return 0  # stopped by a signal while waiting for the broker
+            link = self.link
+            assert link is not None
             while not self._done:
                 self._supervise_children()
-                self._network()
+                link.pump(readable="mqtt" in self._ready)
                 self._take_messages()
                 self._heartbeat()
                 self._maintenance()
@@ -281,12 +249,11 @@ class Agent:
             log.warning("task children are not ready after %.0f s; going online anyway",
                         CHILD_START_TIMEOUT_S)
         resume = discard_old_session(self.config)
-        self.client = self._make_client()
+        self.link = BrokerLink(self.config, self._selector, self._inbox,
+                               will=self._status(WorkerState.OFFLINE).encode())
         log.info("worker %s (%d slots, session %s) connecting to %s", self.config.worker_id,
                  self.config.slots, self.session, self.config.connection.broker)
-        client, settings = self.client, self.config.connection
-        self._open_connection(lambda: connect(client, settings, session_expiry_s=SESSION_EXPIRY_S,
-                                              resume_session=resume, asynchronous=False))
+        self.link.open(resume)
         return True
 
     def _open_spool(self) -> None:
@@ -307,8 +274,9 @@ class Agent:
         now = time.monotonic()
         status_due = self._status_due if self.connected else None  # sent on (re)connect
         view_due = self._view_at + VIEW_MIN_INTERVAL_S if self._view_stale else None
+        redial_at = self.link.redial_at if self.link is not None else None
         wake_at = min(t for t in (self._next_heartbeat, self._stop_deadline, status_due,
-                                  view_due, self._redial.at, now + MQTT_MISC_INTERVAL_S)
+                                  view_due, redial_at, now + MQTT_MISC_INTERVAL_S)
                       if t is not None)
         timeout = max(0.0, wake_at - now)
         due = self.pool.respawn(now)
@@ -435,21 +403,18 @@ class Agent:
             held.result.handed_back and held.result.artifacts for held in self.held.values())
 
     def _teardown(self) -> None:
-        client = self.client
+        link = self.link
         if isinstance(self._fatal, Superseded):
             # The id, its retained status and its session now belong to the newer agent.
-            if client is not None:
-                client.disconnect()
-        elif client is not None and self.connected:
-            self._flush()
+            if link is not None:
+                link.close(keep_session=True)
+        elif link is not None and self.connected:
+            self._flush(link)
             info = self._publish(Channel.STATUS, self._status(WorkerState.OFFLINE),
                                  retain=True)
             if info is not None:
-                self._pump_until(info.is_published, FLUSH_TIMEOUT_S)
-            # A clean exit needs no session: the broker may drop it now.
-            props = Properties(PacketTypes.DISCONNECT)
-            props.SessionExpiryInterval = 0
-            client.disconnect(properties=props)
+                link.pump_until(info.is_published, FLUSH_TIMEOUT_S)
+            link.close(keep_session=False)  # a clean exit: the broker may drop the session
         self.pool.close()
         self.spool.sweep()
         self._selector.close()
@@ -459,24 +424,14 @@ class Agent:
         os.close(self._wake_w)
         log.info("worker %s stopped", self.config.worker_id)
 
-    def _flush(self) -> None:
+    def _flush(self, link: BrokerLink) -> None:
         """Wait (bounded) until the broker has every result this agent published."""
         for held in self.held.values():
             if not held.resend_at:
                 self._send_result(held)
         info = self._last_flush_info
         if info is not None:
-            self._pump_until(info.is_published, FLUSH_TIMEOUT_S)
-
-    def _pump_until(self, done: Callable[[], bool], timeout: float) -> None:
-        """Run paho's I/O alone (at exit) until ``done()`` or ``timeout``, or disconnection."""
-        client = self.client
-        assert client is not None
-        deadline = time.monotonic() + timeout
-        while not done() and time.monotonic() < deadline:
-            wait = max(0.0, min(0.1, deadline - time.monotonic()))
-            if exchange(client, wait) != mqtt.MQTT_ERR_SUCCESS:
-                return  # disconnected
+            link.pump_until(info.is_published, FLUSH_TIMEOUT_S)
 
     # ============================================================ stopping (signals)
 
@@ -551,9 +506,9 @@ class Agent:
         for held in self.held.values():
             held.resend_at = 0.0  # re-sent on the next connect
         self.fetcher.forget_requests()  # asked again on the next connect
-        self._watch_socket()
+        assert self.link is not None
+        delay = self.link.lost()
         if not self._done:
-            delay = self._redial.lost(time.monotonic())
             log.warning("disconnected from the broker: %s; reconnecting in %.1f s", reason,
                         delay)
 
@@ -591,7 +546,8 @@ class Agent:
 
     def _on_connected(self, session_present: bool) -> None:
         self.connected = True
-        self._redial.connected()
+        assert self.link is not None
+        self.link.connected()
         self._status_due = None  # once subscribed: see _on_subscribed
         log.info("connected to %s (%s)", self.config.connection.broker,
                  "session resumed" if session_present else "new session")
@@ -705,8 +661,8 @@ class Agent:
                                         f"holds no file {request.sha256[:12]}")
         self.counters["artifact_bytes_served"] += served
         self._view_stale = True
-        if self.client is not None:
-            self.client.publish(self._topic[Channel.CHUNK], payload, qos=0)
+        if self.link is not None:
+            self.link.publish(self.link.topic[Channel.CHUNK], payload, qos=0)
 
     def handle_cancel(self, cancel: Cancel) -> None:
         """Terminate the children running these tasks (or stop fetching their inputs);
@@ -748,8 +704,8 @@ class Agent:
         props = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             props.CorrelationData = correlation
-        assert self.client is not None
-        self.client.publish(response_topic, pong.encode(), qos=0, properties=props)
+        assert self.link is not None
+        self.link.publish(response_topic, pong.encode(), qos=0, properties=props)
 
     # ================================================================ task endings
 
@@ -817,9 +773,9 @@ class Agent:
         return None
 
     def _send_result(self, held: Held) -> None:
-        if not self.connected or self.client is None:
+        if not self.connected or self.link is None:
             return
-        info = self.client.publish(self._topic[Channel.RESULT], held.payload, qos=1)
+        info = self.link.publish(self.link.topic[Channel.RESULT], held.payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             held.resend_at = 0.0  # the bounded queue is full: again at the next heartbeat
             return
@@ -831,11 +787,9 @@ class Agent:
 
     def _acknowledge(self, connection_number: int, mid: int) -> None:
         """PUBACK a message once it has been acted on (an assignment is on its way to a
-        child first: the acknowledgement is off the task's path). After a reconnect the
-        broker re-sends what was not acknowledged, and the message id may mean another
-        message, so an acknowledgement from an earlier connection is dropped."""
-        if connection_number == self._connection_number and self.client is not None:
-            self.client.ack(mid, 1)
+        child first: the acknowledgement is off the task's path)."""
+        if self.link is not None:
+            self.link.acknowledge(connection_number, mid)
 
     # ===================================================================== helpers
 
@@ -889,10 +843,10 @@ class Agent:
 
     def _publish(self, channel: Channel, message: Message, *, qos: int = 1,
                  retain: bool = False) -> mqtt.MQTTMessageInfo | None:
-        if self.client is None:
+        if self.link is None:
             return None
-        info = self.client.publish(self._topic[channel], message.encode(), qos=qos,
-                                   retain=retain)
+        info = self.link.publish(self.link.topic[channel], message.encode(), qos=qos,
+                                 retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             log.warning("outgoing queue full: %s message dropped", message.TYPE)
         return info
@@ -902,142 +856,3 @@ class Agent:
             detail = detail[:MAX_EVENT_DETAIL_CHARS] + "..."
         self._publish(Channel.EVENT, Event(self.config.worker_id, EventKind.ERROR.value, detail,
                                            time.time(), topic=topic))
-
-    # =============================================================== MQTT (paho)
-
-    def _network(self) -> None:
-        """paho's I/O, pumped from the main loop: read, write, keepalive, reconnect."""
-        client = self.client
-        if client is None:
-            return
-        if "mqtt" in self._ready and self._socket is not None:
-            client.loop_read()
-            # TLS may hold decrypted bytes that select() cannot see.
-            while isinstance(sock := client.socket(), ssl.SSLSocket) and sock.pending():
-                client.loop_read()
-        self._mqtt_write_and_misc()
-        if self._redial.due(time.monotonic()):
-            self._open_connection(client.reconnect)
-
-    def _mqtt_write_and_misc(self) -> None:
-        client = self.client
-        assert client is not None
-        if client.socket() is None:
-            return
-        if client.want_write():
-            client.loop_write()  # what did not fit into the socket buffer earlier
-        client.loop_misc()  # keepalive pings; notices a dead connection
-        if self._socket is None or client.socket() is not self._socket:
-            return  # disconnected just now: _watch_socket follows the change
-        # Wake up for writability only while paho has bytes waiting for it.
-        want_write = client.want_write()
-        if want_write != self._want_write:
-            self._want_write = want_write
-            self._watch(self._socket_fd, "mqtt", write=want_write)
-
-    def _open_connection(self, attempt: Callable[[], Any]) -> None:
-        """Open the TCP (and TLS) connection; on failure try again after the backoff."""
-        now = time.monotonic()
-        error = self._redial.attempt(attempt, now)
-        if error is not None:
-            log.warning("broker %s unreachable (%s); next try in %.1f s",
-                        self.config.connection.broker, error, (self._redial.at or now) - now)
-            return
-        self._watch_socket()
-
-    def _watch_socket(self) -> None:
-        """Follow paho's current socket in the main loop's wait (it changes on reconnect)."""
-        assert self.client is not None
-        sock = self.client.socket()
-        if sock is self._socket:
-            return
-        if self._socket is not None:
-            with contextlib.suppress(KeyError):  # by the old number: paho closed the socket
-                self._selector.unregister(self._socket_fd)
-        self._socket, self._want_write = sock, False
-        if sock is not None:
-            self._socket_fd = sock.fileno()
-            self._watch(self._socket_fd, "mqtt")
-
-    def _watch(self, fd: int, tag: str, write: bool = False) -> None:
-        """Wake the loop when ``fd`` is readable (or writable); its tag lands in _ready."""
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
-        try:
-            self._selector.modify(fd, events, ("fd", tag))
-        except KeyError:
-            self._selector.register(fd, events, ("fd", tag))
-
-    def _make_client(self) -> mqtt.Client:
-        cfg = self.config
-        will = (self._topic[Channel.STATUS],
-                self._status(WorkerState.OFFLINE).encode())
-        client = make_client(cfg.connection, cfg.client_id, will=will, manual_ack=True)
-        client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
-        client.max_inflight_messages_set(MAX_INFLIGHT_MESSAGES)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        return client
-
-    def _enqueue(self, item: InboxItem) -> None:
-        # No wake-up needed: paho runs in the main loop, which takes the inbox right after.
-        self._inbox.append(item)
-
-    # paho calls these from inside loop_read/loop_misc: they decode and enqueue, nothing else.
-
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any,
-                    _props: Any) -> None:
-        if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
-            if is_permanent_refusal(reason):
-                self._enqueue(Refused(str(reason)))
-            return
-        self._connection_number += 1
-        self._enqueue(Connected(bool(flags.session_present)))
-        _, self._subscribe_mid = client.subscribe([
-            (self._assign_topic, 1), (self._control_topic, 1), (self.topics.ping, 0),
-            (self._replies_topic, 0), (self._status_topic, 0), (self._pull_topic, 0),
-            (self._download_topic, 0)])
-
-    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, _codes: Any,
-                      _props: Any) -> None:
-        if mid == self._subscribe_mid:
-            self._enqueue(Subscribed())
-
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
-                       _props: Any) -> None:
-        self._connection_number += 1
-        self._enqueue(Disconnected(str(reason)))
-
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        topic, payload = msg.topic, bytes(msg.payload)
-        try:
-            if topic == self._assign_topic:
-                self._enqueue(Received(Assignment.decode(payload)))
-            elif topic == self._control_topic:
-                self._enqueue(Received(decode_control(payload)))
-            elif topic == self._pull_topic:
-                self._enqueue(Received(ChunkRequest.decode(payload)))
-            elif topic == self._download_topic:
-                self._enqueue(Received(Chunk.decode(payload)))
-            elif topic == self.topics.ping:
-                ping = Ping.decode(payload)
-                props = msg.properties
-                response_topic = getattr(props, "ResponseTopic", None)
-                if not response_topic or any(c in response_topic for c in "+#"):
-                    raise DecodeError("ping without a valid MQTT v5 response topic")
-                self._enqueue(PingRequest(ping, response_topic,
-                                          getattr(props, "CorrelationData", None)))
-            elif topic == self._replies_topic:
-                Pong.decode(payload)  # our own answer to an id check: nothing to do
-            elif topic == self._status_topic:
-                status = decode_worker(self.topics, topic, payload).message
-                if isinstance(status, WorkerStatus):  # None: a retained status cleared
-                    self._enqueue(Received(status))
-        except DecodeError as e:
-            self._enqueue(Invalid(topic, str(e)))
-        except Exception as e:
-            self._enqueue(Invalid(topic, f"{type(e).__name__}: {e}"))
-        if msg.qos > 0:
-            self._enqueue(Delivered(self._connection_number, msg.mid))
