@@ -535,13 +535,16 @@ class Ledger:
     @contextmanager
     def checkpoints_in_background(self) -> Iterator[None]:
         """Inside: this connection's commits never checkpoint the log; a thread does
-        (:mod:`simctl.wal`, which says why). The dispatcher serves inside this."""
+        (:mod:`simctl.wal`, which says why), unless its connection cannot be opened. The
+        dispatcher serves inside this."""
         from simctl.wal import BackgroundCheckpoints
 
         checkpoints = BackgroundCheckpoints(self.path, BUSY_TIMEOUT_MS / 1000)
+        if not checkpoints.start():
+            yield  # SQLite's automatic checkpoints stay on (logged)
+            return
         pages = self.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         self.db.execute("PRAGMA wal_autocheckpoint=0")
-        checkpoints.start()
         try:
             yield
         finally:

@@ -11,7 +11,10 @@ While it serves, the dispatcher turns automatic checkpoints off for its own conn
 this thread takes them on a connection of its own, every ``CHECKPOINT_EVERY_S``. A PASSIVE
 checkpoint blocks neither the dispatcher's writes nor any reader, and its syncs wait here.
 Durability is unchanged: a commit is in the log either way, and the log is what SQLite
-recovers from; a process killed mid-checkpoint leaves a log the next open completes.
+recovers from; a process killed mid-checkpoint leaves a log the next open completes. The
+thread's connection is opened before automatic checkpoints are turned off: when it cannot
+be (no file descriptor left, the ledger's folder renamed), the dispatcher keeps SQLite's own
+checkpoints rather than a log that would grow for as long as it serves.
 """
 
 from __future__ import annotations
@@ -45,9 +48,23 @@ class BackgroundCheckpoints:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ledger-checkpoints",
                                         daemon=True)
+        self._db: sqlite3.Connection | None = None
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Open the thread's connection and start the thread; False (logged) when the
+        connection cannot be had, and nothing was started."""
+        try:  # mode=rw: a ledger gone from its path is not made again, empty
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True,
+                                 isolation_level=None, timeout=self.timeout_s,
+                                 check_same_thread=False)
+        except sqlite3.Error as e:
+            log.warning("cannot open the ledger %s for background checkpoints (%s): its "
+                        "commits checkpoint the log themselves", self.path, e)
+            return False
+        db.execute("PRAGMA synchronous=NORMAL")  # this connection's setting: no file access
+        self._db = db
         self._thread.start()
+        return True
 
     def stop(self) -> None:
         """Stop the thread after its current checkpoint (and one last one)."""
@@ -55,9 +72,9 @@ class BackgroundCheckpoints:
         self._thread.join()
 
     def _run(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=self.timeout_s)
+        db = self._db
+        assert db is not None
         try:
-            db.execute("PRAGMA synchronous=NORMAL")
             while True:
                 stopping = self._stop.wait(self.every_s)
                 try:

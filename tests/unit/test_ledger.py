@@ -491,3 +491,27 @@ def test_the_log_is_checkpointed_by_a_thread_while_the_dispatcher_serves(
         assert _in_database_file(ledger)
     assert ledger.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     assert "ledger-checkpoints" not in [t.name for t in threading.enumerate()]
+
+
+def test_without_a_connection_for_the_thread_commits_checkpoint_themselves(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """When the thread's connection cannot be opened (here: the ledger's folder was renamed
+    under the dispatcher, whose connection holds the files open), automatic checkpoints stay
+    on, it is logged, and the pages still reach the database file."""
+    import threading
+
+    ledger = Ledger(tmp_path / "before" / "ledger.sqlite")
+    (tmp_path / "before").rename(tmp_path / "after")
+    moved = tmp_path / "after" / "ledger.sqlite"
+    ledger.db.execute("PRAGMA wal_autocheckpoint=100")  # pages; SQLite's default is 1,000
+    with caplog.at_level("WARNING", logger="simctl.wal"), ledger.checkpoints_in_background():
+        assert ledger.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 100
+        assert "ledger-checkpoints" not in [t.name for t in threading.enumerate()]
+        # Over 200 pages: past the threshold, this commit checkpoints.
+        ledger.create_run(parse_text(SWEEP.replace("replicas: 3", "replicas: 2000"),
+                                     Path("t.yaml")))
+        pages = ledger.db.execute("PRAGMA page_count").fetchone()[0]
+        size = ledger.db.execute("PRAGMA page_size").fetchone()[0]
+        assert moved.stat().st_size >= pages * size
+    assert f"cannot open the ledger {ledger.path} for background checkpoints" in caplog.text
+    assert ledger.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 100
